@@ -1,0 +1,275 @@
+"""The ``wlmserver`` command: parse options (wlmscpfs's names where the idea is the same),
+set up logging, and forward to :func:`wlmserver.server.run`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from wlmserver import __version__
+from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT, Config, bundled_database
+from wlmserver.index import is_safe_ae_title
+from wlmserver.response import CharsetPolicy
+
+LOG_LEVELS = {
+    "fatal": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": logging.DEBUG,
+}
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (its own function, so ``main(argv)`` can be tested)."""
+    p = argparse.ArgumentParser(
+        prog="wlmserver",
+        description="DICOM Modality Worklist SCP serving <root>/<CalledAETitle>/*.wl "
+        "(the wlmscpfs layout) from a live, watched index.",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "port",
+        nargs="?",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"TCP port to listen on (default {DEFAULT_PORT}; 0 picks a free port)",
+    )
+    p.add_argument("--version", action="version", version=f"wlmserver {__version__}")
+    g = p.add_argument_group("logging")
+    g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    g.add_argument("-v", "--verbose", action="store_true", help="one line per query (default)")
+    g.add_argument(
+        "-d",
+        "--debug",
+        action="store_true",
+        help="debug: also each query identifier (patient data) and DICOM traffic",
+    )
+    g.add_argument("-ll", "--log-level", choices=sorted(LOG_LEVELS), help="set the level")
+    g = p.add_argument_group("database")
+    g.add_argument(
+        "-dfp",
+        "--data-files-path",
+        type=Path,
+        default=None,
+        help="database root holding one folder per AE title "
+        "(default: the bundled example wlistdb/)",
+    )
+    g.add_argument(
+        "-efr",
+        "--enable-file-reject",
+        dest="reject_incomplete",
+        action="store_true",
+        default=True,
+        help="do not serve entries lacking a Type 1 attribute (default)",
+    )
+    g.add_argument(
+        "-dfr",
+        "--disable-file-reject",
+        dest="reject_incomplete",
+        action="store_false",
+        help="serve incomplete entries too (still logged)",
+    )
+    g.add_argument(
+        "--any-aet",
+        metavar="FOLDER",
+        help="serve this AE folder for called AE titles that have none",
+    )
+    g.add_argument(
+        "--poll",
+        type=_seconds,
+        metavar="SECONDS",
+        help="poll the database every SECONDS instead of using inotify (network shares)",
+    )
+    g.add_argument(
+        "--rescan-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="full consistency rescan interval (default 60; 0 turns it off)",
+    )
+    g = p.add_argument_group("matching and answers")
+    g.add_argument(
+        "-nse",
+        "--no-sq-expansion",
+        action="store_true",
+        help="do not expand an empty SPS item in a query to the standard SPS keys",
+    )
+    g.add_argument(
+        "--pn-case-insensitive",
+        action="store_true",
+        help="match person names insensitive to case and accents",
+    )
+    g.add_argument(
+        "--no-fail",
+        action="store_true",
+        help="answer an invalid query with success and no matches, not a failure",
+    )
+    cs = g.add_mutually_exclusive_group()
+    cs.add_argument(
+        "-csk",
+        "--keep-char-set",
+        dest="charset",
+        action="store_const",
+        const=CharsetPolicy.FILE,
+        default=CharsetPolicy.FILE,
+        help="non-ASCII answers in the file's character set (default)",
+    )
+    cs.add_argument(
+        "-cs0",
+        "--return-no-char-set",
+        dest="charset",
+        action="store_const",
+        const=CharsetPolicy.FILE,
+        help="ASCII answers carry no Specific Character Set (always true); "
+        "non-ASCII ones are still labelled, as with -csk",
+    )
+    cs.add_argument(
+        "-cs1",
+        "--return-iso-ir-100",
+        dest="charset",
+        action="store_const",
+        const=CharsetPolicy.LATIN1,
+        help="non-ASCII answers in ISO_IR 100 when it can encode them",
+    )
+    g = p.add_argument_group("network")
+    g.add_argument(
+        "--bind",
+        default="",
+        metavar="ADDRESS",
+        help="address to listen on (default: all interfaces)",
+    )
+    g.add_argument(
+        "-aet",
+        "--aetitle",
+        default=DEFAULT_AE_TITLE,
+        help=f"the server's own AE title (default {DEFAULT_AE_TITLE})",
+    )
+    g.add_argument(
+        "-ta",
+        "--acse-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="timeout for ACSE messages (default 30)",
+    )
+    g.add_argument(
+        "-td",
+        "--dimse-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="timeout for DIMSE messages (default unlimited)",
+    )
+    g.add_argument(
+        "--max-associations",
+        type=int,
+        default=50,
+        help="parallel associations at most (default 50)",
+    )
+    g.add_argument(
+        "-pdu",
+        "--max-pdu",
+        type=int,
+        default=16384,
+        metavar="BYTES",
+        help="maximum PDU size received, 4096..131072 (default 16384)",
+    )
+    g.add_argument(
+        "-s",
+        "--single-process",
+        action="store_true",
+        help="accepted for wlmscpfs compatibility (wlmserver is one process)",
+    )
+    g.add_argument(
+        "--fork",
+        action="store_true",
+        help="accepted for wlmscpfs compatibility (associations run in threads)",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Turn parsed arguments into the server's configuration."""
+    return Config(
+        data_files_path=(args.data_files_path or bundled_database()).resolve(),
+        port=args.port,
+        bind=args.bind,
+        ae_title=args.aetitle,
+        reject_incomplete=args.reject_incomplete,
+        expand_empty_sps=not args.no_sq_expansion,
+        charset_policy=args.charset,
+        pn_case_insensitive=args.pn_case_insensitive,
+        fail_invalid_query=not args.no_fail,
+        any_aet_folder=args.any_aet,
+        acse_timeout=args.acse_timeout,
+        dimse_timeout=args.dimse_timeout,
+        max_associations=args.max_associations,
+        max_pdu=args.max_pdu,
+        poll=args.poll,
+        rescan_interval=args.rescan_interval,
+    )
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Log to stderr: one line per query at INFO (default); patient data only at DEBUG."""
+    if args.log_level:
+        level = LOG_LEVELS[args.log_level]
+    elif args.debug:
+        level = logging.DEBUG
+    elif args.quiet:
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs every PDU at INFO and dumps identifiers at DEBUG: only with -d.
+    logging.getLogger("pynetdicom").setLevel(
+        logging.DEBUG if level <= logging.DEBUG else logging.WARNING
+    )
+
+
+def ready_line(config: Config) -> str:
+    """The one line that says where the server serves from and how to query it."""
+    root = config.data_files_path
+    try:
+        aets = sorted(p.name for p in root.iterdir() if p.is_dir() and is_safe_ae_title(p.name))
+    except OSError:
+        aets = []
+    example = aets[0] if aets else "<AETitle>"
+    host = config.bind or "127.0.0.1"
+    return (
+        f"wlmserver {__version__} serving {root} (AE titles: {', '.join(aets) or 'none'}) "
+        f"on port {{port}}; query it with: /usr/bin/findscu -W -aec {example} {host} {{port}} "
+        '-k PatientName -k PatientID -k "(0040,0100)[0].Modality"'
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``wlmserver`` command; returns the exit status."""
+    from wlmserver.server import run
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 4096 <= args.max_pdu <= 131072 and args.max_pdu != 0:
+        parser.error("-pdu must be between 4096 and 131072")
+    if args.any_aet is not None and not is_safe_ae_title(args.any_aet):
+        parser.error(f"--any-aet {args.any_aet!r} is not a valid AE title folder name")
+    config = config_from_args(args)
+    if not config.data_files_path.is_dir():
+        parser.error(f"the database root {config.data_files_path} is not a folder")
+    setup_logging(args)
+    return run(config, ready_message=ready_line(config))

@@ -1,0 +1,83 @@
+"""The server's configuration: one frozen dataclass, the only home of defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wlmserver.response import CharsetPolicy
+
+DEFAULT_PORT = 11112
+DEFAULT_AE_TITLE = "WLMSERVER"
+
+
+def bundled_database() -> Path:
+    """The example database served when no ``-dfp`` is given.
+
+    In a source checkout (or an editable install) that is the checkout's ``wlistdb/``; in an
+    installed wheel, the copy packaged inside ``wlmserver/``.
+    """
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "wlistdb"
+    if checkout.is_dir():
+        return checkout
+    return package / "wlistdb"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs to know.
+
+    Attributes
+    ----------
+    data_files_path : Path
+        The database root: ``<root>/<CalledAETitle>/*.wl`` (``-dfp``).
+    port : int
+        TCP port to listen on (0 picks a free one).
+    bind : str
+        Address to listen on (all interfaces by default, as wlmscpfs).
+    ae_title : str
+        The server's own AE title, used in logs and when no called AE title applies.
+    reject_incomplete : bool
+        Skip entries lacking a Type 1 attribute (``-efr``, default) or serve them (``-dfr``).
+    expand_empty_sps : bool
+        Expand an empty SPS item in a query to the Table K.6-1 SPS keys (``-nse`` turns off).
+    charset_policy : CharsetPolicy
+        Which character set non-ASCII answers carry (``-csk``/``-cs0`` keep the file's,
+        ``-cs1`` prefers ISO_IR 100); UTF-8 whenever the preferred one cannot encode it.
+    pn_case_insensitive : bool
+        Match PN values insensitive to case and accents.
+    fail_invalid_query : bool
+        Answer an invalid query with a failure status (default) or, with ``--no-fail``, with
+        success and no matches.
+    any_aet_folder : str or None
+        A folder to serve for called AE titles that have no folder of their own.
+    acse_timeout, dimse_timeout, network_timeout : float or None
+        Timeouts in seconds (``-ta``, ``-td``); None waits forever.
+    max_associations : int
+        Parallel associations at most (``--max-associations``).
+    max_pdu : int
+        Maximum PDU size received (``-pdu``).
+    poll : float or None
+        Poll the file system every ``poll`` seconds instead of using inotify (``--poll``).
+    rescan_interval : float
+        Seconds between full consistency rescans of the database (0: never).
+    """
+
+    data_files_path: Path
+    port: int = DEFAULT_PORT
+    bind: str = ""
+    ae_title: str = DEFAULT_AE_TITLE
+    reject_incomplete: bool = True
+    expand_empty_sps: bool = True
+    charset_policy: CharsetPolicy = CharsetPolicy.FILE
+    pn_case_insensitive: bool = False
+    fail_invalid_query: bool = True
+    any_aet_folder: str | None = None
+    acse_timeout: float | None = 30.0
+    dimse_timeout: float | None = None
+    network_timeout: float | None = 60.0
+    max_associations: int = 50
+    max_pdu: int = 16384
+    poll: float | None = None
+    rescan_interval: float = 60.0

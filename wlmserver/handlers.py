@@ -1,0 +1,158 @@
+"""Thin pynetdicom glue: accept or refuse an association, answer C-ECHO and C-FIND.
+
+Handlers get their collaborators (the store and the config) as bound arguments, never globals,
+and never read the disk while answering a C-FIND: they match against the store's in-memory
+snapshot of the called AE title's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from wlmserver.config import Config
+from wlmserver.index import FolderSnapshot, WorklistStore, is_safe_ae_title
+from wlmserver.query import QueryError, compile_query
+from wlmserver.response import build_answer
+from wlmserver.status import Status
+
+LOGGER = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ: rejected permanent, by the service user, "called AE title not recognized"
+_REJECT_CALLED_AET = (0x01, 0x01, 0x07)
+
+FindResponse = tuple[int | Dataset, Dataset | None]
+
+
+def called_ae_title(assoc: Any) -> str:
+    """The AE title the requestor called, without padding."""
+    return str(assoc.requestor.primitive.called_ae_title).strip()
+
+
+def _peer(assoc: Any) -> str:
+    requestor = assoc.requestor
+    calling = getattr(requestor.primitive, "calling_ae_title", None) or requestor.ae_title
+    return f"{str(calling).strip()}@{requestor.address}:{requestor.port}"
+
+
+def resolve_folder(store: WorklistStore, config: Config, aet: str) -> FolderSnapshot | None:
+    """The folder serving a called AE title, or None.
+
+    The title is validated before it touches the file system. A folder created since the
+    last scan is picked up here, so a new AE folder is served even before its watch event.
+    """
+    if not is_safe_ae_title(aet):
+        return None
+    folder = store.folder(aet)
+    if folder is None and (store.root / aet).is_dir():
+        store.scan_folder(aet)
+        folder = store.folder(aet)
+    if folder is None and config.any_aet_folder:
+        folder = store.folder(config.any_aet_folder)
+    return folder
+
+
+def handle_requested(event: Any, store: WorklistStore, config: Config) -> None:
+    """EVT_REQUESTED: refuse an association whose called AE title has no folder."""
+    aet = called_ae_title(event.assoc)
+    if resolve_folder(store, config, aet) is None:
+        LOGGER.info(
+            "association from %s rejected: called AE title %r not recognized (no folder %s)",
+            _peer(event.assoc),
+            aet,
+            store.root / aet if is_safe_ae_title(aet) else "(unsafe title)",
+        )
+        event.assoc.acse.send_reject(*_REJECT_CALLED_AET)
+        event.assoc.kill()  # as pynetdicom's own rejections do: lets the RJ PDU go out first
+
+
+def handle_connection_open(event: Any) -> None:
+    """EVT_CONN_OPEN: disable Nagle's algorithm, which otherwise stalls each exchange."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def handle_echo(event: Any) -> int:
+    """EVT_C_ECHO: Verification always succeeds."""
+    LOGGER.debug("C-ECHO from %s", _peer(event.assoc))
+    return int(Status.SUCCESS)
+
+
+def failure(status: Status, comment: str, tags: tuple[int, ...] = ()) -> Dataset:
+    """A failure status dataset with ErrorComment (at most 64 characters, LO) and the
+    OffendingElement list (PS3.7 C.4.1.1.4)."""
+    ds = Dataset()
+    ds.Status = int(status)
+    ds.ErrorComment = comment[:64]
+    if tags:
+        ds.OffendingElement = list(tags)
+    return ds
+
+
+def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[FindResponse]:
+    """EVT_C_FIND: one Pending answer per matching scheduled procedure step, then Success.
+
+    Invalid identifiers get a failure status naming the offending element; a C-CANCEL between
+    answers ends the operation with Cancel.
+    """
+    started = time.perf_counter()
+    aet = called_ae_title(event.assoc)
+    peer = _peer(event.assoc)
+    try:
+        identifier = event.identifier
+    except Exception as exc:  # pynetdicom decodes lazily and may fail here
+        LOGGER.warning("C-FIND from %s: cannot decode the identifier: %s", peer, exc)
+        yield failure(Status.UNABLE_TO_PROCESS, f"cannot decode the identifier: {exc}"), None
+        return
+    LOGGER.debug("C-FIND from %s to %s, identifier:\n%s", peer, aet, identifier)
+    try:
+        query = compile_query(
+            identifier,
+            pn_fold=config.pn_case_insensitive,
+            expand_empty_sps=config.expand_empty_sps,
+        )
+    except QueryError as exc:
+        if not config.fail_invalid_query:
+            LOGGER.warning("C-FIND from %s: invalid query (%s): no matches (--no-fail)", peer, exc)
+            yield int(Status.SUCCESS), None
+            return
+        LOGGER.warning("C-FIND from %s: invalid query: %s", peer, exc.message)
+        yield failure(exc.status, exc.message, exc.tags), None
+        return
+    folder = resolve_folder(store, config, aet)
+    if folder is None:
+        LOGGER.warning("C-FIND from %s: the folder of %r is gone", peer, aet)
+        yield failure(Status.UNABLE_TO_PROCESS, f"no worklist folder for {aet}"), None
+        return
+    count = 0
+    for entry in folder.entries:
+        if not query.matches(entry):
+            continue
+        if event.is_cancelled:
+            LOGGER.info("C-FIND from %s to %s: cancelled after %d answers", peer, aet, count)
+            yield int(Status.CANCEL), None
+            return
+        try:
+            answer = build_answer(query, entry, config.charset_policy)
+        except Exception:
+            LOGGER.exception("C-FIND from %s: cannot build an answer from %s", peer, entry.path)
+            yield failure(Status.UNABLE_TO_PROCESS, "cannot build an answer"), None
+            return
+        count += 1
+        yield int(Status.PENDING), answer
+    LOGGER.info(
+        "C-FIND from %s to %s: %d answers in %.1f ms",
+        peer,
+        aet,
+        count,
+        (time.perf_counter() - started) * 1000,
+    )
+    yield int(Status.SUCCESS), None

@@ -1,0 +1,294 @@
+"""The in-memory index of a worklist database: AE title -> an immutable snapshot of entries.
+
+The database is a folder tree ``<root>/<AETitle>/*.wl`` (the wlmscpfs layout). Each AE folder
+is held as a :class:`FolderSnapshot`, replaced whole under a lock whenever one of its files
+changes, so an association thread that took a snapshot never sees half an update. Files are
+re-read only when their signature (size, modification time, inode) changes, which makes a full
+rescan cheap; a file that cannot be served is logged once per version, with the reason.
+
+When an AE folder holds a ``lockfile`` (wlmscpfs's convention), its files are read under a
+shared POSIX lock on it, as wlmscpfs does, so a writer holding the exclusive lock is waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from wlmserver.entry import Entry
+from wlmserver.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
+
+LOGGER = logging.getLogger(__name__)
+
+LOCKFILE = "lockfile"
+MAX_AE_TITLE_LENGTH = 16
+
+
+def is_safe_ae_title(aet: str) -> bool:
+    """Whether a called AE title may name a folder: 1-16 characters, no path or control chars.
+
+    This is checked before the title touches the file system, so ``..``, ``a/b``, ``/etc`` or
+    a NUL byte can never make the server read outside its database root.
+
+    Examples
+    --------
+    >>> [is_safe_ae_title(t) for t in ("OFFIS", "CT_01", "..", "a/b", "a\\\\b", "", "A" * 17)]
+    [True, True, False, False, False, False, False]
+    """
+    return (
+        0 < len(aet) <= MAX_AE_TITLE_LENGTH
+        and "." not in aet
+        and "/" not in aet
+        and "\\" not in aet
+        and all(32 <= ord(c) < 127 for c in aet)
+        and aet.strip() == aet
+    )
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the index knows of one file.
+
+    Attributes
+    ----------
+    signature : tuple of int
+        ``(size, mtime_ns, inode)`` when the file was read.
+    entries : tuple of Entry
+        The entries it serves (empty when rejected).
+    problem : str or None
+        Why the file, or some of its items, is not served.
+    """
+
+    signature: tuple[int, int, int]
+    entries: tuple[Entry, ...]
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class FolderSnapshot:
+    """An immutable view of one AE folder.
+
+    Attributes
+    ----------
+    name : str
+        The AE title (the folder name).
+    entries : tuple of Entry
+        Every served entry, in answer order (scheduled start, file, item).
+    files : Mapping of str to FileState
+        The state of each ``.wl`` file, by file name.
+    """
+
+    name: str
+    entries: tuple[Entry, ...] = ()
+    files: Mapping[str, FileState] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def rejected(self) -> int:
+        """How many files serve nothing."""
+        return sum(1 for f in self.files.values() if not f.entries)
+
+
+class LockBusy(Exception):
+    """A wlmscpfs-era writer holds the folder's lockfile longer than we wait."""
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class WorklistStore:
+    """The index of a worklist database root.
+
+    Parameters
+    ----------
+    root : Path
+        The database root (wlmscpfs's ``-dfp``).
+    reject_incomplete : bool
+        Leave out entries lacking a Type 1 attribute (wlmscpfs's ``-efr``, the default).
+    lock_timeout : float
+        How long to wait for a folder's ``lockfile`` before deferring a read.
+    """
+
+    def __init__(
+        self, root: Path, *, reject_incomplete: bool = True, lock_timeout: float = 10.0
+    ) -> None:
+        self.root = Path(root)
+        self.reject_incomplete = reject_incomplete
+        self.lock_timeout = lock_timeout
+        self._folders: dict[str, FolderSnapshot] = {}
+        self._write_lock = threading.RLock()
+
+    # ------------------------------------------------------------------ reading side
+    def folder(self, aet: str) -> FolderSnapshot | None:
+        """The current snapshot of an AE folder, or None if there is no such folder."""
+        if not is_safe_ae_title(aet):
+            return None
+        return self._folders.get(aet)
+
+    def folder_names(self) -> list[str]:
+        """The AE titles served, sorted."""
+        return sorted(self._folders)
+
+    def snapshots(self) -> list[FolderSnapshot]:
+        """Every folder's current snapshot, by AE title."""
+        return [self._folders[name] for name in self.folder_names()]
+
+    # ------------------------------------------------------------------ writing side
+    def scan(self) -> None:
+        """Bring the whole index in line with the disk (start-up and periodic safety net)."""
+        with self._write_lock:
+            try:
+                names = {
+                    p.name for p in self.root.iterdir() if p.is_dir() and is_safe_ae_title(p.name)
+                }
+            except OSError as exc:
+                LOGGER.error("cannot list the database root %s: %s", self.root, exc)
+                return
+            for gone in set(self._folders) - names:
+                self.remove_folder(gone)
+            for name in sorted(names):
+                self.scan_folder(name)
+
+    def scan_folder(self, name: str) -> None:
+        """Re-read what changed in one AE folder (files whose signature changed)."""
+        if not is_safe_ae_title(name):
+            return
+        folder_path = self.root / name
+        with self._write_lock:
+            try:
+                listing = {
+                    entry.name: entry
+                    for entry in os.scandir(folder_path)
+                    if is_worklist_name(entry.name) and entry.is_file()
+                }
+            except OSError:
+                self.remove_folder(name)
+                return
+            old = self._folders.get(name, FolderSnapshot(name))
+            files = dict(old.files)
+            changed = name not in self._folders
+            for gone in set(files) - set(listing):
+                del files[gone]
+                changed = True
+            try:
+                with self._folder_lock(folder_path):
+                    for fname, dirent in sorted(listing.items()):
+                        try:
+                            signature = _signature(dirent.stat())
+                        except OSError:
+                            continue
+                        state = files.get(fname)
+                        if state is not None and state.signature == signature:
+                            continue
+                        files[fname] = self._read(folder_path / fname, signature, state)
+                        changed = True
+            except LockBusy:
+                LOGGER.warning("%s: lockfile held by a writer; will retry", folder_path)
+            if changed:
+                self._publish(name, files)
+
+    def update_file(self, path: Path) -> None:
+        """(Re)read one file after a file event; a vanished file is removed."""
+        name = path.parent.name
+        if path.parent.parent != self.root or not is_safe_ae_title(name):
+            return
+        if not is_worklist_name(path.name):
+            return
+        with self._write_lock:
+            if name not in self._folders:
+                self.scan_folder(name)
+                return
+            try:
+                st = path.stat()
+            except OSError:
+                self.remove_file(path)
+                return
+            files = dict(self._folders[name].files)
+            old = files.get(path.name)
+            signature = _signature(st)
+            if old is not None and old.signature == signature:
+                return
+            try:
+                with self._folder_lock(path.parent):
+                    files[path.name] = self._read(path, signature, old)
+            except LockBusy:
+                LOGGER.warning("%s: lockfile held by a writer; will retry", path.parent)
+                raise
+            self._publish(name, files)
+
+    def remove_file(self, path: Path) -> None:
+        """Forget a deleted or moved-away file."""
+        name = path.parent.name
+        with self._write_lock:
+            folder = self._folders.get(name)
+            if folder is None or path.name not in folder.files:
+                return
+            files = dict(folder.files)
+            del files[path.name]
+            LOGGER.info("%s/%s removed from the index", name, path.name)
+            self._publish(name, files)
+
+    def remove_folder(self, name: str) -> None:
+        """Forget an AE folder that disappeared."""
+        with self._write_lock:
+            if self._folders.pop(name, None) is not None:
+                LOGGER.info("AE folder %s removed from the index", name)
+
+    # ------------------------------------------------------------------ internals
+    def _read(
+        self, path: Path, signature: tuple[int, int, int], old: FileState | None
+    ) -> FileState:
+        rel = f"{path.parent.name}/{path.name}"
+        try:
+            result = read_worklist_file(path, reject_incomplete=self.reject_incomplete)
+        except WorklistFileError as exc:
+            LOGGER.warning("%s not served: %s", rel, exc)
+            return FileState(signature, (), str(exc))
+        except OSError as exc:
+            LOGGER.warning("%s not served: cannot read it (%s)", rel, exc.strerror or exc)
+            return FileState(signature, (), f"cannot read it ({exc.strerror or exc})")
+        problem = "; ".join(result.problems) or None
+        if problem:
+            LOGGER.warning("%s: %s", rel, problem)
+        if not result.entries and not problem:
+            problem = "no entries"
+        LOGGER.debug("%s indexed: %d entries", rel, len(result.entries))
+        return FileState(signature, result.entries, problem)
+
+    def _publish(self, name: str, files: dict[str, FileState]) -> None:
+        entries = sorted(
+            (entry for state in files.values() for entry in state.entries),
+            key=lambda e: e.order,
+        )
+        self._folders[name] = FolderSnapshot(name, tuple(entries), MappingProxyType(files))
+
+    @contextlib.contextmanager
+    def _folder_lock(self, folder: Path) -> Iterator[None]:
+        lock_path = folder / LOCKFILE
+        try:
+            handle = open(lock_path, "rb")  # noqa: SIM115 - held across the yield
+        except OSError:
+            yield  # no lockfile: nothing to honour
+            return
+        with handle:
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.lockf(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        raise LockBusy(str(lock_path)) from None
+                    time.sleep(0.02)
+            try:
+                yield
+            finally:
+                fcntl.lockf(handle.fileno(), fcntl.LOCK_UN)

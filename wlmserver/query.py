@@ -1,0 +1,269 @@
+"""Compile a C-FIND identifier once into a query that runs over many entries.
+
+Compilation validates the identifier: a value not valid for its VR, a sequence with more than
+one item or an unknown character set raises :class:`QueryError`, which names the offending
+element so the handler can answer with a failure status, OffendingElement and ErrorComment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from wlmserver.entry import Entry, Record, values_of
+from wlmserver.keys import COMBINED_DATE_TIME, SPS_EXPANSION_TAGS, SPS_SEQUENCE_TAG, describe_tag
+from wlmserver.matching import (
+    CombinedDateTime,
+    Matcher,
+    QueryValueError,
+    combined_date_time,
+    compile_value,
+)
+from wlmserver.status import Status
+
+SPECIFIC_CHARACTER_SET = 0x00080005
+QUERY_RETRIEVE_LEVEL = 0x00080052
+
+
+class QueryError(Exception):
+    """An identifier that is not a valid worklist query.
+
+    Attributes
+    ----------
+    message : str
+        What is wrong, for the ErrorComment.
+    tags : tuple of int
+        The offending elements.
+    status : Status
+        The failure status to answer with.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        tags: tuple[int, ...] = (),
+        status: Status = Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tags = tags
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ItemQuery:
+    """The constraints of one dataset level (the top level or a sequence item).
+
+    Attributes
+    ----------
+    values : tuple
+        ``(tag, matcher)`` for each constrained attribute.
+    date_times : tuple
+        ``(date tag, time tag, range)`` for each combined date-time constraint.
+    sequences : tuple
+        ``(tag, item query)`` for each sequence with constraints in its item (C.2.2.2.6).
+    """
+
+    values: tuple[tuple[int, Matcher], ...] = ()
+    date_times: tuple[tuple[int, int, CombinedDateTime], ...] = ()
+    sequences: tuple[tuple[int, ItemQuery], ...] = ()
+
+    @property
+    def is_universal(self) -> bool:
+        """Whether every record matches."""
+        return not (self.values or self.date_times or self.sequences)
+
+    def matches(self, record: Record) -> bool:
+        """Whether a record meets every constraint of this level."""
+        for tag, matcher in self.values:
+            if not matcher(values_of(record, tag)):
+                return False
+        for date_tag, time_tag, window in self.date_times:
+            if not window.match(values_of(record, date_tag), values_of(record, time_tag)):
+                return False
+        for tag, item_query in self.sequences:
+            items = record.get(tag, ())
+            if not any(isinstance(i, dict) and item_query.matches(i) for i in items):
+                return False
+        return True
+
+    def sequence(self, tag: int) -> ItemQuery | None:
+        """The item query of a constrained sequence, if any."""
+        return next((q for t, q in self.sequences if t == tag), None)
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    """A validated worklist query.
+
+    Attributes
+    ----------
+    identifier : Dataset
+        The request identifier: answers hold exactly its keys.
+    top : ItemQuery
+        Constraints on the entry's top level.
+    sps : ItemQuery
+        Constraints on the entry's Scheduled Procedure Step item.
+    sps_keys : Dataset or None
+        The SPS item keys to return (expanded when the request's item was empty), or ``None``
+        when the request does not ask for the SPS sequence.
+    """
+
+    identifier: Dataset
+    top: ItemQuery
+    sps: ItemQuery
+    sps_keys: Dataset | None
+
+    def matches(self, entry: Entry) -> bool:
+        """Whether an entry (one scheduled procedure step) matches the query."""
+        return self.top.matches(entry.top_record) and self.sps.matches(entry.sps_record)
+
+
+def _vr(elem: DataElement) -> str:
+    try:
+        return dictionary_VR(elem.tag) if not elem.tag.is_private else str(elem.VR)
+    except KeyError:
+        return str(elem.VR)
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join("" if v is None else str(v) for v in value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _is_ignored(tag: int, top: bool) -> bool:
+    group, element = tag >> 16, tag & 0xFFFF
+    if element == 0 or group == 0x0002:  # group lengths, file meta
+        return True
+    return top and tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL)
+
+
+def _compile_level(ds: Dataset, *, top: bool, pn_fold: bool) -> ItemQuery:
+    texts: dict[int, tuple[str, str]] = {}
+    sequences: list[tuple[int, ItemQuery]] = []
+    for elem in ds:
+        tag = int(elem.tag)
+        if _is_ignored(tag, top) or (top and tag == SPS_SEQUENCE_TAG):
+            continue
+        vr = _vr(elem)
+        if vr == "SQ" or elem.VR == "SQ":
+            items = list(elem.value or [])
+            if len(items) > 1:
+                raise QueryError(
+                    f"{describe_tag(tag)} has {len(items)} items; a query sequence holds one",
+                    (tag,),
+                )
+            if items:
+                nested = _compile_level(items[0], top=False, pn_fold=pn_fold)
+                if not nested.is_universal:
+                    sequences.append((tag, nested))
+            continue
+        texts[tag] = (vr, _text(elem.value))
+
+    date_times: list[tuple[int, int, CombinedDateTime]] = []
+    for date_tag, time_tag in COMBINED_DATE_TIME:
+        if date_tag in texts and time_tag in texts:
+            date_text, time_text = texts[date_tag][1], texts[time_tag][1]
+            if date_text.strip() and time_text.strip():
+                try:
+                    window = combined_date_time(date_text, time_text)
+                except QueryValueError as exc:
+                    raise QueryError(
+                        f"{describe_tag(date_tag)}+Time: {exc}", (date_tag, time_tag)
+                    ) from None
+                date_times.append((date_tag, time_tag, window))
+                del texts[date_tag], texts[time_tag]
+
+    values: list[tuple[int, Matcher]] = []
+    for tag, (vr, text) in texts.items():
+        try:
+            matcher = compile_value(vr, text, pn_fold=pn_fold)
+        except QueryValueError as exc:
+            raise QueryError(f"{describe_tag(tag)}: {exc}", (tag,)) from None
+        if matcher is not None:
+            values.append((tag, matcher))
+    return ItemQuery(tuple(values), tuple(date_times), tuple(sequences))
+
+
+def _guarded(ds: Dataset, action: Callable[[], ItemQuery]) -> ItemQuery:
+    """Run a compile step, turning pydicom decoding failures into a failure status."""
+    try:
+        return action()
+    except QueryError:
+        raise
+    except Exception as exc:  # a value pydicom cannot decode (bad VR, length, charset ...)
+        raise QueryError(
+            f"cannot decode the identifier: {type(exc).__name__}: {exc}"[:200],
+            (),
+            Status.UNABLE_TO_PROCESS,
+        ) from None
+
+
+def compile_query(
+    identifier: Dataset,
+    *,
+    pn_fold: bool = False,
+    expand_empty_sps: bool = True,
+) -> CompiledQuery:
+    """Compile a C-FIND identifier of the Modality Worklist Information Model.
+
+    Parameters
+    ----------
+    identifier : Dataset
+        The decoded request identifier.
+    pn_fold : bool
+        Match PN values insensitive to case and accents.
+    expand_empty_sps : bool
+        An empty Scheduled Procedure Step item asks for all Table K.6-1 SPS keys (wlmscpfs's
+        default; ``-nse`` turns it off).
+
+    Raises
+    ------
+    QueryError
+        The identifier is not a valid query; the error names the offending element.
+
+    Examples
+    --------
+    >>> from pydicom import Dataset
+    >>> ds = Dataset()
+    >>> ds.PatientID = "AB*"
+    >>> q = compile_query(ds)
+    >>> len(q.top.values), q.sps.is_universal
+    (1, True)
+    """
+    charset = identifier.get("SpecificCharacterSet", "")
+    names = [charset] if isinstance(charset, str) else list(charset)
+    for name in names:
+        if name and name.strip() not in python_encoding:
+            raise QueryError(f"unknown Specific Character Set {name!r}", (SPECIFIC_CHARACTER_SET,))
+
+    top = _guarded(identifier, lambda: _compile_level(identifier, top=True, pn_fold=pn_fold))
+    sps = ItemQuery()
+    sps_keys: Dataset | None = None
+    if SPS_SEQUENCE_TAG in identifier:
+        items = list(identifier[SPS_SEQUENCE_TAG].value or [])
+        if len(items) > 1:
+            raise QueryError(
+                f"{describe_tag(SPS_SEQUENCE_TAG)} has {len(items)} items; a worklist query "
+                "holds at most one",
+                (SPS_SEQUENCE_TAG,),
+            )
+        item = items[0] if items else Dataset()
+        sps = _guarded(item, lambda: _compile_level(item, top=False, pn_fold=pn_fold))
+        sps_keys = item
+        if len(item) == 0 and expand_empty_sps:
+            sps_keys = Dataset()
+            for tag in SPS_EXPANSION_TAGS:
+                sps_keys.add(DataElement(tag, dictionary_VR(tag), None))
+    return CompiledQuery(identifier, top, sps, sps_keys)

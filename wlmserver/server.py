@@ -1,0 +1,165 @@
+"""Build the Application Entity, own the index and the watcher, start and stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+
+from wlmserver.config import Config
+from wlmserver.handlers import (
+    handle_connection_open,
+    handle_echo,
+    handle_find,
+    handle_requested,
+)
+from wlmserver.index import WorklistStore
+from wlmserver.watcher import Watcher
+
+LOGGER = logging.getLogger(__name__)
+
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+VERIFICATION = "1.2.840.10008.1.1"
+TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+
+
+class WorklistServer:
+    """A running Modality Worklist SCP.
+
+    Parameters
+    ----------
+    config : Config
+        What to serve and how.
+
+    Examples
+    --------
+    >>> server = WorklistServer(Config(data_files_path=path, port=0))  # doctest: +SKIP
+    >>> server.start(); port = server.port; ...; server.stop()  # doctest: +SKIP
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = WorklistStore(
+            config.data_files_path, reject_incomplete=config.reject_incomplete
+        )
+        self.watcher: Watcher | None = None
+        self._server: Any = None
+        self.ae = self._build_ae()
+
+    def _build_ae(self) -> Any:
+        config = self.config
+        ae = AE(ae_title=config.ae_title)
+        ae.add_supported_context(MODALITY_WORKLIST_FIND, TRANSFER_SYNTAXES)
+        ae.add_supported_context(VERIFICATION, TRANSFER_SYNTAXES)
+        ae.acse_timeout = config.acse_timeout
+        ae.dimse_timeout = config.dimse_timeout
+        ae.network_timeout = config.network_timeout
+        ae.maximum_associations = config.max_associations
+        ae.maximum_pdu_size = config.max_pdu
+        return ae
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        return int(self._server.server_address[1]) if self._server else self.config.port
+
+    def start(self) -> None:
+        """Index the database, start watching it, and start accepting associations."""
+        root = self.config.data_files_path
+        if not root.is_dir():
+            raise FileNotFoundError(f"the database root {root} is not a folder")
+        started = time.perf_counter()
+        self.store.scan()
+        self._log_summary(time.perf_counter() - started)
+        self.watcher = Watcher(
+            self.store, poll=self.config.poll, rescan_interval=self.config.rescan_interval
+        )
+        self.watcher.start()
+        handlers = [
+            (evt.EVT_CONN_OPEN, handle_connection_open),
+            (evt.EVT_REQUESTED, handle_requested, [self.store, self.config]),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_FIND, handle_find, [self.store, self.config]),
+        ]
+        try:
+            self._server = self.ae.start_server(
+                (self.config.bind, self.config.port), block=False, evt_handlers=handlers
+            )
+        except BaseException:
+            self.watcher.stop()
+            raise
+
+    def _log_summary(self, seconds: float) -> None:
+        snapshots = self.store.snapshots()
+        for folder in snapshots:
+            LOGGER.info(
+                "AE folder %s: %d entries from %d files served, %d files not served",
+                folder.name,
+                len(folder.entries),
+                len(folder.files) - folder.rejected,
+                folder.rejected,
+            )
+        if not snapshots:
+            LOGGER.warning(
+                "%s holds no AE folder: create %s/<AETitle>/ and put .wl files in it",
+                self.config.data_files_path,
+                self.config.data_files_path,
+            )
+        LOGGER.info("indexed %d AE folders in %.2f s", len(snapshots), seconds)
+
+    def stop(self) -> None:
+        """Stop accepting, end the associations, stop the watcher."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+
+    def __enter__(self) -> WorklistServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run(config: Config, ready_message: str | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; a second signal exits at once.
+
+    Returns
+    -------
+    int
+        The process exit status.
+    """
+    server = WorklistServer(config)
+    try:
+        server.start()
+    except OSError as exc:
+        LOGGER.error("cannot start: %s", exc)
+        return 1
+    if ready_message:
+        print(ready_message.format(port=server.port), flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise SystemExit(130)
+        LOGGER.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    LOGGER.info("stopped")
+    return 0

@@ -1,0 +1,181 @@
+"""Keep the index current from file-system events (the only module that imports watchdog).
+
+Events are turned into index work by one worker thread:
+
+- a file closed after writing, or renamed into an AE folder, is read at once;
+- a file created or modified but not (yet) closed is read only after it has been quiet for
+  :attr:`Watcher.quiet_period` seconds, so a writer still writing is never read half-way (on
+  inotify a close event almost always comes first);
+- a deleted or renamed-away file, or AE folder, is dropped at once;
+- a new AE folder is scanned;
+- every :attr:`Watcher.rescan_interval` seconds a full, stat-based rescan corrects anything the
+  events missed (network shares, overflowed event queues). With ``poll`` set, watchdog's polling
+  observer replaces inotify, for shares where inotify sees nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from wlmserver.index import LockBusy, WorklistStore
+
+LOGGER = logging.getLogger(__name__)
+
+_READ_NOW = "read-now"
+_READ_QUIET = "read-quiet"
+_REMOVE = "remove"
+_SCAN_FOLDER = "scan-folder"
+_SCAN_ALL = "scan-all"
+_STOP = "stop"
+
+
+def _text(path: str | bytes) -> str:
+    return os.fsdecode(path)
+
+
+class _Forwarder(FileSystemEventHandler):
+    """Turns watchdog events into work items on a queue."""
+
+    def __init__(self, root: Path, work: queue.Queue[tuple[str, Path]]) -> None:
+        self.root = root
+        self.work = work
+
+    def _depth(self, path: Path) -> int:
+        try:
+            return len(path.relative_to(self.root).parts)
+        except ValueError:
+            return -1
+
+    def _put(self, kind: str, path: Path) -> None:
+        self.work.put((kind, path))
+
+    def _arrive(self, path: Path, is_dir: bool, kind: str) -> None:
+        depth = self._depth(path)
+        if depth == 1 and is_dir:
+            self._put(_SCAN_FOLDER, path)
+        elif depth == 2 and not is_dir:
+            self._put(kind, path)
+
+    def _leave(self, path: Path, is_dir: bool) -> None:
+        depth = self._depth(path)
+        if depth == 0:
+            self._put(_SCAN_ALL, path)
+        elif depth == 1 and is_dir:
+            self._put(_SCAN_FOLDER, path)
+        elif depth == 2:
+            self._put(_REMOVE, path)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        src = Path(_text(event.src_path))
+        kind = event.event_type
+        if kind in ("created", "modified"):
+            self._arrive(src, event.is_directory, _READ_QUIET)
+        elif kind == "closed":
+            self._arrive(src, event.is_directory, _READ_NOW)
+        elif kind == "deleted":
+            self._leave(src, event.is_directory)
+        elif kind == "moved":
+            self._leave(src, event.is_directory)
+            dest = getattr(event, "dest_path", "")
+            if dest:
+                self._arrive(Path(_text(dest)), event.is_directory, _READ_NOW)
+
+
+class Watcher:
+    """Watches a database root and applies changes to a :class:`WorklistStore`.
+
+    Parameters
+    ----------
+    store : WorklistStore
+        The index to keep current.
+    poll : float or None
+        Poll the file system every ``poll`` seconds instead of using inotify.
+    rescan_interval : float
+        Seconds between full consistency rescans (0 turns them off).
+    quiet_period : float
+        How long a created or modified file must stay unchanged, without a close event,
+        before it is read.
+    """
+
+    def __init__(
+        self,
+        store: WorklistStore,
+        *,
+        poll: float | None = None,
+        rescan_interval: float = 60.0,
+        quiet_period: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.poll = poll
+        self.rescan_interval = rescan_interval
+        self.quiet_period = quiet_period
+        self._work: queue.Queue[tuple[str, Path]] = queue.Queue()
+        self._observer = PollingObserver(timeout=poll) if poll else Observer()
+        self._observer.schedule(_Forwarder(store.root, self._work), str(store.root), recursive=True)
+        self._thread = threading.Thread(target=self._run, name="wlmserver-watcher", daemon=True)
+
+    def start(self) -> None:
+        """Start watching (the store should have been scanned first)."""
+        self._observer.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching and join the threads."""
+        self._observer.stop()
+        self._work.put((_STOP, self.store.root))
+        self._observer.join(timeout=5)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        pending: dict[Path, float] = {}  # files waiting for quiet: path -> when to read
+        next_rescan = time.monotonic() + self.rescan_interval if self.rescan_interval else None
+        while True:
+            now = time.monotonic()
+            deadlines = [*pending.values(), *([next_rescan] if next_rescan else [])]
+            timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            try:
+                kind, path = self._work.get(timeout=timeout)
+            except queue.Empty:
+                kind, path = "", self.store.root
+            if kind == _STOP:
+                return
+            try:
+                self._apply(kind, path, pending)
+                now = time.monotonic()
+                for due_path in [p for p, due in pending.items() if due <= now]:
+                    del pending[due_path]
+                    self._read(due_path, pending)
+                if next_rescan is not None and now >= next_rescan:
+                    self.store.scan()
+                    next_rescan = now + self.rescan_interval
+            except Exception:  # the watcher must outlive any surprise
+                LOGGER.exception("watcher: unexpected error while applying %s %s", kind, path)
+
+    def _apply(self, kind: str, path: Path, pending: dict[Path, float]) -> None:
+        if kind == _READ_QUIET:
+            pending[path] = time.monotonic() + self.quiet_period
+        elif kind == _READ_NOW:
+            pending.pop(path, None)
+            self._read(path, pending)
+        elif kind == _REMOVE:
+            pending.pop(path, None)
+            self.store.remove_file(path)
+        elif kind == _SCAN_FOLDER:
+            self.store.scan_folder(path.name)
+        elif kind == _SCAN_ALL:
+            self.store.scan()
+
+    def _read(self, path: Path, pending: dict[Path, float]) -> None:
+        try:
+            self.store.update_file(path)
+        except LockBusy:
+            pending[path] = time.monotonic() + self.quiet_period
