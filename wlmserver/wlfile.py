@@ -8,6 +8,7 @@ reported, so the store can log it once.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from wlmserver.completeness import Incomplete, check_complete
 from wlmserver.entry import Entry, to_record, values_of
 from wlmserver.keys import REQUIRED_SPS, REQUIRED_TOP, SPS_SEQUENCE_TAG
 from wlmserver.matching import sortable_instant
@@ -88,16 +90,22 @@ def _has_value(ds: Dataset, keyword: str) -> bool:
 
 
 def _read_dataset(path: Path) -> Dataset:
-    if path.stat().st_size == 0:
+    data = path.read_bytes()  # one read: what is checked is what is parsed
+    if not data:
         raise WorklistFileError("the file is empty")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             try:
-                ds = dcmread(path)
+                ds = dcmread(io.BytesIO(data))
             except InvalidDicomError:
                 # wlmscpfs also serves datasets stored without the Part 10 header
-                ds = dcmread(path, force=True)
+                ds = dcmread(io.BytesIO(data), force=True)
+            implicit, little = ds.original_encoding
+            try:
+                check_complete(data, implicit=bool(implicit), little=little is not False)
+            except Incomplete as exc:
+                raise WorklistFileError(f"incomplete, still being written? ({exc})") from None
             charset = ds.get("SpecificCharacterSet", "")
             names = list(charset) if not isinstance(charset, str) else [charset]
             unknown = [n for n in names if n and n.strip() not in python_encoding]

@@ -1,0 +1,153 @@
+"""Shared fixtures: worklist files made on the fly, an in-process server on a free port, and a
+pynetdicom worklist client."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+
+from wlmserver.config import Config
+from wlmserver.server import MODALITY_WORKLIST_FIND, VERIFICATION, WorklistServer
+
+TOP_DEFAULTS: dict[str, Any] = {
+    "PatientName": "DOE^JANE",
+    "PatientID": "PID001",
+    "PatientBirthDate": "19800101",
+    "PatientSex": "F",
+    "AccessionNumber": "ACC001",
+    "StudyInstanceUID": "1.2.826.0.1.3680043.10.9999.1",
+    "RequestedProcedureID": "RP001",
+    "RequestedProcedureDescription": "CT HEAD",
+    "RequestedProcedurePriority": "ROUTINE",
+    "ReferringPhysicianName": "HOUSE^GREGORY",
+}
+SPS_DEFAULTS: dict[str, Any] = {
+    "ScheduledStationAETitle": "CT01",
+    "ScheduledProcedureStepStartDate": "20261122",
+    "ScheduledProcedureStepStartTime": "101500",
+    "Modality": "CT",
+    "ScheduledPerformingPhysicianName": "WHO^JOHN",
+    "ScheduledProcedureStepDescription": "HEAD W/O CONTRAST",
+    "ScheduledProcedureStepID": "SPS001",
+    "ScheduledStationName": "CTROOM1",
+}
+
+
+def make_dataset(sps: list[dict[str, Any]] | None = None, **top: Any) -> Dataset:
+    """A worklist entry: the defaults above, overridden by keyword; ``None`` removes a key."""
+    ds = Dataset()
+    values = {**TOP_DEFAULTS, **top}
+    charset = values.pop("SpecificCharacterSet", None)
+    if charset:
+        ds.SpecificCharacterSet = charset
+    for keyword, value in values.items():
+        if value is not None:
+            setattr(ds, keyword, value)
+    items = []
+    for overrides in sps if sps is not None else [{}]:
+        item = Dataset()
+        for keyword, value in {**SPS_DEFAULTS, **overrides}.items():
+            if value is not None:
+                setattr(item, keyword, value)
+        items.append(item)
+    ds.ScheduledProcedureStepSequence = items
+    return ds
+
+
+def write_wl(path: Path, ds: Dataset | None = None, **kwargs: Any) -> Path:
+    """Write a worklist file as dump2dcm would (Part 10, explicit VR little endian)."""
+    ds = ds if ds is not None else make_dataset(**kwargs)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.276.0.7230010.3.1.0.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """An empty database root with one AE folder, ``WLM``."""
+    root = tmp_path / "db"
+    (root / "WLM").mkdir(parents=True)
+    return root
+
+
+StartServer = Callable[..., WorklistServer]
+
+
+@pytest.fixture
+def start_server(db: Path) -> Iterator[StartServer]:
+    """Start a real server in-process on a free loopback port; always stopped afterwards."""
+    servers: list[WorklistServer] = []
+
+    def start(root: Path | None = None, **overrides: Any) -> WorklistServer:
+        overrides.setdefault("rescan_interval", 0)
+        config = Config(data_files_path=root or db, port=0, bind="127.0.0.1", **overrides)
+        server = WorklistServer(config)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def find(
+    port: int,
+    identifier: Dataset,
+    aet: str = "WLM",
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    cancel_after: int | None = None,
+) -> list[tuple[int, Dataset | None]]:
+    """Send one C-FIND over a new association; return ``(status, identifier)`` per response."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(MODALITY_WORKLIST_FIND, [transfer_syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    assert assoc.is_established, f"association to {aet} not established"
+    results: list[tuple[int, Dataset | None]] = []
+    try:
+        responses = assoc.send_c_find(identifier, MODALITY_WORKLIST_FIND)
+        for status, answer in responses:
+            assert status is not None, "no response (timeout or abort)"
+            results.append((int(status.Status), answer if answer is not None else status))
+            if cancel_after is not None and len(results) == cancel_after:
+                assoc.send_c_cancel(1, query_model=MODALITY_WORKLIST_FIND)
+    finally:
+        assoc.release()
+    return results
+
+
+def echo(port: int, aet: str = "WLM") -> int:
+    """Send a C-ECHO; return its status."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_echo().Status)
+    finally:
+        assoc.release()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves server or watcher threads running."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [
+        t
+        for t in threading.enumerate()
+        if t not in before and t.is_alive() and t.name.startswith(("wlmserver", "Acceptor"))
+    ]
+    assert not leaked, f"threads left running: {leaked}"

@@ -1,0 +1,200 @@
+"""PS3.4 C.2.2.2 matching primitives, as data tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from wlmserver.matching import (
+    QueryValueError,
+    combined_date_time,
+    compile_value,
+    fold_case_and_accents,
+    parse_range,
+    sortable_instant,
+)
+
+# (vr, query value, entry values, expected)
+MATCHES = [
+    # universal matching (C.2.2.2.3)
+    ("PN", "", (), None),
+    ("AE", "*", ("CT01",), None),
+    ("LT", "*", (), None),
+    # single value matching (C.2.2.2.1), case-sensitive
+    ("CS", "CT", ("CT",), True),
+    ("CS", "CT", ("MR",), False),
+    ("CS", "ct", ("CT",), False),
+    ("LO", "PID001", ("PID001",), True),
+    ("LO", "PID001", ("PID0011",), False),
+    ("PN", "DOE^JANE", ("DOE^JANE",), True),
+    ("PN", "DOE^JANE", ("Doe^Jane",), False),
+    ("PN", "DOE", ("DOE^JANE",), False),
+    # no value in the entry never matches a constrained key
+    ("CS", "CT", (), False),
+    ("PN", "DOE*", (), False),
+    ("DA", "20261122", (), False),
+    # multi-valued entry values: any value matches
+    ("AE", "AA33", ("AA32", "AA33"), True),
+    ("AE", "AA34", ("AA32", "AA33"), False),
+    # backslash alternatives in the query: any alternative
+    ("CS", "CT\\MR", ("MR",), True),
+    ("CS", "CT\\MR", ("US",), False),
+    ("AE", "CT*\\MR01", ("MR01",), True),
+    # wildcards (C.2.2.2.4)
+    ("PN", "DOE*", ("DOE^JANE",), True),
+    ("PN", "*JANE", ("DOE^JANE",), True),
+    ("PN", "D?E^JANE", ("DOE^JANE",), True),
+    ("PN", "D?E^JANE", ("DOOE^JANE",), False),
+    ("PN", "*OE*AN*", ("DOE^JANE",), True),
+    ("AE", "CT?1", ("CT01",), True),
+    ("SH", "A.B*", ("AXB1",), False),  # regex characters are literal
+    ("SH", "A.B*", ("A.B1",), True),
+    ("LO", "a*", ("A1",), False),
+    # PN component groups: each group can match on its own
+    ("PN", "山田^太郎", ("Yamada^Tarou=山田^太郎=やまだ^たろう",), True),
+    ("PN", "Yamada*", ("Yamada^Tarou=山田^太郎",), True),
+    # UID list matching (C.2.2.2.2)
+    ("UI", "1.2.3\\1.2.4", ("1.2.4",), True),
+    ("UI", "1.2.3", ("1.2.30",), False),
+    # numbers compare by value
+    ("DS", "1.5", ("1.50",), True),
+    ("IS", "7", ("8",), False),
+    # LT is single-valued: a backslash is a character
+    ("LT", "a\\b", ("a\\b",), True),
+    # date ranges (C.2.2.2.5)
+    ("DA", "20261122", ("20261122",), True),
+    ("DA", "20261122", ("20261123",), False),
+    ("DA", "20261120-20261122", ("20261121",), True),
+    ("DA", "20261120-20261122", ("20261122",), True),
+    ("DA", "20261120-20261122", ("20261123",), False),
+    ("DA", "-20261122", ("19000101",), True),
+    ("DA", "20261122-", ("20991231",), True),
+    ("DA", "20261122-", ("20261121",), False),
+    # time ranges, partial times and fractions
+    ("TM", "10-11", ("103000",), True),
+    ("TM", "10-11", ("115959.999",), True),
+    ("TM", "10-11", ("120000",), False),
+    ("TM", "1015-1030", ("101500",), True),
+    ("TM", "1015-1030", ("103059",), True),
+    ("TM", "1015-1030", ("1031",), False),
+    ("TM", "120000-", ("160700",), True),
+    ("TM", "120000-", ("085607",), False),
+    ("TM", "-0900", ("085607",), True),
+    ("TM", "101500.5-101500.6", ("101500.55",), True),
+    ("TM", "101500.5-101500.6", ("101500.7",), False),
+    ("TM", "10", ("1045",), True),  # a single partial time covers its precision
+    ("TM", "1000-1100", ("10:30:00",), True),  # ACR-NEMA style values in files
+    # date-time ranges
+    ("DT", "20261122-20261123", ("20261122235959",), True),
+    ("DT", "20261122101500-", ("20261122101459",), False),
+    ("DT", "2026-2027", ("20270615",), True),
+    ("DT", "20261122101500-0500", ("20261122101500",), True),  # a UTC offset, not a range
+]
+
+
+@pytest.mark.parametrize(("vr", "query", "values", "expected"), MATCHES)
+def test_matching_table(
+    vr: str, query: str, values: tuple[str, ...], expected: bool | None
+) -> None:
+    matcher = compile_value(vr, query)
+    if expected is None:
+        assert matcher is None  # universal: no constraint at all
+    else:
+        assert matcher is not None
+        assert matcher(values) is expected
+
+
+@pytest.mark.parametrize(
+    ("query", "value", "expected"),
+    [
+        ("müller^jürgen", "MÜLLER^JÜRGEN", True),
+        ("MULLER*", "Müller^Jürgen", True),
+        ("muller^jurgen", "Mueller^Juergen", False),
+    ],
+)
+def test_pn_case_and_accent_insensitive_option(query: str, value: str, expected: bool) -> None:
+    strict = compile_value("PN", query)
+    folded = compile_value("PN", query, pn_fold=True)
+    assert strict is not None and folded is not None
+    assert strict((value,)) is False
+    assert folded((value,)) is expected
+
+
+def test_fold_is_only_for_person_names() -> None:
+    matcher = compile_value("LO", "abc", pn_fold=True)
+    assert matcher is not None and matcher(("ABC",)) is False
+
+
+INVALID = [
+    ("DA", "2026-11-22"),
+    ("DA", "20261322"),
+    ("DA", "20260230"),
+    ("DA", "2026112"),
+    ("DA", "20261123-20261122"),  # starts after it ends
+    ("DA", "20261120-20261121-20261122"),
+    ("DA", "-"),
+    ("DA", "*"),
+    ("TM", "25"),
+    ("TM", "1060"),
+    ("TM", "10.5"),
+    ("TM", "abc"),
+    ("TM", "1200-1100"),
+    ("DT", "2026112210x"),
+    ("UI", "1.2.*"),
+    ("IS", "seven"),
+]
+
+
+@pytest.mark.parametrize(("vr", "query"), INVALID)
+def test_invalid_values_raise(vr: str, query: str) -> None:
+    with pytest.raises(QueryValueError):
+        compile_value(vr, query)
+
+
+COMBINED = [
+    # (date query, time query, entry date, entry time, expected) -- C.2.2.2.5.1
+    ("20061001-20061005", "1000-1800", "20061001", "100000", True),
+    ("20061001-20061005", "1000-1800", "20061001", "095959", False),
+    ("20061001-20061005", "1000-1800", "20061003", "020000", True),  # a day in between
+    ("20061001-20061005", "1000-1800", "20061005", "180059", True),
+    ("20061001-20061005", "1000-1800", "20061005", "181000", False),
+    ("20061001", "1000-1800", "20061001", "120000", True),
+    ("20061001", "1000-1800", "20061001", "190000", False),
+    ("20061001", "1000-1800", "20061002", "120000", False),
+    ("20061001-", "1000-", "20061001", "0900", False),
+    ("20061001-", "1000-", "20300101", "0900", True),
+    ("-20061001", "-1000", "20061001", "1001", False),
+    ("20061001", "10", "20061001", "1059", True),
+]
+
+
+@pytest.mark.parametrize(("dq", "tq", "date", "time", "expected"), COMBINED)
+def test_combined_date_time(dq: str, tq: str, date: str, time: str, expected: bool) -> None:
+    assert combined_date_time(dq, tq).match((date,), (time,)) is expected
+
+
+def test_combined_needs_both_entry_values() -> None:
+    window = combined_date_time("20061001", "1000-1800")
+    assert window.match(("20061001",), ()) is False
+    assert window.match((), ("1200",)) is False
+
+
+def test_combined_rejects_lists_and_reversed_ranges() -> None:
+    with pytest.raises(QueryValueError):
+        combined_date_time("20061001\\20061002", "10")
+    with pytest.raises(QueryValueError):
+        combined_date_time("20061001", "1800-1000")
+
+
+def test_parse_range_bounds() -> None:
+    assert parse_range("DA", "20261122") == ("20261122", "20261122")
+    assert parse_range("TM", "10") == ("100000000000", "105959999999")
+    assert parse_range("DT", "2026") == ("20260101000000000000", "20261231235959999999")
+
+
+def test_fold() -> None:
+    assert fold_case_and_accents("Ñúñez^ÅSA") == "nunez^asa"
+
+
+def test_sortable_instant() -> None:
+    assert sortable_instant(("20261122",), ("1015",)) == "20261122101500000000"
+    assert sortable_instant((), ("1015",)) == ""
