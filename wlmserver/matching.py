@@ -132,6 +132,12 @@ def _date_bounds(text: str) -> tuple[str, str]:
     return text, text
 
 
+_KINDS = {
+    "DA": ("date", "YYYYMMDD"),
+    "TM": ("time", "HHMMSS"),
+    "DT": ("date-time", "YYYYMMDDHHMMSS"),
+}
+
 _BOUNDS: dict[str, Callable[[str], tuple[str, str]]] = {
     "DA": _date_bounds,
     "TM": _time_bounds,
@@ -185,7 +191,8 @@ def parse_range(vr: str, text: str) -> tuple[str | None, str | None]:
     if len(parts) == 1:
         return bounds(parts[0])
     if len(parts) != 2 or (not parts[0] and not parts[1]):
-        raise QueryValueError(f"'{text}' is not a valid {vr} range")
+        kind, form = _KINDS[vr]
+        raise QueryValueError(f"'{text}' is not a {kind} or {kind} range ({form}-{form})")
     lo = bounds(parts[0].strip())[0] if parts[0].strip() else None
     hi = bounds(parts[1].strip())[1] if parts[1].strip() else None
     if lo is not None and hi is not None and lo > hi:
