@@ -1,0 +1,84 @@
+"""The C-FIND handler with real collaborators and a stand-in pynetdicom event."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from conftest import write_wl
+from pydicom.dataset import Dataset
+
+from wlmserver.config import Config
+from wlmserver.handlers import CANCEL_CHECK_EVERY, handle_find
+from wlmserver.index import WorklistStore
+from wlmserver.status import Status
+
+
+class FakeEvent:
+    """Just what handle_find reads of a pynetdicom event."""
+
+    def __init__(self, identifier: Any, aet: str = "WLM", cancel_after: int | None = None) -> None:
+        self._identifier = identifier
+        self.checks = 0
+        self.cancel_after = cancel_after
+        requestor = SimpleNamespace(
+            primitive=SimpleNamespace(called_ae_title=aet, calling_ae_title="SCU"),
+            ae_title="SCU",
+            address="127.0.0.1",
+            port=1,
+        )
+        self.assoc = SimpleNamespace(requestor=requestor)
+
+    @property
+    def identifier(self) -> Dataset:
+        if isinstance(self._identifier, Exception):
+            raise self._identifier
+        return self._identifier  # type: ignore[no-any-return]
+
+    @property
+    def is_cancelled(self) -> bool:
+        self.checks += 1
+        return self.cancel_after is not None and self.checks > self.cancel_after
+
+
+def _store(db: Path, steps: int) -> WorklistStore:
+    write_wl(db / "WLM" / "a.wl", sps=[{"ScheduledProcedureStepID": f"S{n}"} for n in range(steps)])
+    store = WorklistStore(db)
+    store.scan()
+    return store
+
+
+def _query() -> Dataset:
+    query = Dataset()
+    query.PatientID = ""
+    query.ScheduledProcedureStepSequence = [Dataset()]
+    return query
+
+
+def test_cancel_is_checked_before_every_answer(db: Path) -> None:
+    store = _store(db, 5)
+    responses = list(handle_find(FakeEvent(_query(), cancel_after=2), store, Config(db)))
+    assert [s for s, _ in responses] == [Status.PENDING, Status.PENDING, Status.CANCEL]
+
+
+def test_all_answers_then_success(db: Path) -> None:
+    store = _store(db, CANCEL_CHECK_EVERY + 3)
+    responses = list(handle_find(FakeEvent(_query()), store, Config(db)))
+    assert [s for s, _ in responses].count(Status.PENDING) == CANCEL_CHECK_EVERY + 3
+    assert responses[-1] == (Status.SUCCESS, None)
+
+
+def test_identifier_that_cannot_be_decoded(db: Path) -> None:
+    store = _store(db, 1)
+    ((status, _),) = list(handle_find(FakeEvent(ValueError("bad bytes")), store, Config(db)))
+    assert isinstance(status, Dataset)
+    assert status.Status == Status.UNABLE_TO_PROCESS and "bad bytes" in status.ErrorComment
+
+
+def test_error_comment_fits_lo(db: Path) -> None:
+    store = _store(db, 1)
+    query = _query()
+    query.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate = "20261199-20261299"
+    ((status, _),) = list(handle_find(FakeEvent(query), store, Config(db)))
+    assert isinstance(status, Dataset) and len(status.ErrorComment) <= 64

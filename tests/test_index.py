@@ -1,0 +1,196 @@
+"""The index: scans, per-file updates, snapshots, AE-title safety, the wlmscpfs lockfile."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import write_wl
+
+from wlmserver.index import LockBusy, WorklistStore, is_safe_ae_title
+
+
+def _ids(store: WorklistStore, aet: str = "WLM") -> list[str]:
+    folder = store.folder(aet)
+    assert folder is not None
+    return [e.top.PatientID for e in folder.entries]
+
+
+def test_scan_serves_every_folder_in_answer_order(db: Path) -> None:
+    write_wl(
+        db / "WLM" / "late.wl", PatientID="LATE", sps=[{"ScheduledProcedureStepStartTime": "1600"}]
+    )
+    write_wl(
+        db / "WLM" / "early.wl",
+        PatientID="EARLY",
+        sps=[{"ScheduledProcedureStepStartTime": "0800"}],
+    )
+    write_wl(db / "CT01" / "x.WL", PatientID="CT")
+    (db / "notes.txt").write_text("not a folder")
+    (db / "WLM" / "readme.txt").write_text("not a worklist file")
+    store = WorklistStore(db)
+    store.scan()
+    assert store.folder_names() == ["CT01", "WLM"]
+    assert _ids(store) == ["EARLY", "LATE"]
+    assert _ids(store, "CT01") == ["CT"]
+
+
+def test_same_time_orders_by_file_then_item(db: Path) -> None:
+    write_wl(
+        db / "WLM" / "b.wl",
+        PatientID="B",
+        sps=[{"ScheduledProcedureStepID": "1"}, {"ScheduledProcedureStepID": "2"}],
+    )
+    write_wl(db / "WLM" / "a.wl", PatientID="A")
+    store = WorklistStore(db)
+    store.scan()
+    folder = store.folder("WLM")
+    assert folder is not None
+    assert [(e.top.PatientID, e.item) for e in folder.entries] == [("A", 0), ("B", 0), ("B", 1)]
+
+
+def test_update_add_replace_remove(db: Path) -> None:
+    store = WorklistStore(db)
+    store.scan()
+    path = write_wl(db / "WLM" / "a.wl", PatientID="ONE")
+    store.update_file(path)
+    assert _ids(store) == ["ONE"]
+    before = store.folder("WLM")
+    write_wl(path, PatientID="TWO", sps=[{}, {"ScheduledProcedureStepID": "X"}])
+    store.update_file(path)
+    assert _ids(store) == ["TWO", "TWO"]
+    assert before is not None and [e.top.PatientID for e in before.entries] == [
+        "ONE"
+    ]  # snapshots stay
+    path.unlink()
+    store.update_file(path)  # a vanished file is removed
+    assert _ids(store) == []
+
+
+def test_rescan_rereads_only_changed_files(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for n in range(3):
+        write_wl(db / "WLM" / f"{n}.wl", PatientID=f"P{n}")
+    store = WorklistStore(db)
+    store.scan()
+    reads: list[str] = []
+    import wlmserver.index as index_module
+
+    real = index_module.read_worklist_file
+    monkeypatch.setattr(
+        index_module,
+        "read_worklist_file",
+        lambda p, **k: (reads.append(Path(p).name), real(p, **k))[1],
+    )
+    store.scan()
+    assert reads == []
+    write_wl(db / "WLM" / "1.wl", PatientID="NEW")
+    store.scan()
+    assert reads == ["1.wl"]
+    assert sorted(_ids(store)) == ["NEW", "P0", "P2"]
+
+
+def test_bad_file_logged_once_and_others_still_served(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_wl(db / "WLM" / "good.wl", PatientID="GOOD")
+    bad = db / "WLM" / "bad.wl"
+    bad.write_bytes(b"garbage" * 20)
+    store = WorklistStore(db)
+    with caplog.at_level(logging.WARNING, logger="wlmserver"):
+        store.scan()
+        store.scan()
+        store.scan()
+    lines = [r.getMessage() for r in caplog.records if "bad.wl" in r.getMessage()]
+    assert len(lines) == 1 and "not served" in lines[0]
+    assert _ids(store) == ["GOOD"]
+    folder = store.folder("WLM")
+    assert folder is not None and folder.rejected == 1
+    assert folder.files["bad.wl"].problem
+
+
+def test_incomplete_file_warning_names_file_and_attribute(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_wl(db / "WLM" / "inc.wl", PatientID=None)
+    store = WorklistStore(db)
+    with caplog.at_level(logging.WARNING, logger="wlmserver"):
+        store.scan()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "WLM/inc.wl" in line and "PatientID" in line
+    assert _ids(store) == []
+    lenient = WorklistStore(db, reject_incomplete=False)
+    lenient.scan()
+    folder = lenient.folder("WLM")
+    assert folder is not None and len(folder.entries) == 1
+
+
+def test_folders_come_and_go(db: Path) -> None:
+    store = WorklistStore(db)
+    store.scan()
+    write_wl(db / "MR01" / "a.wl")
+    store.scan()
+    assert store.folder_names() == ["MR01", "WLM"]
+    (db / "MR01" / "a.wl").unlink()
+    (db / "MR01").rmdir()
+    store.scan()
+    assert store.folder_names() == ["WLM"]
+
+
+@pytest.mark.parametrize(
+    "aet",
+    [
+        "..",
+        ".",
+        "../WLM",
+        "WLM/..",
+        "/etc",
+        "a/b",
+        "a\\b",
+        "WLM\x00",
+        "\x01X",
+        "",
+        " ",
+        "A" * 17,
+        "WLM ",
+        "ÄÖ",
+    ],
+)
+def test_unsafe_ae_titles_never_reach_the_file_system(db: Path, aet: str) -> None:
+    assert not is_safe_ae_title(aet)
+    store = WorklistStore(db)
+    store.scan()
+    assert store.folder(aet) is None
+    store.scan_folder(aet)  # refused before any path is built
+    assert store.folder_names() == ["WLM"]
+
+
+def test_a_held_lockfile_is_waited_for(db: Path) -> None:
+    lock_path = db / "WLM" / "lockfile"
+    lock_path.touch()
+    path = write_wl(db / "WLM" / "a.wl", PatientID="LOCKED")
+    store = WorklistStore(db, lock_timeout=0.2)
+    # a wlmscpfs-era writer holds the exclusive lock (in another process: POSIX locks are
+    # per process, so the test forks one)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: take the lock, signal, wait to be told to release
+        with open(lock_path, "r+b") as handle:
+            fcntl.lockf(handle.fileno(), fcntl.LOCK_EX)
+            os.write(write_end, b"x")
+            threading.Event().wait(2)
+        os._exit(0)
+    try:
+        assert os.read(read_end, 1) == b"x"
+        store.scan()  # a scan defers the folder instead of reading under the writer
+        folder = store.folder("WLM")
+        assert folder is not None and folder.entries == ()
+        with pytest.raises(LockBusy):  # the watcher retries the file later
+            store.update_file(path)
+    finally:
+        os.waitpid(pid, 0)
+    store.update_file(path)
+    assert _ids(store) == ["LOCKED"]

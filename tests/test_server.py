@@ -1,0 +1,257 @@
+"""End to end: an in-process server on a free loopback port, pynetdicom as the client."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from conftest import StartServer, echo, find, make_dataset, write_wl
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from wlmserver.server import MODALITY_WORKLIST_FIND
+from wlmserver.status import Status
+
+PENDING, SUCCESS = int(Status.PENDING), int(Status.SUCCESS)
+
+
+def _sps_query(**sps: str) -> Dataset:
+    query = Dataset()
+    query.PatientName = ""
+    query.PatientID = ""
+    item = Dataset()
+    item.Modality = ""
+    item.ScheduledStationAETitle = ""
+    item.ScheduledProcedureStepStartDate = ""
+    item.ScheduledProcedureStepStartTime = ""
+    for keyword, value in sps.items():
+        setattr(item, keyword, value)
+    query.ScheduledProcedureStepSequence = [item]
+    return query
+
+
+@pytest.fixture
+def populated(db: Path) -> Path:
+    write_wl(
+        db / "WLM" / "multi.wl",
+        PatientID="P1",
+        sps=[
+            {
+                "Modality": "CT",
+                "ScheduledProcedureStepStartTime": "0900",
+                "ScheduledProcedureStepID": "S1",
+            },
+            {
+                "Modality": "MR",
+                "ScheduledProcedureStepStartTime": "1300",
+                "ScheduledProcedureStepID": "S2",
+                "ScheduledStationAETitle": ["MR01", "MR02"],
+            },
+        ],
+    )
+    write_wl(
+        db / "WLM" / "latin1.wl",
+        SpecificCharacterSet="ISO_IR 100",
+        PatientName="Müller^Jürgen",
+        PatientID="P2",
+        sps=[
+            {
+                "Modality": "US",
+                "ScheduledProcedureStepStartTime": "1100",
+                "ScheduledStationAETitle": "US01",
+            }
+        ],
+    )
+    return db
+
+
+def test_one_answer_per_matching_step_in_order(start_server: StartServer, populated: Path) -> None:
+    server = start_server()
+    results = find(server.port, _sps_query())
+    assert [s for s, _ in results] == [PENDING, PENDING, PENDING, SUCCESS]
+    answers = [a for s, a in results if s == PENDING]
+    assert all(len(a.ScheduledProcedureStepSequence) == 1 for a in answers)
+    assert [a.ScheduledProcedureStepSequence[0].Modality for a in answers] == ["CT", "US", "MR"]
+
+
+@pytest.mark.parametrize(
+    ("sps", "expected"),
+    [
+        ({"Modality": "MR"}, ["MR"]),
+        ({"ScheduledStationAETitle": "MR02"}, ["MR"]),
+        ({"ScheduledStationAETitle": "US01\\CT01"}, ["CT", "US"]),
+        ({"ScheduledProcedureStepStartTime": "1000-1200"}, ["US"]),
+        (
+            {
+                "ScheduledProcedureStepStartDate": "20261122",
+                "ScheduledProcedureStepStartTime": "1200-",
+            },
+            ["MR"],
+        ),
+        ({"ScheduledProcedureStepStartDate": "20261123-"}, []),
+    ],
+)
+def test_sps_matching_over_the_network(
+    start_server: StartServer, populated: Path, sps: dict[str, str], expected: list[str]
+) -> None:
+    server = start_server()
+    answers = [a for s, a in find(server.port, _sps_query(**sps)) if s == PENDING]
+    assert [a.ScheduledProcedureStepSequence[0].Modality for a in answers] == expected
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+def test_transfer_syntaxes_and_utf8_query_for_latin1_file(
+    start_server: StartServer, populated: Path, syntax: str
+) -> None:
+    server = start_server()
+    query = _sps_query()
+    query.SpecificCharacterSet = "ISO_IR 192"
+    query.PatientName = "Müller*"
+    results = find(server.port, query, transfer_syntax=syntax)
+    (answer,) = [a for s, a in results if s == PENDING]
+    assert str(answer.PatientName) == "Müller^Jürgen"
+    assert answer.SpecificCharacterSet == "ISO_IR 100"
+
+
+def test_failure_status_names_the_offending_element(
+    start_server: StartServer, populated: Path
+) -> None:
+    server = start_server()
+    results = find(server.port, _sps_query(ScheduledProcedureStepStartDate="2026-11-22"))
+    ((status, ds),) = results
+    assert status == int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
+    assert ds is not None
+    offending = ds.OffendingElement
+    tags = list(offending) if isinstance(offending, MultiValue) else [offending]
+    assert 0x00400002 in [int(t) for t in tags]
+    assert "ScheduledProcedureStepStartDate" in ds.ErrorComment
+    # the server keeps serving
+    assert [s for s, _ in find(server.port, _sps_query(Modality="CT"))] == [PENDING, SUCCESS]
+
+
+def test_no_fail_answers_success_without_matches(
+    start_server: StartServer, populated: Path
+) -> None:
+    server = start_server(fail_invalid_query=False)
+    assert [s for s, _ in find(server.port, _sps_query(ScheduledProcedureStepStartDate="x"))] == [
+        SUCCESS
+    ]
+
+
+def test_two_sps_items_in_a_query_fail(start_server: StartServer, populated: Path) -> None:
+    server = start_server()
+    query = _sps_query()
+    query.ScheduledProcedureStepSequence.append(Dataset())
+    ((status, ds),) = find(server.port, query)
+    assert status == int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
+    assert ds is not None and "2 items" in ds.ErrorComment
+
+
+def test_undecodable_identifier_fails_without_traceback(
+    start_server: StartServer, populated: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_server()
+    query = Dataset()
+    query.PatientName = "X"
+    query.SpecificCharacterSet = "ISO_IR 999"
+    with caplog.at_level(logging.WARNING):
+        ((status, ds),) = find(server.port, query)
+    assert status >= 0xA000
+    assert ds is not None and "ISO_IR 999" in ds.ErrorComment
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_cancel_between_answers(start_server: StartServer, db: Path) -> None:
+    steps = 2000  # one file, many steps: far more answers than can be sent before the cancel
+    write_wl(
+        db / "WLM" / "many.wl", sps=[{"ScheduledProcedureStepID": f"S{n}"} for n in range(steps)]
+    )
+    server = start_server()
+    results = find(server.port, _sps_query(), cancel_after=1)
+    statuses = [s for s, _ in results]
+    assert statuses[-1] == int(Status.CANCEL), (len(statuses), statuses[-3:])
+    assert statuses.count(PENDING) < steps
+
+
+def test_unknown_called_ae_title_is_rejected(start_server: StartServer, populated: Path) -> None:
+    server = start_server()
+    for aet in ("NOSUCHAE", "..", "WLM/..", "../../etc"):
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(MODALITY_WORKLIST_FIND)
+        assoc = ae.associate("127.0.0.1", server.port, ae_title=aet)
+        assert assoc.is_rejected, aet
+        rejection = assoc.acceptor.primitive
+        assert (rejection.result, rejection.result_source, rejection.diagnostic) == (
+            0x01,
+            0x01,
+            0x07,
+        )
+
+
+def test_any_aet_folder_serves_unknown_titles(start_server: StartServer, populated: Path) -> None:
+    server = start_server(any_aet_folder="WLM")
+    assert len(find(server.port, _sps_query(Modality="US"), aet="ANYTHING")) == 2
+
+
+def test_new_ae_folder_is_served_without_restart(start_server: StartServer, db: Path) -> None:
+    server = start_server()
+    write_wl(db / "CT77" / "a.wl", PatientID="NEWFOLDER")
+    results = find(server.port, _sps_query(), aet="CT77")  # no waiting: resolved on association
+    assert [a.PatientID for s, a in results if s == PENDING] == ["NEWFOLDER"]
+
+
+def test_echo(start_server: StartServer, populated: Path) -> None:
+    server = start_server()
+    assert echo(server.port) == SUCCESS
+
+
+def _answered_ids(port: int) -> list[str]:
+    return [str(a.PatientID) for s, a in find(port, _sps_query()) if s == PENDING and a is not None]
+
+
+def test_dropped_file_is_answered_within_a_second_and_deletion_stops_it(
+    start_server: StartServer, db: Path
+) -> None:
+    server = start_server()
+    assert _answered_ids(server.port) == []
+    path = write_wl(db / "WLM" / "dropped.wl", PatientID="DROPPED")
+    deadline = time.monotonic() + 1.0
+    while _answered_ids(server.port) != ["DROPPED"]:
+        assert time.monotonic() < deadline, "dropped file not answered within a second"
+    path.unlink()
+    deadline = time.monotonic() + 1.0
+    while _answered_ids(server.port) != []:
+        assert time.monotonic() < deadline, "deleted file still answered after a second"
+
+
+def test_bad_files_are_skipped_and_everything_else_served(
+    start_server: StartServer, db: Path
+) -> None:
+    write_wl(db / "WLM" / "good.wl", PatientID="GOOD")
+    (db / "WLM" / "garbage.wl").write_bytes(b"\x00\x01garbage")
+    (db / "WLM" / "empty.wl").write_bytes(b"")
+    write_wl(db / "WLM" / "incomplete.wl", make_dataset(PatientID=None))
+    server = start_server()
+    assert _answered_ids(server.port) == ["GOOD"]
+
+
+def test_tcp_nodelay_on_server_sockets(start_server: StartServer, populated: Path) -> None:
+    server = start_server()
+    seen: list[int] = []
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(MODALITY_WORKLIST_FIND)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")
+    try:
+        for active in server.ae.active_associations:
+            sock = active.dul.socket.socket
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    finally:
+        assoc.release()
+    assert seen and all(seen)

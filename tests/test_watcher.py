@@ -1,0 +1,102 @@
+"""The watcher keeps the index current from file events (polled, never fixed sleeps)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import write_wl
+
+from wlmserver.index import WorklistStore
+from wlmserver.watcher import Watcher
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 1.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def _ids(store: WorklistStore, aet: str = "WLM") -> list[str]:
+    folder = store.folder(aet)
+    return [e.top.PatientID for e in folder.entries] if folder else []
+
+
+@pytest.fixture(params=["inotify", "poll"])
+def watched(request: pytest.FixtureRequest, db: Path) -> Iterator[WorklistStore]:
+    store = WorklistStore(db)
+    store.scan()
+    poll = 0.05 if request.param == "poll" else None
+    watcher = Watcher(store, poll=poll, rescan_interval=0, quiet_period=0.1)
+    watcher.start()
+    yield store
+    watcher.stop()
+
+
+def test_dropped_file_is_served_within_a_second(watched: WorklistStore, db: Path) -> None:
+    write_wl(db / "WLM" / "new.wl", PatientID="NEW")
+    assert wait_until(lambda: _ids(watched) == ["NEW"])
+
+
+def test_atomic_rename_into_place(watched: WorklistStore, db: Path, tmp_path: Path) -> None:
+    temp = write_wl(db / "WLM" / ".new.wl.tmp", PatientID="RENAMED")
+    os.replace(temp, db / "WLM" / "renamed.wl")
+    assert wait_until(lambda: _ids(watched) == ["RENAMED"])
+    outside = write_wl(tmp_path / "outside.wl", PatientID="MOVED")
+    shutil.move(outside, db / "WLM" / "moved.wl")
+    assert wait_until(lambda: sorted(_ids(watched)) == ["MOVED", "RENAMED"])
+
+
+def test_modified_and_deleted(watched: WorklistStore, db: Path) -> None:
+    path = write_wl(db / "WLM" / "a.wl", PatientID="OLD")
+    assert wait_until(lambda: _ids(watched) == ["OLD"])
+    write_wl(path, PatientID="NEWER")
+    assert wait_until(lambda: _ids(watched) == ["NEWER"])
+    path.unlink()
+    assert wait_until(lambda: _ids(watched) == [])
+
+
+def test_renamed_away_and_temporary_names_are_not_served(watched: WorklistStore, db: Path) -> None:
+    path = write_wl(db / "WLM" / "a.wl", PatientID="A")
+    assert wait_until(lambda: _ids(watched) == ["A"])
+    os.replace(path, db / "WLM" / "a.wl.done")
+    assert wait_until(lambda: _ids(watched) == [])
+    folder = watched.folder("WLM")
+    assert folder is not None and "a.wl.done" not in folder.files
+
+
+def test_new_and_removed_ae_folders(watched: WorklistStore, db: Path) -> None:
+    (db / "MR01").mkdir()
+    write_wl(db / "MR01" / "m.wl", PatientID="MR")
+    assert wait_until(lambda: _ids(watched, "MR01") == ["MR"])
+    shutil.rmtree(db / "MR01")
+    assert wait_until(lambda: watched.folder("MR01") is None)
+
+
+def test_half_written_file_is_never_served(
+    watched: WorklistStore, db: Path, tmp_path: Path
+) -> None:
+    data = write_wl(tmp_path / "full.wl", PatientID="SLOW").read_bytes()
+    target = db / "WLM" / "slow.wl"
+    with open(target, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        # without a close, the file is read only after it has been quiet; it is then
+        # seen as incomplete and not served
+        assert wait_until(lambda: "slow.wl" in _files(watched))
+        assert _ids(watched) == []
+        handle.write(data[len(data) // 2 :])
+    assert wait_until(lambda: _ids(watched) == ["SLOW"])
+
+
+def _files(store: WorklistStore) -> list[str]:
+    folder = store.folder("WLM")
+    return list(folder.files) if folder else []
