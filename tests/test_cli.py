@@ -1,0 +1,171 @@
+"""The command line: wlmscpfs option names, errors, and the real process as a user starts it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import echo, find, write_wl
+from pydicom.dataset import Dataset
+
+from wlmserver.cli import build_parser, config_from_args, main
+from wlmserver.config import DEFAULT_PORT, bundled_database
+from wlmserver.response import CharsetPolicy
+
+
+def test_defaults(db: Path) -> None:
+    config = config_from_args(build_parser().parse_args([]))
+    assert config.port == DEFAULT_PORT
+    assert config.data_files_path == bundled_database().resolve()
+    assert config.reject_incomplete and config.expand_empty_sps and config.fail_invalid_query
+
+
+def test_wlmscpfs_option_names(db: Path) -> None:
+    args = build_parser().parse_args(
+        [
+            "-dfp",
+            str(db),
+            "-dfr",
+            "-nse",
+            "-ta",
+            "5",
+            "-td",
+            "7",
+            "--max-associations",
+            "3",
+            "-pdu",
+            "32768",
+            "-cs1",
+            "--no-fail",
+            "--bind",
+            "127.0.0.1",
+            "-s",
+            "104",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.data_files_path == db.resolve()
+    assert config.port == 104
+    assert not config.reject_incomplete and not config.expand_empty_sps
+    assert (config.acse_timeout, config.dimse_timeout) == (5, 7)
+    assert (config.max_associations, config.max_pdu) == (3, 32768)
+    assert config.charset_policy is CharsetPolicy.LATIN1 and not config.fail_invalid_query
+    assert config.bind == "127.0.0.1"
+    long_names = build_parser().parse_args(
+        [
+            "--data-files-path",
+            str(db),
+            "--disable-file-reject",
+            "--enable-file-reject",
+            "--no-sq-expansion",
+            "--acse-timeout",
+            "5",
+            "--keep-char-set",
+            "--log-level",
+            "warn",
+        ]
+    )
+    assert config_from_args(long_names).reject_incomplete  # the last of -dfr/-efr wins
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-dfp", "/nonexistent/db"], "not a folder"),
+        (["-pdu", "100"], "-pdu"),
+        (["--any-aet", "../x"], "--any-aet"),
+        (["--poll", "0"], "positive"),
+        (["not-a-port"], "invalid int"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _start(args: list[str], cwd: Path | None = None) -> tuple[subprocess.Popen[str], int, str]:
+    """Start the real command; return it, its port and its ready line."""
+    process = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"on port (\d+)", line)
+    if not match:
+        process.kill()
+        raise AssertionError(f"no ready line: {line!r} {process.communicate()[1]}")
+    return process, int(match.group(1)), line
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=15)
+    assert process.returncode == 0, err
+    return err
+
+
+def test_python_m_serves_a_wlmscpfs_database(db: Path) -> None:
+    write_wl(db / "WLM" / "a.wl", PatientID="PIDCLI7")
+    (db / "WLM" / "lockfile").touch()
+    process, port, line = _start(
+        [sys.executable, "-m", "wlmserver", "-dfp", str(db), "--bind", "127.0.0.1", "0"]
+    )
+    try:
+        assert str(db) in line and "WLM" in line and "findscu -W -aec WLM" in line
+        assert echo(port) == 0
+        query = Dataset()
+        query.PatientID = ""
+        answers = [a for s, a in find(port, query) if s == 0xFF00]
+        assert [a.PatientID for a in answers] == ["PIDCLI7"]
+    finally:
+        err = _stop(process)
+    assert "AE folder WLM: 1 entries" in err
+    assert "C-FIND from TESTSCU" in err and "1 answers" in err
+    assert "PIDCLI7" not in err  # no patient data at INFO
+
+
+def test_patient_data_is_not_logged_at_info(db: Path) -> None:
+    write_wl(db / "WLM" / "a.wl", PatientName="SECRET^PATIENT", PatientID="SECRETID")
+    process, port, _ = _start(
+        [sys.executable, "-m", "wlmserver", "-dfp", str(db), "--bind", "127.0.0.1", "0"]
+    )
+    try:
+        query = Dataset()
+        query.PatientName = "SECRET*"
+        query.PatientID = ""
+        assert len(find(port, query)) == 2
+    finally:
+        err = _stop(process)
+    assert "SECRET" not in err
+
+
+@pytest.mark.skipif(shutil.which("wlmserver") is None, reason="package not installed")
+def test_console_script_without_arguments_serves_the_bundled_database(tmp_path: Path) -> None:
+    process, port, line = _start(["wlmserver", "--bind", "127.0.0.1", "0"], cwd=tmp_path)
+    try:
+        assert "wlistdb" in line
+        aets = re.search(r"AE titles: ([^)]*)\)", line)
+        assert aets and aets.group(1) != "none"
+        first = aets.group(1).split(", ")[0]
+        query = Dataset()
+        query.PatientName = ""
+        query.ScheduledProcedureStepSequence = [Dataset()]
+        answers = [a for s, a in find(port, query, aet=first) if s == 0xFF00]
+        assert answers and all(len(a.ScheduledProcedureStepSequence) == 1 for a in answers)
+    finally:
+        _stop(process)
