@@ -37,10 +37,10 @@ class WorklistServer:
     config : Config
         What to serve and how.
 
-    Examples
-    --------
-    >>> server = WorklistServer(Config(data_files_path=path, port=0))  # doctest: +SKIP
-    >>> server.start(); port = server.port; ...; server.stop()  # doctest: +SKIP
+    Notes
+    -----
+    ``with WorklistServer(Config(data_files_path=root, port=0)) as server:`` indexes ``root``,
+    starts watching it and listens on a free port (``server.port``) until the block ends.
     """
 
     def __init__(self, config: Config) -> None:
