@@ -149,6 +149,10 @@ def test_patient_data_is_not_logged_at_info(db: Path) -> None:
         query.PatientName = "SECRET*"
         query.PatientID = ""
         assert len(find(port, query)) == 2
+        # values pydicom finds invalid are warned about with the value itself
+        query.PatientBirthDate = "SECRETDATE"
+        query.PatientSex = "SECRET-SEX-TOO-LONG-FOR-CS"
+        assert find(port, query)[-1][0] == 0xA900
     finally:
         err = _stop(process)
     assert "SECRET" not in err

@@ -236,6 +236,11 @@ def setup_logging(args: argparse.Namespace) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # pydicom warns with the offending value ("Invalid value for VR PN: '...'"), through its
+    # logger and the warnings module: patient data, so only shown at debug level.
+    logging.captureWarnings(True)
+    for name in ("pydicom", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.ERROR)
     # pynetdicom logs every PDU at INFO and dumps identifiers at DEBUG: only with -d.
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG if level <= logging.DEBUG else logging.WARNING

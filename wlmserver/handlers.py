@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from wlmserver.config import Config
 from wlmserver.index import FolderSnapshot, WorklistStore, is_safe_ae_title
+from wlmserver.keys import describe_tag
 from wlmserver.query import QueryError, compile_query
 from wlmserver.response import build_answer
 from wlmserver.status import Status
@@ -118,6 +119,10 @@ def failure(status: Status, comment: str, tags: tuple[int, ...] = ()) -> Dataset
     return ds
 
 
+def _offending(exc: QueryError) -> str:
+    return ", ".join(describe_tag(t) for t in exc.tags) or "identifier"
+
+
 def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[FindResponse]:
     """EVT_C_FIND: one Pending answer per matching scheduled procedure step, then Success.
 
@@ -142,10 +147,17 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         )
     except QueryError as exc:
         if not config.fail_invalid_query:
-            LOGGER.warning("C-FIND from %s: invalid query (%s): no matches (--no-fail)", peer, exc)
+            LOGGER.warning(
+                "C-FIND from %s: invalid %s: no matches (--no-fail)", peer, _offending(exc)
+            )
+            LOGGER.debug("C-FIND from %s: %s", peer, exc.message)
             yield int(Status.SUCCESS), None
             return
-        LOGGER.warning("C-FIND from %s: invalid query: %s", peer, exc.message)
+        # the message may quote the value (patient data): in full at debug level only
+        LOGGER.warning(
+            "C-FIND from %s: invalid %s: status 0x%04X", peer, _offending(exc), exc.status
+        )
+        LOGGER.debug("C-FIND from %s: %s", peer, exc.message)
         yield failure(exc.status, exc.message, exc.tags), None
         return
     folder = resolve_folder(store, config, aet)
