@@ -34,4 +34,3 @@ def test_mypy_strict() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
