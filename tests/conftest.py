@@ -145,9 +145,12 @@ def no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves server or watcher threads running."""
     before = set(threading.enumerate())
     yield
-    leaked = [
+    new = [
         t
         for t in threading.enumerate()
-        if t not in before and t.is_alive() and t.name.startswith(("wlmserver", "Acceptor"))
+        if t not in before and t.name.startswith(("wlmserver", "AcceptorThread"))
     ]
+    for thread in new:  # a released association's thread ends a moment after the release
+        thread.join(timeout=5)
+    leaked = [t for t in new if t.is_alive()]
     assert not leaked, f"threads left running: {leaked}"
