@@ -163,6 +163,7 @@ def test_console_script_without_arguments_serves_the_bundled_database(tmp_path: 
     process, port, line = _start(["wlmserver", "--bind", "127.0.0.1", "0"], cwd=tmp_path)
     try:
         assert "wlistdb" in line
+        assert "findscu -W -aec WLMSERVER" in line  # the server's own AE title folder first
         aets = re.search(r"AE titles: ([^)]*)\)", line)
         assert aets and aets.group(1) != "none"
         first = aets.group(1).split(", ")[0]

@@ -122,9 +122,9 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     ("kind", "reason"),
     [
         ("empty", "empty"),
-        ("text", ""),
-        ("truncated", ""),
-        ("half", ""),
+        ("text", "not a DICOM file"),
+        ("truncated", "cut short"),
+        ("half", "cut short"),
         ("no-sps", "ScheduledProcedureStepSequence"),
         ("empty-sps", "no item"),
         ("charset", "ISO_IR 999"),

@@ -254,7 +254,7 @@ def ready_line(config: Config) -> str:
         aets = sorted(p.name for p in root.iterdir() if p.is_dir() and is_safe_ae_title(p.name))
     except OSError:
         aets = []
-    example = aets[0] if aets else "<AETitle>"
+    example = config.ae_title if config.ae_title in aets else (aets or ["<AETitle>"])[0]
     host = config.bind or "127.0.0.1"
     return (
         f"wlmserver {__version__} serving {root} (AE titles: {', '.join(aets) or 'none'}) "

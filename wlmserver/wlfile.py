@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_has_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -101,11 +102,14 @@ def _read_dataset(path: Path) -> Dataset:
             except InvalidDicomError:
                 # wlmscpfs also serves datasets stored without the Part 10 header
                 ds = dcmread(io.BytesIO(data), force=True)
+                first = next(iter(ds.keys()), None)
+                if first is None or not (first >> 16 == 0x0002 or dictionary_has_tag(first)):
+                    raise WorklistFileError("not a DICOM file") from None
             implicit, little = ds.original_encoding
             try:
                 check_complete(data, implicit=bool(implicit), little=little is not False)
             except Incomplete as exc:
-                raise WorklistFileError(f"incomplete, still being written? ({exc})") from None
+                raise WorklistFileError(f"cut short, still being written? ({exc})") from None
             charset = ds.get("SpecificCharacterSet", "")
             names = list(charset) if not isinstance(charset, str) else [charset]
             unknown = [n for n in names if n and n.strip() not in python_encoding]
