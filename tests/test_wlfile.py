@@ -40,7 +40,7 @@ def test_decodes_in_the_files_character_set(tmp_path: Path) -> None:
     )
     assert b"M\xfcller" in path.read_bytes()  # really Latin-1 on disk
     (entry,) = read_worklist_file(path).entries
-    assert entry.top_record[0x00100010] == ("Müller^Jürgen",)
+    assert entry.top.text(0x00100010) == ("Müller^Jürgen",)
     assert entry.charset == ("ISO_IR 100",)
 
 

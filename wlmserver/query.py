@@ -16,7 +16,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from wlmserver.entry import Entry, Record, values_of
+from wlmserver.entry import Entry
 from wlmserver.keys import COMBINED_DATE_TIME, SPS_EXPANSION_TAGS, SPS_SEQUENCE_TAG, describe_tag
 from wlmserver.matching import (
     CombinedDateTime,
@@ -25,6 +25,7 @@ from wlmserver.matching import (
     combined_date_time,
     compile_value,
 )
+from wlmserver.record import Record
 from wlmserver.status import Status
 
 SPECIFIC_CHARACTER_SET = 0x00080005
@@ -82,14 +83,13 @@ class ItemQuery:
     def matches(self, record: Record) -> bool:
         """Whether a record meets every constraint of this level."""
         for tag, matcher in self.values:
-            if not matcher(values_of(record, tag)):
+            if not matcher(record.text(tag)):
                 return False
         for date_tag, time_tag, window in self.date_times:
-            if not window.match(values_of(record, date_tag), values_of(record, time_tag)):
+            if not window.match(record.text(date_tag), record.text(time_tag)):
                 return False
         for tag, item_query in self.sequences:
-            items = record.get(tag, ())
-            if not any(isinstance(i, dict) and item_query.matches(i) for i in items):
+            if not any(item_query.matches(item) for item in record.items(tag)):
                 return False
         return True
 
@@ -122,7 +122,7 @@ class CompiledQuery:
 
     def matches(self, entry: Entry) -> bool:
         """Whether an entry (one scheduled procedure step) matches the query."""
-        return self.top.matches(entry.top_record) and self.sps.matches(entry.sps_record)
+        return self.top.matches(entry.top) and self.sps.matches(entry.sps)
 
 
 def _vr(elem: DataElement) -> str:

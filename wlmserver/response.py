@@ -13,7 +13,6 @@ is ever lost or mislabelled.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Iterator
 from enum import Enum
 
@@ -22,11 +21,11 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.valuerep import PersonName
 
-from wlmserver.entry import Entry, to_record
+from wlmserver.entry import Entry
 from wlmserver.keys import CHARSET_VRS, SPS_SEQUENCE_TAG
 from wlmserver.query import SPECIFIC_CHARACTER_SET, CompiledQuery, ItemQuery
+from wlmserver.record import Record, Value
 
 UTF8 = "ISO_IR 192"
 
@@ -71,13 +70,35 @@ def build_answer(
     return answer
 
 
-def _plain(value: object) -> object:
-    """Decoded values as plain text, so that the answer's own character set encodes them."""
-    if isinstance(value, PersonName):
-        return str(value)
-    if isinstance(value, MultiValue):
-        return [str(v) if isinstance(v, PersonName) else v for v in value]
-    return value
+_INTEGER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
+_FLOAT_VRS = frozenset({"FL", "FD"})
+_BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+
+def element(tag: int, vr: str, value: Value) -> DataElement:
+    """A pydicom element from a record's value (decoded text; the answer encodes it)."""
+    if vr == "SQ":
+        return DataElement(tag, vr, [full_dataset(item) for item in value])  # type: ignore[arg-type]
+    values: list[object] = list(value)
+    if vr in _INTEGER_VRS:
+        values = [int(v) for v in value]  # type: ignore[arg-type]
+    elif vr in _FLOAT_VRS:
+        values = [float(v) for v in value]  # type: ignore[arg-type]
+    elif vr == "AT":
+        values = [int(v, 16) for v in value]  # type: ignore[arg-type]
+    elif vr in _BYTES_VRS:
+        return DataElement(tag, vr, bytes.fromhex(value[0]) if value else None)  # type: ignore[arg-type]
+    if not values:
+        return DataElement(tag, vr, None)
+    return DataElement(tag, vr, values[0] if len(values) == 1 else values)
+
+
+def full_dataset(record: Record) -> Dataset:
+    """Every attribute of a record as a dataset."""
+    ds = Dataset()
+    for tag, vr, value in record:
+        ds.add(element(tag, vr, value))
+    return ds
 
 
 def _empty_element(tag: int, template: DataElement) -> DataElement:
@@ -91,7 +112,7 @@ def _empty_element(tag: int, template: DataElement) -> DataElement:
 
 
 def _fill(
-    out: Dataset, template: Dataset, source: Dataset, item_query: ItemQuery, *, top: bool
+    out: Dataset, template: Dataset, source: Record, item_query: ItemQuery, *, top: bool
 ) -> None:
     for requested in template:
         tag = int(requested.tag)
@@ -99,26 +120,24 @@ def _fill(
             continue
         if top and tag in (SPS_SEQUENCE_TAG, SPECIFIC_CHARACTER_SET):
             continue
-        have = source.get(tag)
+        vr = source.vr(tag)
         if requested.VR == "SQ":
-            out.add(_sequence(tag, requested, have, item_query.sequence(tag)))
-        elif have is None:
+            out.add(_sequence(tag, requested, source.items(tag), item_query.sequence(tag)))
+        elif vr is None or vr == "SQ":
             out.add(_empty_element(tag, requested))
         else:
-            out.add(DataElement(tag, have.VR, _plain(have.value)))
+            out.add(element(tag, vr, source.text(tag)))
 
 
 def _sequence(
-    tag: int, requested: DataElement, have: DataElement | None, item_query: ItemQuery | None
+    tag: int, requested: DataElement, have: tuple[Record, ...], item_query: ItemQuery | None
 ) -> DataElement:
-    if have is None or have.VR != "SQ" or not have.value:
-        return DataElement(tag, "SQ", [])
     wanted = list(requested.value or [])
     if not wanted or len(wanted[0]) == 0:
-        return DataElement(tag, "SQ", [copy.deepcopy(item) for item in have.value])
+        return DataElement(tag, "SQ", [full_dataset(item) for item in have])
     items = []
-    for item in have.value:
-        if item_query is not None and not item_query.matches(to_record(item)):
+    for item in have:
+        if item_query is not None and not item_query.matches(item):
             continue
         new = Dataset()
         _fill(new, wanted[0], item, item_query or ItemQuery(), top=False)

@@ -1,0 +1,117 @@
+"""Parsing worklist files directly: a half-written file is never served (every cut inside an
+element is detected), transfer syntaxes, character sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import make_dataset, write_wl
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from wlmserver.dicomfile import Incomplete, Undecodable, parse
+from wlmserver.wlfile import WorklistFileError, read_worklist_file
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+def test_only_cuts_at_trailing_element_boundaries_survive(tmp_path: Path, syntax: str) -> None:
+    ds = make_dataset(sps=[{"Modality": "CT"}, {"Modality": "MR"}])
+    path = write_wl(tmp_path / "full.wl", ds)
+    if syntax != ExplicitVRLittleEndian:
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    trailing = sum(1 for elem in ds if elem.tag > 0x00400100)  # elements after the SPS
+    cut_path = tmp_path / "cut.wl"
+    served = []
+    for size in range(1, len(data)):
+        cut_path.write_bytes(data[:size])
+        try:
+            read_worklist_file(cut_path)
+        except WorklistFileError:
+            continue
+        served.append(size)
+    # a prefix can only pass as complete when it ends exactly after one of the trailing
+    # top-level elements; the close-write/rename rule of the watcher covers those
+    assert len(served) <= trailing
+    assert len(read_worklist_file(path).entries) == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (b"\x10\x00\x20\x00LO\x06\x00AB", "value of (0010,0020)"),
+        (b"\x10\x00\x20\x00LO", "element header"),
+        (b"\x10\x00", "element header"),
+        # a sequence of undefined length with an item never closed
+        (b"\x40\x00\x00\x01SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\xff\xff\xff\xff", "item"),
+        # a sequence of undefined length never closed
+        (b"\x40\x00\x00\x01SQ\x00\x00\xff\xff\xff\xff", "element header"),
+    ],
+)
+def test_incomplete_streams(data: bytes, where: str) -> None:
+    with pytest.raises(Incomplete, match=where.replace("(", r"\(").replace(")", r"\)")):
+        parse(data)
+
+
+def test_complete_stream_with_closed_sequence() -> None:
+    closed = (
+        b"\x40\x00\x00\x01SQ\x00\x00\xff\xff\xff\xff"
+        b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+        b"\x08\x00\x60\x00CS\x02\x00CT"
+        b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+        b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    )
+    record, charset = parse(closed)
+    (item,) = record.items(0x00400100)
+    assert item.text(0x00080060) == ("CT",) and charset == ()
+
+
+def test_transfer_syntaxes_parse_alike(tmp_path: Path) -> None:
+    ds = make_dataset(
+        SpecificCharacterSet="ISO_IR 100",
+        PatientName="Müller^Jürgen",
+        PatientWeight="72.5",
+        sps=[{"ScheduledStationAETitle": ["CT01", "CT02"]}],
+    )
+    ds.add_new(0x00281050, "DS", ["40", "400"])
+    ds.add_new(0x00280010, "US", 512)
+    records = []
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian):
+        path = write_wl(tmp_path / "a.wl", ds)
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path, enforce_file_format=True)
+        records.append(parse(path.read_bytes()))
+    for record, charset in records:
+        assert charset == ("ISO_IR 100",)
+        assert record.text(0x00100010) == ("Müller^Jürgen",)
+        assert record.text(0x00281050) == ("40", "400")
+        assert record.text(0x00280010) == ("512",)
+        (item,) = record.items(0x00400100)
+        assert item.text(0x00400001) == ("CT01", "CT02")
+    assert [list(r) for r, _ in records[1:]] == [list(records[0][0])] * 2
+
+
+def test_iso_2022_japanese(tmp_path: Path) -> None:
+    ds = make_dataset(
+        SpecificCharacterSet=["", "ISO 2022 IR 87"], PatientName="Yamada^Tarou=山田^太郎"
+    )
+    record, charset = parse(write_wl(tmp_path / "j.wl", ds).read_bytes())
+    assert charset == ("", "ISO 2022 IR 87") or charset == ("ISO 2022 IR 87",)
+    assert record.text(0x00100010) == ("Yamada^Tarou=山田^太郎",)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"this is not DICOM, only text" * 4, "not a DICOM file"),
+        (b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 999\x10\x00\x10\x00PN\x02\x00AB", "ISO_IR 999"),
+        (b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 192\x10\x00\x10\x00PN\x02\x00A\xff", "decode"),
+        (b"\x08\x00\x50\x00SH\x02\x00AB\x10\x00\x10\x00ZZ\x02\x00AB", "invalid VR"),
+    ],
+)
+def test_undecodable(data: bytes, reason: str) -> None:
+    with pytest.raises(Undecodable, match=reason):
+        parse(data)
