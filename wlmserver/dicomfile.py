@@ -98,7 +98,8 @@ class _Parser:
             return tag, vr, length, pos + 8
         vr = self.data[pos + 4 : pos + 6].decode("latin-1")
         if vr in _LONG_VRS:
-            self.need(pos, 12, _name(tag))
+            if pos + 12 > len(self.data):
+                self.need(pos, 12, _name(tag))
             (length,) = struct.unpack_from(e + "L", self.data, pos + 8)
             return tag, vr, length, pos + 12
         if vr not in _ALL_VRS:
@@ -114,7 +115,8 @@ class _Parser:
             if struct.unpack_from("<H", self.data, pos)[0] != 0x0002:
                 break
             tag, _vr, length, value = self.header(pos, False, "<")
-            self.need(value, length, f"the value of {_name(tag)}")
+            if value + length > len(self.data):
+                self.need(value, length, f"the value of {_name(tag)}")
             if tag == _TRANSFER_SYNTAX:
                 syntax = self.data[value : value + length].decode("latin-1").strip("\x00 ")
             pos = value + length
@@ -136,15 +138,16 @@ class _Parser:
             if length == _UNDEFINED:
                 if vr not in ("SQ", "UN"):
                     raise Undecodable(f"{_name(tag)} ({vr}) has an undefined length")
-                items, pos = self.sequence(value_pos, None, encodings, _name(tag))
+                items, pos = self.sequence(value_pos, None, encodings, tag)
                 elements.append((tag, "SQ", items))
                 continue
-            self.need(value_pos, length, f"the value of {_name(tag)}")
+            if value_pos + length > len(self.data):
+                self.need(value_pos, length, f"the value of {_name(tag)}")
             pos = value_pos + length
             if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:
                 continue  # group lengths; file meta found inside a bare dataset
             if vr == "SQ":
-                items, _ = self.sequence(value_pos, pos, encodings, _name(tag))
+                items, _ = self.sequence(value_pos, pos, encodings, tag)
                 elements.append((tag, "SQ", items))
                 continue
             raw = self.data[value_pos:pos]
@@ -154,8 +157,9 @@ class _Parser:
         return Record(elements), pos, encodings
 
     def sequence(
-        self, pos: int, end: int | None, encodings: list[str], name: str
+        self, pos: int, end: int | None, encodings: list[str], tag: int
     ) -> tuple[tuple[Record, ...], int]:
+        name = _name(tag)
         items: list[Record] = []
         while end is None or pos < end:
             tag, _vr, length, value_pos = self.header(pos, self.implicit, self.e)
