@@ -166,7 +166,7 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         yield failure(Status.UNABLE_TO_PROCESS, f"no worklist folder for {aet}"), None
         return
     count = 0
-    for entry in folder.entries:
+    for entry in folder.lookup.candidates(query):
         if not query.matches(entry):
             continue
         if count % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1:

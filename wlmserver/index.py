@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from wlmserver.entry import Entry
+from wlmserver.lookup import Lookup
 from wlmserver.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
 
 LOGGER = logging.getLogger(__name__)
@@ -80,15 +81,20 @@ class FolderSnapshot:
     ----------
     name : str
         The AE title (the folder name).
-    entries : tuple of Entry
-        Every served entry, in answer order (scheduled start, file, item).
+    lookup : Lookup
+        Every served entry, in answer order (scheduled start, file, item), with lookups.
     files : Mapping of str to FileState
         The state of each ``.wl`` file, by file name.
     """
 
     name: str
-    entries: tuple[Entry, ...] = ()
+    lookup: Lookup = field(default_factory=lambda: Lookup.build(()))
     files: Mapping[str, FileState] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        """Every served entry, in answer order."""
+        return self.lookup.entries
 
     @property
     def rejected(self) -> int:
@@ -264,11 +270,24 @@ class WorklistStore:
         return FileState(signature, result.entries, problem)
 
     def _publish(self, name: str, files: dict[str, FileState]) -> None:
-        entries = sorted(
-            (entry for state in files.values() for entry in state.entries),
-            key=lambda e: e.order,
-        )
-        self._folders[name] = FolderSnapshot(name, tuple(entries), MappingProxyType(files))
+        """Swap in a new snapshot of a folder: incrementally when few entries changed."""
+        old = self._folders.get(name)
+        if old is None:
+            lookup = Lookup.build(e for state in files.values() for e in state.entries)
+        else:
+            removed: list[Entry] = []
+            added: list[Entry] = []
+            for fname in old.files.keys() | files.keys():
+                before, after = old.files.get(fname), files.get(fname)
+                if before is after:
+                    continue
+                removed.extend(before.entries if before else ())
+                added.extend(after.entries if after else ())
+            if len(removed) + len(added) > max(1000, len(old.entries) // 4):
+                lookup = Lookup.build(e for state in files.values() for e in state.entries)
+            else:
+                lookup = old.lookup.replace(removed, added)
+        self._folders[name] = FolderSnapshot(name, lookup, MappingProxyType(files))
 
     @contextlib.contextmanager
     def _folder_lock(self, folder: Path) -> Iterator[None]:

@@ -240,6 +240,7 @@ class Wildcard:
     pattern: re.Pattern[str]
     fold: Callable[[str], str] = _identity
     person_name: bool = False
+    alternatives: tuple[str, ...] = ()
 
     def __call__(self, values: Values) -> bool:
         for value in values:
@@ -343,7 +344,7 @@ def compile_value(vr: str, text: str, *, pn_fold: bool = False) -> Matcher | Non
         alternatives = [fold(a) for a in alternatives]
         person = vr == "PN"
         if any("*" in a or "?" in a for a in alternatives):
-            return Wildcard(_wildcard_regex(alternatives), fold, person)
+            return Wildcard(_wildcard_regex(alternatives), fold, person, tuple(alternatives))
         return AnyOf(frozenset(alternatives), fold, person)
     if vr in NUMERIC_VRS:
         try:

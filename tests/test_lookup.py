@@ -1,0 +1,118 @@
+"""Lookups give a superset of the matches: candidates + exact matching == a full scan, on random
+stores and random queries; incremental replacement == building from scratch."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from pydicom.dataset import Dataset
+
+from wlmserver.entry import Entry
+from wlmserver.lookup import Lookup
+from wlmserver.matching import sortable_instant
+from wlmserver.query import QueryError, compile_query
+from wlmserver.record import Record
+
+STATIONS = ["CT01", "CT02", "MR01", "US01", "US02", "DX01"]
+MODALITIES = ["CT", "MR", "US", "DX"]
+NAMES = [
+    "NAKAMURA^KENJI",
+    "NAKANO^AI",
+    "MÜLLER^JÜRGEN",
+    "OSEI^ABENA",
+    "Yamada^Tarou=山田^太郎",
+    "ROSSI",
+]
+DATES = ["20261120", "20261121", "20261122", "20261123", "20261201"]
+
+
+def _entry(rng: random.Random, n: int) -> Entry:
+    top = Record(
+        [
+            (0x00100010, "PN", (rng.choice(NAMES),) if rng.random() > 0.05 else ()),
+            (0x00100020, "LO", (f"P{rng.randrange(40)}",)),
+            (0x00080050, "SH", (f"A{rng.randrange(60)}",) if rng.random() > 0.1 else ()),
+        ]
+    )
+    stations = tuple(rng.sample(STATIONS, rng.choice([1, 1, 1, 2])))
+    date = rng.choice(DATES)
+    time = f"{rng.randrange(7, 19):02d}{rng.choice(['00', '15', '30', '45'])}"
+    sps = Record(
+        [
+            (0x00400001, "AE", stations),
+            (0x00080060, "CS", (rng.choice(MODALITIES),)),
+            (0x00400002, "DA", (date,) if rng.random() > 0.05 else ()),
+            (0x00400003, "TM", (time,)),
+        ]
+    )
+    order = (sortable_instant(sps.text(0x00400002), (time,)), f"{n:05}.wl", 0)
+    return Entry(f"{n:05}.wl", 0, top, sps, (), order)
+
+
+def _query(rng: random.Random) -> Dataset:
+    query = Dataset()
+    item = Dataset()
+    choices = {
+        "PatientID": lambda: f"P{rng.randrange(40)}",
+        "AccessionNumber": lambda: rng.choice(
+            [f"A{rng.randrange(60)}", f"A{rng.randrange(60)}\\A1"]
+        ),
+        "PatientName": lambda: rng.choice(
+            ["NAKA*", "N*", "MÜLLER^JÜRGEN", "山田*", "*SEI*", "ROSS?", "NAKANO^AI"]
+        ),
+    }
+    sps_choices = {
+        "ScheduledStationAETitle": lambda: rng.choice([*STATIONS, "CT01\\US01", "CT*"]),
+        "Modality": lambda: rng.choice([*MODALITIES, "CT\\MR"]),
+        "ScheduledProcedureStepStartDate": lambda: rng.choice(
+            [*DATES, "20261121-20261122", "20261122-", "-20261121", "20261120\\20261201"]
+        ),
+        "ScheduledProcedureStepStartTime": lambda: rng.choice(["0900-1200", "1200-", "10"]),
+    }
+    for keyword, make in choices.items():
+        if rng.random() < 0.3:
+            setattr(query, keyword, make())
+    for keyword, make in sps_choices.items():
+        if rng.random() < 0.4:
+            setattr(item, keyword, make())
+    query.ScheduledProcedureStepSequence = [item]
+    return query
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_candidates_then_matching_equals_a_full_scan(seed: int) -> None:
+    rng = random.Random(seed)
+    entries = [_entry(rng, n) for n in range(300)]
+    lookup = Lookup.build(entries)
+    narrowed = 0
+    for _ in range(60):
+        try:
+            query = compile_query(_query(rng), pn_fold=rng.random() < 0.2)
+        except QueryError:
+            continue
+        full = [e for e in lookup.entries if query.matches(e)]
+        candidates = lookup.candidates(query)
+        assert [e for e in candidates if query.matches(e)] == full
+        narrowed += len(candidates) < len(entries)
+    assert narrowed > 20  # the lookups are really used
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_replace_equals_build(seed: int) -> None:
+    rng = random.Random(seed)
+    entries = [_entry(rng, n) for n in range(200)]
+    lookup = Lookup.build(entries)
+    current = list(entries)
+    for step in range(30):
+        removed = rng.sample(current, rng.randrange(0, 4))
+        added = [_entry(rng, 1000 + step * 10 + i) for i in range(rng.randrange(0, 4))]
+        current = [e for e in current if all(e is not r for r in removed)] + added
+        lookup = lookup.replace(removed, added)
+        fresh = Lookup.build(current)
+        assert lookup.entries == fresh.entries
+        assert {t: dict(b) for t, b in lookup.buckets.items()} == {
+            t: dict(b) for t, b in fresh.buckets.items()
+        }
+        assert [n[:2] for n in lookup.names] == [n[:2] for n in fresh.names]
+        assert lookup.dates == fresh.dates

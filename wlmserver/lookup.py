@@ -1,0 +1,232 @@
+"""Lookups that narrow a query to candidate entries before exact matching.
+
+A selective query (one station's CT steps today, one patient ID, one accession number, a patient
+name prefix) should cost what its answer costs, not what the folder costs. A :class:`Lookup`
+keeps, for one AE folder, the entries in answer order plus buckets of entries by scheduled
+station AE title, modality, scheduled start date, patient ID and accession number, and the
+patient names in sorted order. :meth:`Lookup.candidates` picks the smallest applicable set for a
+compiled query; the exact PS3.4 C.2.2.2 matching then runs on those candidates only, so the
+result is the same as a full scan, only cheaper.
+
+A lookup is immutable. :meth:`Lookup.replace` returns a new one with some entries removed and
+others added, copying only the buckets it touches (and the shallow outer tables), so a file
+change in a folder of 100,000 entries costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+
+from wlmserver.entry import Entry
+from wlmserver.matching import (
+    AnyMatcher,
+    AnyOf,
+    Range,
+    Wildcard,
+    fold_case_and_accents,
+    pn_candidates,
+)
+from wlmserver.query import CompiledQuery, ItemQuery
+
+STATION = 0x00400001
+MODALITY = 0x00080060
+START_DATE = 0x00400002
+START_TIME = 0x00400003
+PATIENT_ID = 0x00100020
+ACCESSION = 0x00080050
+PATIENT_NAME = 0x00100010
+
+#: Bucketed keys: tag -> whether it lives in the SPS item (else at the top level).
+BUCKETED: dict[int, bool] = {
+    STATION: True,
+    MODALITY: True,
+    START_DATE: True,
+    PATIENT_ID: False,
+    ACCESSION: False,
+}
+
+Buckets = Mapping[str, tuple[Entry, ...]]
+_NAME_END = "\U0010ffff"
+
+
+def _order(entry: Entry) -> tuple[str, str, int]:
+    return entry.order
+
+
+def _keys(entry: Entry, tag: int) -> tuple[str, ...]:
+    record = entry.sps if BUCKETED[tag] else entry.top
+    return record.text(tag)
+
+
+def _names(entry: Entry) -> set[str]:
+    return {c for value in entry.top.text(PATIENT_NAME) for c in pn_candidates(value)}
+
+
+def _in_order(entries: Iterable[Entry]) -> tuple[Entry, ...]:
+    unique = {id(e): e for e in entries}
+    return tuple(sorted(unique.values(), key=_order))
+
+
+class Lookup:
+    """The entries of one AE folder, in answer order, with lookups by key.
+
+    Parameters
+    ----------
+    entries : tuple of Entry
+        Sorted by :attr:`Entry.order`.
+    buckets : mapping
+        tag -> key value -> entries in answer order.
+    names : tuple
+        ``(name, order, entry)`` sorted, for patient name prefixes.
+    """
+
+    __slots__ = ("buckets", "dates", "entries", "names")
+
+    def __init__(
+        self,
+        entries: tuple[Entry, ...],
+        buckets: Mapping[int, Buckets],
+        names: tuple[tuple[str, tuple[str, str, int], Entry], ...],
+    ) -> None:
+        self.entries = entries
+        self.buckets = buckets
+        self.names = names
+        self.dates = tuple(sorted(buckets[START_DATE]))
+
+    @classmethod
+    def build(cls, entries: Iterable[Entry]) -> Lookup:
+        """Build a lookup from scratch."""
+        ordered = tuple(sorted(entries, key=_order))
+        buckets: dict[int, dict[str, list[Entry]]] = {tag: {} for tag in BUCKETED}
+        names: list[tuple[str, tuple[str, str, int], Entry]] = []
+        for entry in ordered:
+            for tag, table in buckets.items():
+                for key in set(_keys(entry, tag)):
+                    table.setdefault(key, []).append(entry)
+            names.extend((name, entry.order, entry) for name in _names(entry))
+        names.sort(key=lambda n: (n[0], n[1]))
+        frozen = {
+            tag: MappingProxyType({k: tuple(v) for k, v in table.items()})
+            for tag, table in buckets.items()
+        }
+        return cls(ordered, MappingProxyType(frozen), tuple(names))
+
+    def replace(self, removed: Sequence[Entry], added: Sequence[Entry]) -> Lookup:
+        """A new lookup without ``removed`` and with ``added`` (the entries of changed files)."""
+        if not removed and not added:
+            return self
+        gone = {id(e) for e in removed}
+        entries = list(self.entries)
+        for entry in removed:
+            i = bisect.bisect_left(entries, entry.order, key=_order)
+            while i < len(entries) and entries[i].order == entry.order:
+                if entries[i] is entry:
+                    del entries[i]
+                    break
+                i += 1
+        for entry in added:
+            bisect.insort(entries, entry, key=_order)
+
+        buckets: dict[int, Buckets] = {}
+        for tag, table in self.buckets.items():
+            touched = {k for e in (*removed, *added) for k in _keys(e, tag)}
+            if not touched:
+                buckets[tag] = table
+                continue
+            new = dict(table)
+            for key in touched:
+                kept = [e for e in new.get(key, ()) if id(e) not in gone]
+                kept.extend(e for e in added if key in _keys(e, tag))
+                if kept:
+                    new[key] = _in_order(kept)
+                else:
+                    new.pop(key, None)
+            buckets[tag] = MappingProxyType(new)
+
+        names = list(self.names)
+        for entry in removed:
+            for name in _names(entry):
+                i = bisect.bisect_left(names, (name, entry.order), key=lambda n: (n[0], n[1]))
+                if i < len(names) and names[i][2] is entry:
+                    del names[i]
+        for entry in added:
+            for name in _names(entry):
+                bisect.insort(names, (name, entry.order, entry), key=lambda n: (n[0], n[1]))
+        return Lookup(tuple(entries), MappingProxyType(buckets), tuple(names))
+
+    # ------------------------------------------------------------------ candidates
+    def candidates(self, query: CompiledQuery) -> Sequence[Entry]:
+        """Entries that may match ``query``, in answer order: a superset of the matches.
+
+        The smallest set any applicable lookup gives; all entries when none applies.
+        """
+        best: Sequence[Entry] = self.entries
+        for option in self._options(query):
+            if len(option) < len(best):
+                best = option
+        return best
+
+    def _options(self, query: CompiledQuery) -> Iterable[Sequence[Entry]]:
+        for level, item_query in ((False, query.top), (True, query.sps)):
+            yield from self._value_options(level, item_query)
+        for date_tag, time_tag, window in query.sps.date_times:
+            if (date_tag, time_tag) == (START_DATE, START_TIME):
+                lo = window.lo[:8] if window.lo else None
+                hi = window.hi[:8] if window.hi else None
+                yield self._dates(lo, hi)
+        for tag, matcher in query.top.values:
+            if tag == PATIENT_NAME:
+                prefixes = _prefixes(matcher)
+                if prefixes is not None:
+                    yield _in_order(e for p in prefixes for e in self._name_prefix(p))
+
+    def _value_options(self, sps: bool, item_query: ItemQuery) -> Iterable[Sequence[Entry]]:
+        for tag, matcher in item_query.values:
+            if BUCKETED.get(tag) is not sps:
+                continue
+            table = self.buckets[tag]
+            if isinstance(matcher, AnyOf) and not matcher.person_name:
+                keys = list(matcher.alternatives)
+                if len(keys) == 1:
+                    yield table.get(keys[0], ())
+                else:
+                    yield _in_order(e for k in keys for e in table.get(k, ()))
+            elif tag == START_DATE and isinstance(matcher, Range):
+                yield self._dates(matcher.lo, matcher.hi)
+            elif tag == START_DATE and isinstance(matcher, AnyMatcher):
+                ranges = [m for m in matcher.matchers if isinstance(m, Range)]
+                if len(ranges) == len(matcher.matchers):
+                    yield _in_order(e for r in ranges for e in self._dates(r.lo, r.hi))
+
+    def _dates(self, lo: str | None, hi: str | None) -> Sequence[Entry]:
+        first = 0 if lo is None else bisect.bisect_left(self.dates, lo[:8])
+        last = len(self.dates) if hi is None else bisect.bisect_right(self.dates, hi[:8])
+        keys = self.dates[first:last]
+        table = self.buckets[START_DATE]
+        if len(keys) == 1:
+            return table[keys[0]]
+        return _in_order(e for k in keys for e in table[k])
+
+    def _name_prefix(self, prefix: str) -> Iterable[Entry]:
+        key = lambda n: n[0]  # noqa: E731
+        first = bisect.bisect_left(self.names, prefix, key=key)
+        last = bisect.bisect_left(self.names, prefix + _NAME_END, key=key)
+        return (n[2] for n in self.names[first:last])
+
+
+def _prefixes(matcher: object) -> list[str] | None:
+    """The literal prefixes a patient name matcher needs, or None if it has none."""
+    if isinstance(matcher, AnyOf) and matcher.fold is not fold_case_and_accents:
+        return list(matcher.alternatives)
+    if isinstance(matcher, Wildcard) and matcher.fold is not fold_case_and_accents:
+        prefixes = []
+        for alternative in matcher.alternatives:
+            cut = min((alternative.find(c) for c in "*?" if c in alternative), default=-1)
+            prefix = alternative if cut < 0 else alternative[:cut]
+            if not prefix:
+                return None
+            prefixes.append(prefix)
+        return prefixes
+    return None
