@@ -255,3 +255,37 @@ def test_tcp_nodelay_on_server_sockets(start_server: StartServer, populated: Pat
     finally:
         assoc.release()
     assert seen and all(seen)
+
+
+def test_echo_is_answered_while_indexing_and_find_waits_for_the_index(db: Path) -> None:
+    """Indexing is held up by a wlmscpfs-era writer holding the lockfile (another process)."""
+    import fcntl
+    import os
+
+    from wlmserver.config import Config
+    from wlmserver.server import WorklistServer
+
+    write_wl(db / "WLM" / "a.wl", PatientID="AFTER-INDEX")
+    lock_path = db / "WLM" / "lockfile"
+    lock_path.touch()
+    read_end, write_end = os.pipe()
+    release_read, release_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        with open(lock_path, "r+b") as handle:
+            fcntl.lockf(handle.fileno(), fcntl.LOCK_EX)
+            os.write(write_end, b"x")
+            os.read(release_read, 1)  # hold the lock until told to release it
+        os._exit(0)
+    server = WorklistServer(Config(data_files_path=db, port=0, bind="127.0.0.1", rescan_interval=0))
+    try:
+        assert os.read(read_end, 1) == b"x"
+        server.start(wait=False)
+        assert echo(server.port) == SUCCESS
+        assert not server.store.ready.is_set()  # still indexing: the echo did not wait
+        os.write(release_write, b"x")
+        assert _answered_ids(server.port) == ["AFTER-INDEX"]
+    finally:
+        os.write(release_write, b"x")
+        os.waitpid(pid, 0)
+        server.stop()

@@ -100,3 +100,44 @@ def test_half_written_file_is_never_served(
 def _files(store: WorklistStore) -> list[str]:
     folder = store.folder("WLM")
     return list(folder.files) if folder else []
+
+
+def test_periodic_rescan_corrects_and_follows_a_replaced_root(
+    db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    store = WorklistStore(db)
+    store.scan()
+    watcher = Watcher(store, rescan_interval=0.1, quiet_period=0.1)
+    watcher.start()
+    try:
+        # the root is replaced by another folder: events from the old one no longer matter
+        new_root = tmp_path / "new-root"
+        write_wl(new_root / "WLM" / "n.wl", PatientID="NEWROOT")
+        db.rename(tmp_path / "old-root")
+        new_root.rename(db)
+        with caplog.at_level(logging.INFO, logger="wlmserver"):
+            assert wait_until(lambda: _ids(store) == ["NEWROOT"], timeout=3)
+            write_wl(db / "WLM" / "m.wl", PatientID="WATCHED")
+            assert wait_until(lambda: sorted(_ids(store)) == ["NEWROOT", "WATCHED"], timeout=3)
+        messages = " ".join(r.getMessage() for r in caplog.records)
+        assert "replaced" in messages and "corrected" in messages
+    finally:
+        watcher.stop()
+
+
+def test_indexing_progress_is_logged(
+    db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import wlmserver.index as index_module
+
+    monkeypatch.setattr(index_module, "_PROGRESS_SECONDS", -1.0)
+    monkeypatch.setattr(index_module, "_CHUNK", 2)
+    for n in range(5):
+        write_wl(db / "WLM" / f"{n}.wl")
+    with caplog.at_level(logging.INFO, logger="wlmserver"):
+        WorklistStore(db).scan()
+    assert any("indexing WLM: 2 of 5 files" in r.getMessage() for r in caplog.records)

@@ -59,10 +59,20 @@ def resolve_folder(store: WorklistStore, config: Config, aet: str) -> FolderSnap
     return folder
 
 
+def is_served(store: WorklistStore, config: Config, aet: str) -> bool:
+    """Whether a called AE title is served. While the first index is being built, a folder
+    on disk is enough (it is not scanned here, so C-ECHO is answered at once)."""
+    if store.ready.is_set():
+        return resolve_folder(store, config, aet) is not None
+    return is_safe_ae_title(aet) and (
+        (store.root / aet).is_dir() or config.any_aet_folder is not None
+    )
+
+
 def handle_requested(event: Any, store: WorklistStore, config: Config) -> None:
     """EVT_REQUESTED: refuse an association whose called AE title has no folder."""
     aet = called_ae_title(event.assoc)
-    if resolve_folder(store, config, aet) is None:
+    if not is_served(store, config, aet):
         LOGGER.info(
             "association from %s rejected: called AE title %r not recognized (no folder %s)",
             _peer(event.assoc),
@@ -86,6 +96,9 @@ def handle_echo(event: Any) -> int:
     LOGGER.debug("C-ECHO from %s", _peer(event.assoc))
     return int(Status.SUCCESS)
 
+
+#: How long a C-FIND waits for the first index of the database before giving up.
+INDEX_WAIT_SECONDS = 120.0
 
 #: Every this many answers, the handler lets pynetdicom read what the peer sent (see below).
 CANCEL_CHECK_EVERY = 32
@@ -159,6 +172,10 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         )
         LOGGER.debug("C-FIND from %s: %s", peer, exc.message)
         yield failure(exc.status, exc.message, exc.tags), None
+        return
+    if not store.ready.wait(INDEX_WAIT_SECONDS):
+        LOGGER.warning("C-FIND from %s: the database is still being indexed", peer)
+        yield failure(Status.OUT_OF_RESOURCES, "still indexing the worklist database"), None
         return
     folder = resolve_folder(store, config, aet)
     if folder is None:

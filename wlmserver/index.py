@@ -30,6 +30,8 @@ from wlmserver.wlfile import WorklistFileError, is_worklist_name, read_worklist_
 LOGGER = logging.getLogger(__name__)
 
 LOCKFILE = "lockfile"
+_CHUNK = 256  # files read per hold of a folder's lockfile
+_PROGRESS_SECONDS = 2.0
 MAX_AE_TITLE_LENGTH = 16
 
 
@@ -131,6 +133,8 @@ class WorklistStore:
         self.lock_timeout = lock_timeout
         self._folders: dict[str, FolderSnapshot] = {}
         self._write_lock = threading.RLock()
+        #: Set once the first full scan is done.
+        self.ready = threading.Event()
 
     # ------------------------------------------------------------------ reading side
     def folder(self, aet: str) -> FolderSnapshot | None:
@@ -148,8 +152,15 @@ class WorklistStore:
         return [self._folders[name] for name in self.folder_names()]
 
     # ------------------------------------------------------------------ writing side
-    def scan(self) -> None:
-        """Bring the whole index in line with the disk (start-up and periodic safety net)."""
+    def scan(self) -> int:
+        """Bring the whole index in line with the disk (start-up and periodic safety net).
+
+        Returns
+        -------
+        int
+            How many files were added, re-read or dropped (0 when the index was current).
+        """
+        corrected = 0
         with self._write_lock:
             try:
                 names = {
@@ -157,49 +168,74 @@ class WorklistStore:
                 }
             except OSError as exc:
                 LOGGER.error("cannot list the database root %s: %s", self.root, exc)
-                return
+                return 0
             for gone in set(self._folders) - names:
+                corrected += len(self._folders[gone].files)
                 self.remove_folder(gone)
             for name in sorted(names):
-                self.scan_folder(name)
+                corrected += self.scan_folder(name)
+        self.ready.set()
+        return corrected
 
-    def scan_folder(self, name: str) -> None:
-        """Re-read what changed in one AE folder (files whose signature changed)."""
+    def scan_folder(self, name: str) -> int:
+        """Re-read what changed in one AE folder (files whose signature changed).
+
+        Files are read in chunks, each under the folder's ``lockfile`` when there is one, so a
+        wlmscpfs-era writer waits at most one chunk. Progress is logged every few seconds.
+
+        Returns
+        -------
+        int
+            How many files were added, re-read or dropped.
+        """
         if not is_safe_ae_title(name):
-            return
+            return 0
         folder_path = self.root / name
         with self._write_lock:
             try:
-                listing = {
-                    entry.name: entry
+                listing = sorted(
+                    (entry.name, entry)
                     for entry in os.scandir(folder_path)
                     if is_worklist_name(entry.name) and entry.is_file()
-                }
+                )
             except OSError:
+                count = len(self._folders[name].files) if name in self._folders else 0
                 self.remove_folder(name)
-                return
+                return count
             old = self._folders.get(name, FolderSnapshot(name))
             files = dict(old.files)
-            changed = name not in self._folders
-            for gone in set(files) - set(listing):
+            names = {fname for fname, _ in listing}
+            changed = sum(1 for gone in files if gone not in names)
+            for gone in [f for f in files if f not in names]:
                 del files[gone]
-                changed = True
+            is_new = name not in self._folders
+            last_report = time.monotonic()
             try:
-                with self._folder_lock(folder_path):
-                    for fname, dirent in sorted(listing.items()):
-                        try:
-                            signature = _signature(dirent.stat())
-                        except OSError:
-                            continue
-                        state = files.get(fname)
-                        if state is not None and state.signature == signature:
-                            continue
-                        files[fname] = self._read(folder_path / fname, signature, state)
-                        changed = True
+                for start in range(0, len(listing), _CHUNK):
+                    with self._folder_lock(folder_path):
+                        for fname, dirent in listing[start : start + _CHUNK]:
+                            try:
+                                signature = _signature(dirent.stat())
+                            except OSError:
+                                continue
+                            state = files.get(fname)
+                            if state is not None and state.signature == signature:
+                                continue
+                            files[fname] = self._read(folder_path / fname, signature, state)
+                            changed += 1
+                    if time.monotonic() - last_report > _PROGRESS_SECONDS:
+                        last_report = time.monotonic()
+                        LOGGER.info(
+                            "indexing %s: %d of %d files",
+                            name,
+                            min(start + _CHUNK, len(listing)),
+                            len(listing),
+                        )
             except LockBusy:
                 LOGGER.warning("%s: lockfile held by a writer; will retry", folder_path)
-            if changed:
+            if changed or is_new:
                 self._publish(name, files)
+            return changed
 
     def update_file(self, path: Path) -> None:
         """(Re)read one file after a file event; a vanished file is removed."""

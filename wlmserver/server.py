@@ -50,6 +50,7 @@ class WorklistServer:
         )
         self.watcher: Watcher | None = None
         self._server: Any = None
+        self._indexer: threading.Thread | None = None
         self.ae = self._build_ae()
 
     def _build_ae(self) -> Any:
@@ -69,14 +70,17 @@ class WorklistServer:
         """The port actually listened on (useful with port 0)."""
         return int(self._server.server_address[1]) if self._server else self.config.port
 
-    def start(self) -> None:
-        """Index the database, start watching it, and start accepting associations."""
+    def start(self, wait: bool = True) -> None:
+        """Start watching the database, accepting associations, and indexing.
+
+        Associations are accepted (and C-ECHO answered) while the database is indexed; a
+        C-FIND waits for the index. With ``wait`` (the default) this returns once the index
+        is complete.
+        """
         root = self.config.data_files_path
         if not root.is_dir():
             raise FileNotFoundError(f"the database root {root} is not a folder")
-        started = time.perf_counter()
-        self.store.scan()
-        self._log_summary(time.perf_counter() - started)
+        # watch first, so that no change made while indexing is missed
         self.watcher = Watcher(
             self.store, poll=self.config.poll, rescan_interval=self.config.rescan_interval
         )
@@ -94,6 +98,22 @@ class WorklistServer:
         except BaseException:
             self.watcher.stop()
             raise
+        self._indexer = threading.Thread(target=self._index, name="wlmserver-indexer", daemon=True)
+        self._indexer.start()
+        if wait:
+            self.wait_indexed()
+
+    def _index(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.store.scan()
+        finally:
+            self.store.ready.set()
+        self._log_summary(time.perf_counter() - started)
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait for the first full index of the database; whether it is done."""
+        return self.store.ready.wait(timeout)
 
     def _log_summary(self, seconds: float) -> None:
         snapshots = self.store.snapshots()
@@ -121,6 +141,9 @@ class WorklistServer:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+        if self._indexer is not None:
+            self._indexer.join()
+            self._indexer = None
 
     def __enter__(self) -> WorklistServer:
         self.start()
@@ -140,10 +163,12 @@ def run(config: Config, ready_message: str | None = None) -> int:
     """
     server = WorklistServer(config)
     try:
-        server.start()
+        server.start(wait=False)
     except OSError as exc:
         LOGGER.error("cannot start: %s", exc)
         return 1
+    LOGGER.info("listening on port %d; indexing %s", server.port, config.data_files_path)
+    server.wait_indexed()
     if ready_message:
         print(ready_message.format(port=server.port), flush=True)
     stop = threading.Event()

@@ -120,7 +120,9 @@ class Watcher:
         self.quiet_period = quiet_period
         self._work: queue.Queue[tuple[str, Path]] = queue.Queue()
         self._observer = PollingObserver(timeout=poll) if poll else Observer()
-        self._observer.schedule(_Forwarder(store.root, self._work), str(store.root), recursive=True)
+        self._forwarder = _Forwarder(store.root, self._work)
+        self._observer.schedule(self._forwarder, str(store.root), recursive=True)
+        self._root_inode = os.stat(store.root).st_ino
         self._thread = threading.Thread(target=self._run, name="wlmserver-watcher", daemon=True)
 
     def start(self) -> None:
@@ -155,10 +157,26 @@ class Watcher:
                     del pending[due_path]
                     self._read(due_path, pending)
                 if next_rescan is not None and now >= next_rescan:
-                    self.store.scan()
-                    next_rescan = now + self.rescan_interval
+                    self._rescan()
+                    next_rescan = time.monotonic() + self.rescan_interval
             except Exception:  # the watcher must outlive any surprise
                 LOGGER.exception("watcher: unexpected error while applying %s %s", kind, path)
+
+    def _rescan(self) -> None:
+        """The periodic safety net: a stat-based rescan, and a new watch if the database root
+        itself was replaced (a watch follows the old folder, not the path)."""
+        try:
+            inode = os.stat(self.store.root).st_ino
+        except OSError:
+            inode = None
+        if inode is not None and inode != self._root_inode:
+            LOGGER.warning("%s was replaced: watching the new folder", self.store.root)
+            self._root_inode = inode
+            self._observer.unschedule_all()
+            self._observer.schedule(self._forwarder, str(self.store.root), recursive=True)
+        corrected = self.store.scan()
+        if corrected:
+            LOGGER.info("rescan: %d files were out of date in the index and corrected", corrected)
 
     def _apply(self, kind: str, path: Path, pending: dict[Path, float]) -> None:
         if kind == _READ_QUIET:
