@@ -20,12 +20,12 @@ from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
+from wlmserver.encode import AnswerItem, AnswerValue, EncodedAnswer
 from wlmserver.entry import Entry
 from wlmserver.keys import CHARSET_VRS, SPS_SEQUENCE_TAG
 from wlmserver.query import SPECIFIC_CHARACTER_SET, CompiledQuery, ItemQuery
-from wlmserver.record import Record, Value
+from wlmserver.record import Record
 
 UTF8 = "ISO_IR 192"
 
@@ -39,10 +39,92 @@ class CharsetPolicy(Enum):
     """ISO_IR 100 when it encodes the answer (``-cs1``)."""
 
 
-def build_answer(
+Plan = tuple[tuple[int, str, "Plan | None", "ItemQuery | None", bool], ...]
+"""What to put in an answer: ``(tag, VR if absent, item plan, item query, whole items)``."""
+
+
+def _plan(template: Dataset, item_query: ItemQuery, *, top: bool) -> Plan:
+    steps: list[tuple[int, str, Plan | None, ItemQuery | None, bool]] = []
+    for requested in template:
+        tag = int(requested.tag)
+        if (tag & 0xFFFF) == 0 or (tag >> 16) == 0x0002:
+            continue
+        if top and tag in (SPS_SEQUENCE_TAG, SPECIFIC_CHARACTER_SET):
+            continue
+        if requested.VR == "SQ":
+            wanted = list(requested.value or [])
+            if not wanted or len(wanted[0]) == 0:
+                steps.append((tag, "SQ", None, None, True))
+            else:
+                nested = item_query.sequence(tag)
+                sub = _plan(wanted[0], nested or ItemQuery(), top=False)
+                steps.append((tag, "SQ", sub, nested, False))
+        else:
+            steps.append((tag, _empty_vr(tag, str(requested.VR)), None, None, False))
+    return tuple(steps)
+
+
+def _empty_vr(tag: int, requested_vr: str) -> str:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return requested_vr
+    return requested_vr if " or " in vr else vr  # ambiguous (US or SS ...): the request's
+
+
+def _plans(query: CompiledQuery) -> tuple[Plan, Plan | None]:
+    """The answer plans of a query, made once per query."""
+    cached = query.__dict__.get("_answer_plans")
+    if cached is None:
+        top = _plan(query.identifier, query.top, top=True)
+        sps = None if query.sps_keys is None else _plan(query.sps_keys, query.sps, top=False)
+        cached = (top, sps)
+        object.__setattr__(query, "_answer_plans", cached)
+    return cached
+
+
+def _fill(plan: Plan, source: Record) -> AnswerItem:
+    out: AnswerItem = []
+    for tag, empty_vr, sub, item_query, whole in plan:
+        vr = source.vr(tag)
+        if empty_vr == "SQ":
+            items = source.items(tag)
+            if whole:
+                out.append((tag, "SQ", [full_item(i) for i in items]))
+            else:
+                out.append(
+                    (
+                        tag,
+                        "SQ",
+                        [
+                            _fill(sub, i)  # type: ignore[arg-type]
+                            for i in items
+                            if item_query is None or item_query.matches(i)
+                        ],
+                    )
+                )
+        elif vr is None or vr == "SQ":
+            out.append((tag, empty_vr, ()))
+        else:
+            out.append((tag, vr, source.text(tag)))
+    return out
+
+
+def full_item(record: Record) -> AnswerItem:
+    """Every attribute of a record, as answer elements."""
+    out: AnswerItem = []
+    for tag, vr, value in record:
+        if vr == "SQ":
+            out.append((tag, vr, [full_item(i) for i in value if isinstance(i, Record)]))
+        else:
+            out.append((tag, vr, value))  # type: ignore[arg-type]
+    return out
+
+
+def build_encoded(
     query: CompiledQuery, entry: Entry, policy: CharsetPolicy = CharsetPolicy.FILE
-) -> Dataset:
-    """Build the C-FIND answer identifier of one matching entry.
+) -> EncodedAnswer:
+    """Build the C-FIND answer of one matching entry, ready to be sent.
 
     Parameters
     ----------
@@ -55,19 +137,25 @@ def build_answer(
 
     Returns
     -------
-    Dataset
-        The requested keys, filled from the entry, with at most one SPS item.
+    EncodedAnswer
+        The requested keys, filled from the entry, with at most one SPS item, in tag order.
     """
-    answer = Dataset()
-    _fill(answer, query.identifier, entry.top, query.top, top=True)
-    if query.sps_keys is not None:
-        item = Dataset()
-        _fill(item, query.sps_keys, entry.sps, query.sps, top=False)
-        answer.add(DataElement(SPS_SEQUENCE_TAG, "SQ", [item]))
-    charset = choose_charset(_texts(answer), entry.charset, policy)
+    top_plan, sps_plan = _plans(query)
+    elements = _fill(top_plan, entry.top)
+    if sps_plan is not None:
+        elements.append((SPS_SEQUENCE_TAG, "SQ", [_fill(sps_plan, entry.sps)]))
+    charset = choose_charset(_texts(elements), entry.charset, policy)
     if charset:
-        answer.SpecificCharacterSet = charset if len(charset) > 1 else charset[0]
-    return answer
+        elements.append((SPECIFIC_CHARACTER_SET, "CS", charset))
+    elements.sort(key=lambda e: e[0])
+    return EncodedAnswer(elements, charset)
+
+
+def build_answer(
+    query: CompiledQuery, entry: Entry, policy: CharsetPolicy = CharsetPolicy.FILE
+) -> Dataset:
+    """The same answer as :func:`build_encoded`, as a pydicom dataset."""
+    return as_dataset(build_encoded(query, entry, policy).answer_elements)
 
 
 _INTEGER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
@@ -75,10 +163,17 @@ _FLOAT_VRS = frozenset({"FL", "FD"})
 _BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
-def element(tag: int, vr: str, value: Value) -> DataElement:
-    """A pydicom element from a record's value (decoded text; the answer encodes it)."""
+def as_dataset(elements: AnswerItem) -> Dataset:
+    """Answer elements as a pydicom dataset."""
+    ds = Dataset()
+    for tag, vr, value in elements:
+        ds.add(_data_element(tag, vr, value))
+    return ds
+
+
+def _data_element(tag: int, vr: str, value: AnswerValue) -> DataElement:
     if vr == "SQ":
-        return DataElement(tag, vr, [full_dataset(item) for item in value])  # type: ignore[arg-type]
+        return DataElement(tag, vr, [as_dataset(item) for item in value])  # type: ignore[arg-type]
     values: list[object] = list(value)
     if vr in _INTEGER_VRS:
         values = [int(v) for v in value]  # type: ignore[arg-type]
@@ -93,67 +188,14 @@ def element(tag: int, vr: str, value: Value) -> DataElement:
     return DataElement(tag, vr, values[0] if len(values) == 1 else values)
 
 
-def full_dataset(record: Record) -> Dataset:
-    """Every attribute of a record as a dataset."""
-    ds = Dataset()
-    for tag, vr, value in record:
-        ds.add(element(tag, vr, value))
-    return ds
-
-
-def _empty_element(tag: int, template: DataElement) -> DataElement:
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        vr = str(template.VR)
-    if " or " in vr:  # ambiguous dictionary VRs (US or SS ...): keep the request's
-        vr = str(template.VR)
-    return DataElement(tag, vr, [] if vr == "SQ" else None)
-
-
-def _fill(
-    out: Dataset, template: Dataset, source: Record, item_query: ItemQuery, *, top: bool
-) -> None:
-    for requested in template:
-        tag = int(requested.tag)
-        if (tag & 0xFFFF) == 0 or (tag >> 16) == 0x0002:
-            continue
-        if top and tag in (SPS_SEQUENCE_TAG, SPECIFIC_CHARACTER_SET):
-            continue
-        vr = source.vr(tag)
-        if requested.VR == "SQ":
-            out.add(_sequence(tag, requested, source.items(tag), item_query.sequence(tag)))
-        elif vr is None or vr == "SQ":
-            out.add(_empty_element(tag, requested))
-        else:
-            out.add(element(tag, vr, source.text(tag)))
-
-
-def _sequence(
-    tag: int, requested: DataElement, have: tuple[Record, ...], item_query: ItemQuery | None
-) -> DataElement:
-    wanted = list(requested.value or [])
-    if not wanted or len(wanted[0]) == 0:
-        return DataElement(tag, "SQ", [full_dataset(item) for item in have])
-    items = []
-    for item in have:
-        if item_query is not None and not item_query.matches(item):
-            continue
-        new = Dataset()
-        _fill(new, wanted[0], item, item_query or ItemQuery(), top=False)
-        items.append(new)
-    return DataElement(tag, "SQ", items)
-
-
-def _texts(ds: Dataset) -> Iterator[str]:
-    """Every text value of a dataset that the Specific Character Set applies to."""
-    for elem in ds.iterall():
-        if elem.VR in CHARSET_VRS and elem.value is not None:
-            values: Iterable[object] = (
-                elem.value if isinstance(elem.value, (MultiValue, list)) else [elem.value]
-            )
-            for v in values:
-                yield str(v)
+def _texts(elements: AnswerItem) -> Iterator[str]:
+    """Every text value of answer elements that the Specific Character Set applies to."""
+    for _tag, vr, value in elements:
+        if vr == "SQ":
+            for item in value:
+                yield from _texts(item)  # type: ignore[arg-type]
+        elif vr in CHARSET_VRS:
+            yield from value  # type: ignore[misc]
 
 
 def can_encode(texts: Iterable[str], charset: tuple[str, ...]) -> bool:

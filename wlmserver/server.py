@@ -12,6 +12,7 @@ from typing import Any
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
+from wlmserver import encode
 from wlmserver.config import Config
 from wlmserver.handlers import (
     handle_connection_open,
@@ -55,6 +56,7 @@ class WorklistServer:
 
     def _build_ae(self) -> Any:
         config = self.config
+        encode.install()
         ae = AE(ae_title=config.ae_title)
         ae.add_supported_context(MODALITY_WORKLIST_FIND, TRANSFER_SYNTAXES)
         ae.add_supported_context(VERIFICATION, TRANSFER_SYNTAXES)
