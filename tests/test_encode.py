@@ -111,3 +111,32 @@ def test_install_makes_pynetdicom_send_the_bytes() -> None:
     plain = Dataset()
     plain.PatientID = "ABC"
     assert service_class.encode(plain, False, True) == answer.encode(False, True)
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 64, 40])
+def test_pending_fragments_equal_pynetdicoms(max_pdu: int) -> None:
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_FIND_RSP
+    from pynetdicom.dimse_primitives import C_FIND
+    from pynetdicom.dsutils import encode
+
+    from wlmserver.encode import pending_pdata
+
+    primitive = C_FIND()
+    primitive.MessageIDBeingRespondedTo = 7
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.31"
+    primitive.Status = 0xFF00
+    primitive.Identifier = BytesIO(
+        EncodedAnswer([(0x00100020, "LO", ("ABC" * 30,))], ()).encode(False, True)
+    )
+    message = C_FIND_RSP()
+    message.primitive_to_message(primitive)
+    expected = [p.presentation_data_value_list for p in message.encode_msg(3, max_pdu)]
+    command = encode(message.command_set, True, True)
+    assert command is not None
+    got = [
+        p.presentation_data_value_list
+        for p in pending_pdata(3, command, primitive.Identifier.getvalue(), max_pdu)
+    ]
+    assert got == expected

@@ -158,6 +158,68 @@ def install() -> bool:
         return original(ds, is_implicit_vr, is_little_endian, deflated)
 
     setattr(service_class, "encode", encode)  # noqa: B010 - not a public attribute
+    _install_pending_fast_path()
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _installed = True
     return True
+
+
+def pending_pdata(context_id: int, command: bytes, data: bytes, max_pdu: int) -> list[Any]:
+    """P-DATA primitives for one message, fragmented as pynetdicom's ``encode_msg`` does
+    (PS3.8 E.2: one PDV per P-DATA; message control header 0x01/0x03 for command fragments,
+    0x00/0x02 for data set fragments, the second value marking the last one)."""
+    from pynetdicom.pdu_primitives import P_DATA
+
+    size = max_pdu - 6 if max_pdu else max(len(command), len(data), 1)
+    out = []
+    for stream, more, last in ((command, b"\x01", b"\x03"), (data, b"\x00", b"\x02")):
+        chunks = [stream[i : i + size] for i in range(0, len(stream), size)] or [b""]
+        for n, chunk in enumerate(chunks):
+            pdata = P_DATA()
+            flag = last if n == len(chunks) - 1 else more
+            pdata.presentation_data_value_list.append((context_id, flag + chunk))
+            out.append(pdata)
+    return out
+
+
+def _install_pending_fast_path() -> None:
+    """Send Pending C-FIND responses without rebuilding their command set each time.
+
+    Every Pending response of one C-FIND has the same command set (SOP class, message ID
+    responded to, status, data set present): pynetdicom builds and encodes it as a pydicom
+    dataset per answer, about 40 % of a streamed C-FIND. It is built once per C-FIND here,
+    by pynetdicom's own code, and reused. Other messages, and all messages while pynetdicom
+    logs at debug level, take pynetdicom's own path.
+    """
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.dimse_messages import C_FIND_RSP
+    from pynetdicom.dimse_primitives import C_FIND
+    from pynetdicom.dsutils import encode as pynetdicom_encode
+
+    original = DIMSEServiceProvider.send_msg
+    dimse_logger = logging.getLogger("pynetdicom")
+
+    def send_msg(self: Any, primitive: Any, context_id: int) -> None:
+        if (
+            isinstance(primitive, C_FIND)
+            and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.Status == 0xFF00
+            and primitive.Identifier is not None
+            and not dimse_logger.isEnabledFor(logging.DEBUG)
+        ):
+            key = (context_id, primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID)
+            cache = self.__dict__.setdefault("_wlmserver_pending_command", {})
+            command = cache.get(key)
+            if command is None:
+                message = C_FIND_RSP()
+                message.primitive_to_message(primitive)
+                command = pynetdicom_encode(message.command_set, True, True)
+                cache.clear()
+                cache[key] = command
+            data = primitive.Identifier.getvalue()
+            for pdata in pending_pdata(context_id, command, data, self.maximum_pdu_size):
+                self.dul.send_pdu(pdata)
+            return
+        original(self, primitive, context_id)
+
+    DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
