@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -91,7 +91,7 @@ class FolderSnapshot:
 
     name: str
     lookup: Lookup = field(default_factory=lambda: Lookup.build(()))
-    files: Mapping[str, FileState] = field(default_factory=lambda: MappingProxyType({}))
+    files: MappingProxyType[str, FileState] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def entries(self) -> tuple[Entry, ...]:
@@ -203,7 +203,7 @@ class WorklistStore:
                 self.remove_folder(name)
                 return count
             old = self._folders.get(name, FolderSnapshot(name))
-            files = dict(old.files)
+            files = old.files.copy()
             names = {fname for fname, _ in listing}
             changed = sum(1 for gone in files if gone not in names)
             for gone in [f for f in files if f not in names]:
@@ -253,7 +253,7 @@ class WorklistStore:
             except OSError:
                 self.remove_file(path)
                 return
-            files = dict(self._folders[name].files)
+            files = self._folders[name].files.copy()
             old = files.get(path.name)
             signature = _signature(st)
             if old is not None and old.signature == signature:
@@ -264,7 +264,7 @@ class WorklistStore:
             except LockBusy:
                 LOGGER.warning("%s: lockfile held by a writer; will retry", path.parent)
                 raise
-            self._publish(name, files)
+            self._publish(name, files, {path.name})
 
     def remove_file(self, path: Path) -> None:
         """Forget a deleted or moved-away file."""
@@ -273,10 +273,10 @@ class WorklistStore:
             folder = self._folders.get(name)
             if folder is None or path.name not in folder.files:
                 return
-            files = dict(folder.files)
+            files = folder.files.copy()
             del files[path.name]
             LOGGER.info("%s/%s removed from the index", name, path.name)
-            self._publish(name, files)
+            self._publish(name, files, {path.name})
 
     def remove_folder(self, name: str) -> None:
         """Forget an AE folder that disappeared."""
@@ -305,24 +305,27 @@ class WorklistStore:
         LOGGER.debug("%s indexed: %d entries", rel, len(result.entries))
         return FileState(signature, result.entries, problem)
 
-    def _publish(self, name: str, files: dict[str, FileState]) -> None:
-        """Swap in a new snapshot of a folder: incrementally when few entries changed."""
+    def _publish(
+        self, name: str, files: dict[str, FileState], changed: set[str] | None = None
+    ) -> None:
+        """Swap in a new snapshot of a folder.
+
+        ``changed`` names the files that differ from the current snapshot (None: unknown, or
+        a new folder); with few changed entries the lookup is updated, not rebuilt.
+        """
         old = self._folders.get(name)
-        if old is None:
-            lookup = Lookup.build(e for state in files.values() for e in state.entries)
-        else:
-            removed: list[Entry] = []
-            added: list[Entry] = []
-            for fname in old.files.keys() | files.keys():
-                before, after = old.files.get(fname), files.get(fname)
-                if before is after:
-                    continue
-                removed.extend(before.entries if before else ())
-                added.extend(after.entries if after else ())
-            if len(removed) + len(added) > max(1000, len(old.entries) // 4):
-                lookup = Lookup.build(e for state in files.values() for e in state.entries)
-            else:
+        if old is not None and changed is None:
+            changed = {
+                f for f in old.files.keys() | files.keys() if old.files.get(f) is not files.get(f)
+            }
+        lookup: Lookup | None = None
+        if old is not None and changed is not None:
+            removed = [e for f in changed if f in old.files for e in old.files[f].entries]
+            added = [e for f in changed if f in files for e in files[f].entries]
+            if len(removed) + len(added) <= max(1000, len(old.entries) // 4):
                 lookup = old.lookup.replace(removed, added)
+        if lookup is None:
+            lookup = Lookup.build(e for state in files.values() for e in state.entries)
         self._folders[name] = FolderSnapshot(name, lookup, MappingProxyType(files))
 
     @contextlib.contextmanager

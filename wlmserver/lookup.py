@@ -47,7 +47,7 @@ BUCKETED: dict[int, bool] = {
     ACCESSION: False,
 }
 
-Buckets = Mapping[str, tuple[Entry, ...]]
+Buckets = MappingProxyType[str, tuple[Entry, ...]]
 _NAME_END = "\U0010ffff"
 
 
@@ -62,6 +62,16 @@ def _keys(entry: Entry, tag: int) -> tuple[str, ...]:
 
 def _names(entry: Entry) -> set[str]:
     return {c for value in entry.top.text(PATIENT_NAME) for c in pn_candidates(value)}
+
+
+def _remove_sorted(entries: list[Entry], entry: Entry) -> None:
+    """Remove ``entry`` (by identity) from a list sorted by answer order."""
+    i = bisect.bisect_left(entries, entry.order, key=_order)
+    while i < len(entries) and entries[i].order == entry.order:
+        if entries[i] is entry:
+            del entries[i]
+            return
+        i += 1
 
 
 def _in_order(entries: Iterable[Entry]) -> tuple[Entry, ...]:
@@ -117,15 +127,9 @@ class Lookup:
         """A new lookup without ``removed`` and with ``added`` (the entries of changed files)."""
         if not removed and not added:
             return self
-        gone = {id(e) for e in removed}
         entries = list(self.entries)
         for entry in removed:
-            i = bisect.bisect_left(entries, entry.order, key=_order)
-            while i < len(entries) and entries[i].order == entry.order:
-                if entries[i] is entry:
-                    del entries[i]
-                    break
-                i += 1
+            _remove_sorted(entries, entry)
         for entry in added:
             bisect.insort(entries, entry, key=_order)
 
@@ -135,12 +139,17 @@ class Lookup:
             if not touched:
                 buckets[tag] = table
                 continue
-            new = dict(table)
+            new = table.copy()  # a C-level copy of the underlying dict
             for key in touched:
-                kept = [e for e in new.get(key, ()) if id(e) not in gone]
-                kept.extend(e for e in added if key in _keys(e, tag))
-                if kept:
-                    new[key] = _in_order(kept)
+                bucket = list(new.get(key, ()))
+                for entry in removed:
+                    if key in _keys(entry, tag):
+                        _remove_sorted(bucket, entry)
+                for entry in added:
+                    if key in _keys(entry, tag):
+                        bisect.insort(bucket, entry, key=_order)
+                if bucket:
+                    new[key] = tuple(bucket)
                 else:
                     new.pop(key, None)
             buckets[tag] = MappingProxyType(new)
