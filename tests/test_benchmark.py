@@ -71,6 +71,7 @@ def test_smoke_run_reports_real_answers(tmp_path: Path, capsys: pytest.CaptureFi
         assert ours[kind]["answers"] == expected, kind
         assert ours[kind]["p50_ms"] > 0
     assert ours["qps_8_clients"] > 0
+    assert ours["drop_ms"]["count"] == 20 and ours["drop_ms"]["p95"] < 5000
     assert ours["cancel_status"] in (0xFE00, 0x0000)  # 60 answers may all go before the cancel
     assert size["wlmserver_index_s"] > 0 and size["wlmserver_rss_mb_indexed"] > 0
     if tool.FINDSCU.exists():

@@ -400,6 +400,48 @@ def universal(port: int, timeout: float) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
+def drop_latency(port: int, folder: Path, count: int) -> list[float]:
+    """Milliseconds from renaming a new file into place until a query answers it."""
+    times = []
+    for n in range(count):
+        accession = f"DROP{n:06d}"
+        elements: list[AnswerElement] = [
+            (0x00080050, "SH", (accession,)),
+            (0x00100010, "PN", ("DROPPED^FILE",)),
+            (0x00100020, "LO", (f"DROP{n}",)),
+            (0x0020000D, "UI", (f"1.2.826.0.1.3680043.10.1234.6.{n}",)),
+            (0x00321060, "LO", ("DROPPED",)),
+            (
+                0x00400100,
+                "SQ",
+                [
+                    [
+                        (0x00080060, "CS", ("CT",)),
+                        (0x00400001, "AE", ("CT01",)),
+                        (0x00400002, "DA", ("20261122",)),
+                        (0x00400003, "TM", ("120000",)),
+                        (0x00400007, "LO", ("DROPPED",)),
+                        (0x00400009, "SH", (f"SPSDROP{n}",)),
+                    ]
+                ],
+            ),
+            (0x00401001, "SH", (f"RPDROP{n}",)),
+        ]
+        temp = folder / f".drop{n}.tmp"
+        temp.write_bytes(_file_bytes(elements, f"1.2.826.0.1.3680043.10.1234.5.{n}"))
+        query = _query("none", "")
+        query.AccessionNumber = accession
+        os.replace(temp, folder / f"drop{n:06d}.wl")
+        started = time.perf_counter()
+        deadline = time.monotonic() + 5
+        while find_once(port, query) == 0 and time.monotonic() < deadline:
+            pass
+        times.append((time.perf_counter() - started) * 1000)
+    for n in range(count):
+        (folder / f"drop{n:06d}.wl").unlink(missing_ok=True)
+    return times
+
+
 def cancel_time(port: int) -> tuple[float, int]:
     """Seconds from sending C-CANCEL after the first answer to the final status, and it."""
     ae = AE(ae_title="BENCH")
@@ -445,6 +487,8 @@ def measure_server(
         out["universal"] = {"answers": count, "seconds": seconds, "answers_per_s": count / seconds}
     if name == "wlmserver":
         out["cancel_s"], out["cancel_status"] = cancel_time(port)
+        drops = drop_latency(port, args.workdir_store / "WLM", args.drops)
+        out["drop_ms"] = {"p50": statistics.median(drops), "p95": _p95(drops), "count": len(drops)}
     results[name] = out
 
 
@@ -455,6 +499,7 @@ def _p95(values: list[float]) -> float:
 
 def run_size(steps: int, args: argparse.Namespace) -> dict[str, Any]:
     root, files = store(args.workdir, steps, args.seed, args.date)
+    args.workdir_store = root
     results: dict[str, Any] = {"steps": steps, "files": files}
     port = free_port()
     server = [
@@ -589,6 +634,11 @@ def report(results: dict[str, Any]) -> str:
             _fmt(results.get("wlmserver_rss_mb_after")),
         )
     )
+    if "drop_ms" in w:
+        drop = w["drop_ms"]
+        lines.append(
+            _cols("dropped file answered: ms p50, p95", _fmt(drop["p50"]), _fmt(drop["p95"]))
+        )
     if "cancel_s" in w:
         lines.append(
             _cols(
@@ -615,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency-all", action="store_true", help="also above 10,000 steps")
     parser.add_argument("--universal-timeout", type=float, default=120.0)
     parser.add_argument("--no-wlmscpfs", action="store_true")
+    parser.add_argument("--drops", type=int, default=20, help="files dropped to time visibility")
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--floor-server", nargs=2, type=int, metavar=("PORT", "ANSWERS"), help=argparse.SUPPRESS
