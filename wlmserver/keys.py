@@ -113,8 +113,9 @@ KEYS_BY_KEYWORD: dict[str, WorklistKey] = {k.keyword: k for k in WORKLIST_KEYS}
 #: The tag of the Scheduled Procedure Step Sequence, which the store splits entries by.
 SPS_SEQUENCE_TAG: int = KEYS_BY_KEYWORD["ScheduledProcedureStepSequence"].tag
 
-#: Keys an empty Scheduled Procedure Step item in a query expands to (wlmscpfs does the same;
-#: ``--no-sq-expansion`` turns it off).
+#: Keys an empty Scheduled Procedure Step item in a query expands to: the SPS keys of Table
+#: K.6-1 (``--no-sq-expansion`` turns it off). wlmscpfs 3.6.7 expands to a slightly different
+#: list (with SPS end date and time, without Scheduled Protocol Code Sequence).
 SPS_EXPANSION_TAGS: tuple[int, ...] = tuple(k.tag for k in WORKLIST_KEYS if k.level is Level.SPS)
 
 #: Date and time attributes matched as one combined date-time range (PS3.4 C.2.2.2.5.1),

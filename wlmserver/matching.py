@@ -79,11 +79,11 @@ _DT = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}
 def _check_date(text: str) -> str:
     m = _DA.match(text)
     if not m:
-        raise QueryValueError(f"'{text}' is not a date (YYYYMMDD)")
+        raise QueryValueError(f"not a date (YYYYMMDD): '{text}'")
     try:
         date(int(m[1]), int(m[2]), int(m[3]))
     except ValueError as exc:
-        raise QueryValueError(f"'{text}' is not a valid date: {exc}") from None
+        raise QueryValueError(f"not a valid date ({exc}): '{text}'") from None
     return text
 
 
@@ -95,12 +95,12 @@ def _time_bounds(text: str) -> tuple[str, str]:
     value = text.replace(":", "")  # ACR-NEMA style 10:15:00 is still seen in files
     m = _TM.match(value)
     if not m:
-        raise QueryValueError(f"'{text}' is not a time (HH[MM[SS[.FFFFFF]]])")
+        raise QueryValueError(f"not a time (HH[MM[SS[.FFFFFF]]]): '{text}'")
     hh, mm, ss, frac = m[1], m[2], m[3], m[4]
     if int(hh) > 23 or (mm and int(mm) > 59) or (ss and int(ss) > 60):
-        raise QueryValueError(f"'{text}' is not a valid time")
+        raise QueryValueError(f"not a valid time: '{text}'")
     if frac is not None and ss is None:
-        raise QueryValueError(f"'{text}' has a fraction without seconds")
+        raise QueryValueError(f"a fraction without seconds: '{text}'")
     lo = hh + (mm or "00") + (ss or "00") + (frac or "").ljust(6, "0")
     hi = hh + (mm or "59") + (ss or "59") + (frac or "").ljust(6, "9")
     return lo, hi
@@ -114,12 +114,12 @@ def _datetime_bounds(text: str) -> tuple[str, str]:
     """
     m = _DT.match(text)
     if not m:
-        raise QueryValueError(f"'{text}' is not a date-time (YYYYMMDDHHMMSS.FFFFFF&ZZXX)")
+        raise QueryValueError(f"not a date-time (YYYYMMDDHHMMSS.FFFFFF&ZZXX): '{text}'")
     year, month, day, hh, mm, ss, frac = (m[i] for i in range(1, 8))
     if month and day:
         _check_date(year + month + day)
     elif month and not 1 <= int(month) <= 12:
-        raise QueryValueError(f"'{text}' has an invalid month")
+        raise QueryValueError(f"an invalid month: '{text}'")
     if hh:
         _time_bounds(hh + (mm or "") + (ss or "") + (f".{frac}" if frac else ""))
     lo = year + (month or "01") + (day or "01") + (hh or "00") + (mm or "00") + (ss or "00")
@@ -192,11 +192,11 @@ def parse_range(vr: str, text: str) -> tuple[str | None, str | None]:
         return bounds(parts[0])
     if len(parts) != 2 or (not parts[0] and not parts[1]):
         kind, form = _KINDS[vr]
-        raise QueryValueError(f"'{text}' is not a {kind} or {kind} range ({form}-{form})")
+        raise QueryValueError(f"not a {kind} or {kind} range ({form}-{form}): '{text}'")
     lo = bounds(parts[0].strip())[0] if parts[0].strip() else None
     hi = bounds(parts[1].strip())[1] if parts[1].strip() else None
     if lo is not None and hi is not None and lo > hi:
-        raise QueryValueError(f"range '{text}' starts after it ends")
+        raise QueryValueError(f"range starts after it ends: '{text}'")
     return lo, hi
 
 
@@ -350,11 +350,11 @@ def compile_value(vr: str, text: str, *, pn_fold: bool = False) -> Matcher | Non
         try:
             return Numeric(frozenset(float(a) for a in alternatives))
         except ValueError:
-            raise QueryValueError(f"'{text}' is not a number") from None
+            raise QueryValueError(f"not a number: '{text}'") from None
     if vr == "UI":
         for a in alternatives:
             if not re.fullmatch(r"[0-9.]+", a):
-                raise QueryValueError(f"'{a}' is not a UID (no wildcards in UI, C.2.2.2.2)")
+                raise QueryValueError(f"not a UID (no wildcards in UI, C.2.2.2.2): '{a}'")
     return AnyOf(frozenset(alternatives))
 
 
@@ -410,7 +410,7 @@ def combined_date_time(date_text: str, time_text: str) -> CombinedDateTime:
     lo = None if dlo is None else dlo + (tlo or "000000000000")
     hi = None if dhi is None else dhi + (thi or "235959999999")
     if lo is not None and hi is not None and lo > hi:
-        raise QueryValueError(f"date-time range {date_text} {time_text} starts after it ends")
+        raise QueryValueError(f"date-time range starts after it ends: {date_text} {time_text}")
     return CombinedDateTime(lo, hi)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -161,7 +161,7 @@ def _compile_level(ds: Dataset, *, top: bool, pn_fold: bool) -> ItemQuery:
             items = list(elem.value or [])
             if len(items) > 1:
                 raise QueryError(
-                    f"{describe_tag(tag)} has {len(items)} items; a query sequence holds one",
+                    f"{_keyword(tag)}: {len(items)} items; a query sequence holds one",
                     (tag,),
                 )
             if items:
@@ -180,7 +180,7 @@ def _compile_level(ds: Dataset, *, top: bool, pn_fold: bool) -> ItemQuery:
                     window = combined_date_time(date_text, time_text)
                 except QueryValueError as exc:
                     raise QueryError(
-                        f"{describe_tag(date_tag)}+Time: {exc}", (date_tag, time_tag)
+                        f"{_keyword(date_tag)}+Time: {exc}", (date_tag, time_tag)
                     ) from None
                 date_times.append((date_tag, time_tag, window))
                 del texts[date_tag], texts[time_tag]
@@ -190,10 +190,16 @@ def _compile_level(ds: Dataset, *, top: bool, pn_fold: bool) -> ItemQuery:
         try:
             matcher = compile_value(vr, text, pn_fold=pn_fold)
         except QueryValueError as exc:
-            raise QueryError(f"{describe_tag(tag)}: {exc}", (tag,)) from None
+            raise QueryError(f"{_keyword(tag)}: {exc}", (tag,)) from None
         if matcher is not None:
             values.append((tag, matcher))
     return ItemQuery(tuple(values), tuple(date_times), tuple(sequences))
+
+
+def _keyword(tag: int) -> str:
+    """The keyword of a tag for error comments (OffendingElement carries the tag itself),
+    so that the reason still fits the 64 characters of an ErrorComment."""
+    return keyword_for_tag(tag) or describe_tag(tag)
 
 
 def _guarded(ds: Dataset, action: Callable[[], ItemQuery]) -> ItemQuery:
@@ -255,7 +261,7 @@ def compile_query(
         items = list(identifier[SPS_SEQUENCE_TAG].value or [])
         if len(items) > 1:
             raise QueryError(
-                f"{describe_tag(SPS_SEQUENCE_TAG)} has {len(items)} items; a worklist query "
+                f"{_keyword(SPS_SEQUENCE_TAG)}: {len(items)} items; a worklist query "
                 "holds at most one",
                 (SPS_SEQUENCE_TAG,),
             )
