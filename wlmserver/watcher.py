@@ -25,7 +25,6 @@ from pathlib import Path
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
-    DirModifiedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -57,7 +56,6 @@ WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     FileMovedEvent,
     DirCreatedEvent,
     DirDeletedEvent,
-    DirModifiedEvent,
     DirMovedEvent,
 ]
 
@@ -101,6 +99,8 @@ class _Forwarder(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         src = Path(_text(event.src_path))
         kind = event.event_type
+        if kind == "modified" and event.is_directory:
+            return  # a folder's listing changed: its files' own events say how
         if kind in ("created", "modified"):
             self._arrive(src, event.is_directory, _READ_QUIET)
         elif kind == "closed":
