@@ -129,7 +129,7 @@ def test_smoke_run_asks_real_queries(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert set(figures) == {"machine", "options", "sizes"}
     assert {"nproc", "cpu", "python", "pydicom", "pynetdicom", "dcmtk"} <= set(figures["machine"])
     (size,) = figures["sizes"]
-    assert size["size"] == 50 and size["mismatches"] == []
+    assert size["size"] == 50 and size["mismatches"] == [] and size["errors"] == []
     root = Path(size["store"])
     servers = size["servers"]
     expect_wlmscpfs = tool._executable(tool.WLMSCPFS) is not None

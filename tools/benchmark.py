@@ -25,7 +25,9 @@ then ``--clients`` threads, each with its own associations, repeating (a) for
 over the whole store, received by pynetdicom and, where installed, by DCMTK's ``findscu`` (a
 C++ client, so the client is not the bottleneck), cut off after ``--universal-timeout``
 seconds; finally the same universal query cancelled after its first answer (time until the
-final status, which should be Cancel, 0xFE00).
+final status, which should be Cancel, 0xFE00). Last, ``--drops`` files are renamed into
+wlmserver's AE folder one by one and queried until answered (time until a new file is
+served); they are removed again, so the store stays as generated.
 
 Client and servers share the machine, so latencies include the client's work (decoding each
 answer costs a pynetdicom client about as much as sending it costs the server). The CPU time
@@ -33,7 +35,8 @@ each server process used (its threads and its children, from /proc) is therefore
 too, per query and for the universal query; it does not depend on the client.
 
 Every answer count of wlmserver is checked against the count computed from what the generator
-wrote; a difference is reported and makes the exit status 1.
+wrote; a difference is reported and makes the exit status 1. A measurement that fails (no
+association, no answer) is reported and makes it 2.
 
 Usage::
 
@@ -61,10 +64,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -838,7 +842,9 @@ class Client:
             "127.0.0.1", port, ae_title=AE_FOLDER, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
         )
         if not assoc.is_established:
-            raise BenchmarkError(f"no association with port {port}")
+            how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+            seconds = time.perf_counter() - started
+            raise BenchmarkError(f"association with port {port} {how} after {seconds:.1f} s")
         cancel_sent: float | None = None
         try:
             for status, identifier in assoc.send_c_find(query, MWL_FIND):
@@ -1434,58 +1440,96 @@ def _run_queries(
     tuple[dict[str, Any], list[Dataset]]
         The figures, and the answers of query (a).
     """
+    pid = running.process.pid
+    errors: list[str] = []
     out: dict[str, Any] = {
         "startup_s": running.startup_s,
-        "rss_mb_ready": rss_mb(running.process.pid),
+        "rss_mb_ready": rss_mb(pid),
         "queries": {},
+        "errors": errors,
     }
     client = Client(args.query_timeout)
-    # one query (a) first, not counted: the first query after start-up pays one-off costs
-    out["warm_up_ms"] = client.find(running.port, query_dataset(specs[0])).seconds * 1000
-    station_answers: list[Dataset] = []
-    selective = [s for s in specs if s.key != "universal" and (only is None or s.key in only)]
-    pid = running.process.pid
-    for spec in selective:
+
+    def attempt(what: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """Run one measurement, adding the server's CPU time; a failure is recorded."""
         before = cpu_seconds(pid)
-        figures, answers = measure_latency(
+        try:
+            figures = measure()
+        except BenchmarkError as exc:
+            if running.process.poll() is not None:
+                status = running.process.returncode
+                raise BenchmarkError(f"{running.name} exited ({status}) in {what}: {exc}") from exc
+            errors.append(f"{what}: {exc}")
+            _progress(f"  {running.name:9} {what} FAILED: {exc}")
+            return None
+        figures["server_cpu_s"] = _cpu_delta(before, cpu_seconds(pid))
+        return figures
+
+    # one query (a) first, not counted: the first query after start-up pays one-off costs
+    warm_up = attempt(
+        "warm-up", lambda: {"ms": client.find(running.port, query_dataset(specs[0])).seconds}
+    )
+    out["warm_up_ms"] = None if warm_up is None else warm_up["ms"] * 1000
+    first_answers: dict[str, list[Dataset]] = {}
+
+    def latency(spec: QuerySpec) -> dict[str, Any]:
+        figures, first_answers[spec.key] = measure_latency(
             client, running.port, spec, args.repeat, args.max_seconds
         )
-        used = _cpu_delta(before, cpu_seconds(pid))
-        figures["server_cpu_ms"] = None if used is None else used * 1000 / figures["runs"]
-        out["queries"][spec.key] = figures
-        if spec.key == "station":
-            station_answers = answers
+        return figures
+
+    for spec in specs:
+        if spec.key == "universal" or (only is not None and spec.key not in only):
+            continue
+        result = attempt(spec.label, partial(latency, spec))
+        if result is None:
+            continue
+        cpu = result["server_cpu_s"]
+        result["server_cpu_ms"] = None if cpu is None else cpu * 1000 / result["runs"]
+        out["queries"][spec.key] = result
         _progress(
-            f"  {running.name:9} {spec.label:36} p50 {figures['p50_ms']:9.1f} ms  "
-            f"{figures['answers']} answers, {figures['runs']} runs"
+            f"  {running.name:9} {spec.label:36} p50 {result['p50_ms']:9.1f} ms  "
+            f"{result['answers']} answers, {result['runs']} runs"
         )
     if args.concurrency_all or size <= args.concurrency_max_size:
-        before = cpu_seconds(pid)
-        out["concurrency"] = measure_concurrency(
-            running.port, specs[0], args.clients, args.concurrency_seconds, args.query_timeout
+        out["concurrency"] = attempt(
+            "concurrency",
+            lambda: measure_concurrency(
+                running.port, specs[0], args.clients, args.concurrency_seconds, args.query_timeout
+            ),
         )
-        out["concurrency"]["server_cpu_s"] = _cpu_delta(before, cpu_seconds(pid))
-        _progress(f"  {running.name:9} {args.clients} clients: {out['concurrency']['qps']:.1f} q/s")
+        if out["concurrency"]:
+            qps = out["concurrency"]["qps"]
+            _progress(f"  {running.name:9} {args.clients} clients: {qps:.1f} q/s")
     if only is None:
         universal = specs[-1]
-        before = cpu_seconds(pid)
-        out["universal"] = measure_universal(running.port, universal, args.universal_timeout)
-        out["universal"]["server_cpu_s"] = _cpu_delta(before, cpu_seconds(pid))
-        _progress(
-            f"  {running.name:9} universal: {out['universal']['answers']} answers in "
-            f"{out['universal']['seconds']:.1f} s"
+        out["universal"] = attempt(
+            "universal",
+            lambda: measure_universal(running.port, universal, args.universal_timeout),
         )
-        if args.findscu is not None:
-            before = cpu_seconds(pid)
-            out["universal_findscu"] = measure_universal_findscu(
-                args.findscu, running.port, args.universal_timeout
+        if out["universal"]:
+            _progress(
+                f"  {running.name:9} universal: {out['universal']['answers']} answers in "
+                f"{out['universal']['seconds']:.1f} s"
             )
-            out["universal_findscu"]["server_cpu_s"] = _cpu_delta(before, cpu_seconds(pid))
-        out["cancel"] = measure_cancel(running.port, universal, args.query_timeout)
-    if drop_folder is not None and args.drops > 0:
-        out["drops"] = measure_drops(
-            client, running.port, drop_folder, args.seed, args.date, args.drops
+        if args.findscu is not None:
+            out["universal_findscu"] = attempt(
+                "universal (findscu)",
+                lambda: measure_universal_findscu(
+                    args.findscu, running.port, args.universal_timeout
+                ),
+            )
+        out["cancel"] = attempt(
+            "cancel", lambda: measure_cancel(running.port, universal, args.query_timeout)
         )
+    if drop_folder is not None and args.drops > 0:
+        out["drops"] = attempt(
+            "drops",
+            lambda: measure_drops(
+                client, running.port, drop_folder, args.seed, args.date, args.drops
+            ),
+        )
+    station_answers = first_answers.get("station", [])
     out["rss_mb_after"] = rss_mb(running.process.pid)
     return out, station_answers
 
@@ -1592,8 +1636,9 @@ def run_size(size: int, workdir: Path, args: argparse.Namespace) -> dict[str, An
             "not answered within 5 s"
         )
     result["load_average_after"] = _load_average()
-    universal = servers["wlmserver"]["universal"]
-    if universal["complete"] and universal["answers"] != size:
+    result["errors"] = [f"{name}: {e}" for name, out in servers.items() for e in out["errors"]]
+    universal = servers["wlmserver"].get("universal")
+    if universal and universal["complete"] and universal["answers"] != size:
         result["mismatches"].append(
             f"universal: wlmserver answered {universal['answers']} of {size}"
         )
@@ -1728,11 +1773,11 @@ def report(result: dict[str, Any]) -> str:
         ],
         "wlmscpfs: parent; it forks per association",
     )
-    if "drops" in w:
+    if get(w, "drops"):
         row(
             "dropped file answered ms p50/p95",
             [f"{_num(get(w, 'drops', 'p50_ms'))}/{_num(get(w, 'drops', 'p95_ms'))}"],
-            f"{w['drops']['answered']} of {w['drops']['count']} files renamed into place",
+            f"{get(w, 'drops', 'answered')} of {get(w, 'drops', 'count')} files renamed into place",
         )
     for key, query in result["queries"].items():
         if key == "universal":
@@ -1756,9 +1801,9 @@ def report(result: dict[str, Any]) -> str:
             ],
             f"expected {query['expected']}; {query['expected_single_sps']} in 1-SPS files{flag}",
         )
-    if "concurrency" in w:
+    if get(w, "concurrency"):
         timed(
-            f"q/s, {w['concurrency']['clients']} clients, (a)",
+            f"q/s, {get(w, 'concurrency', 'clients')} clients, (a)",
             get(w, "concurrency", "qps"),
             get(d, "concurrency", "qps"),
             get(f, "concurrency", "qps"),
@@ -1809,6 +1854,8 @@ def report(result: dict[str, Any]) -> str:
         row("  final status/answers after", cells, "0xfe00 = Cancel, 0x0 = all sent first")
     for mismatch in result.get("mismatches", []):
         lines.append(f"MISMATCH {mismatch}")
+    for error in result.get("errors", []):
+        lines.append(f"FAILED {error}")
     return "\n".join(lines)
 
 
@@ -1903,7 +1950,7 @@ def main(argv: list[str] | None = None) -> int:
     -------
     int
         0; 1 when a wlmserver answer count differs from what the store holds; 2 when a
-        server could not be started or did not answer.
+        server could not be started or a measurement failed (no association, no answer).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1912,9 +1959,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve_floor(int(port), Path(answers), args.floor_lifetime)
     if min(args.sizes) < 1 or args.repeat < 1 or args.clients < 1:
         parser.error("--sizes, --repeat and --clients must be positive")
-    args.wlmscpfs = None if args.no_wlmscpfs else _executable(args.wlmscpfs)
+    installed = _executable(args.wlmscpfs)
+    args.wlmscpfs = None if args.no_wlmscpfs else installed
     args.findscu = None if args.no_findscu else _executable(args.findscu)
-    info = machine(args.wlmscpfs)
+    info = machine(installed)
     print(format_machine(info), flush=True)
     everything: dict[str, Any] = {"machine": info, "options": _options(args), "sizes": []}
     status = 0
@@ -1935,6 +1983,8 @@ def main(argv: list[str] | None = None) -> int:
             print(report(result), flush=True)
             if result["mismatches"]:
                 status = max(status, 1)
+            if result["errors"]:
+                status = 2
             if args.json:
                 args.json.write_text(json.dumps(everything, indent=1, ensure_ascii=False))
     if args.json:
