@@ -160,3 +160,53 @@ def test_a_file_change_does_not_rescan_its_folder(
     (db / "WLM" / "old0.wl").unlink()
     assert wait_until(lambda: "OLD0" not in _ids(watched))
     assert scans == []
+
+
+def test_a_file_rewritten_many_times_per_second_is_never_served_torn(
+    watched: WorklistStore, db: Path, tmp_path: Path
+) -> None:
+    """Writers replace one file ~100 times a second, by rename and in place; every version a
+    reader sees is whole (its fields agree) and the last version wins."""
+    import threading
+
+    versions = [
+        write_wl(
+            tmp_path / f"v{n}.wl",
+            PatientID=f"V{n}",
+            AccessionNumber=f"A{n}",
+            RequestedProcedureID=f"R{n}",
+        ).read_bytes()
+        for n in range(60)
+    ]
+    target = db / "WLM" / "hot.wl"
+    seen: set[tuple[str, str, str]] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            folder = watched.folder("WLM")
+            for entry in folder.entries if folder else ():
+                seen.add(
+                    (entry.top.PatientID, entry.top.AccessionNumber, entry.top.RequestedProcedureID)
+                )
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for n, data in enumerate(versions):
+            if n % 2:
+                temp = db / "WLM" / ".hot.tmp"
+                temp.write_bytes(data)
+                os.replace(temp, target)
+            else:
+                with open(target, "wb") as handle:  # in place: truncated, then written
+                    handle.write(data[: len(data) // 2])
+                    handle.flush()
+                    handle.write(data[len(data) // 2 :])
+            time.sleep(0.01)
+        assert wait_until(lambda: _ids(watched) == ["V59"], timeout=3)
+    finally:
+        done.set()
+        reader.join()
+    assert seen, "the reader saw nothing"
+    assert all(pid[1:] == acc[1:] == rp[1:] for pid, acc, rp in seen), seen
