@@ -289,3 +289,17 @@ def test_echo_is_answered_while_indexing_and_find_waits_for_the_index(db: Path) 
         os.write(release_write, b"x")
         os.waitpid(pid, 0)
         server.stop()
+
+
+def test_the_index_is_kept_out_of_garbage_collection(
+    start_server: StartServer, populated: Path
+) -> None:
+    import gc
+
+    server = start_server()
+    folder = server.store.folder("WLM")
+    assert folder is not None
+    assert gc.get_freeze_count() > 0
+    assert not gc.is_tracked(folder.entries) or gc.get_freeze_count() >= len(
+        gc.get_referrers(folder)
+    )
