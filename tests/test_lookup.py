@@ -85,7 +85,7 @@ def test_candidates_then_matching_equals_a_full_scan(seed: int) -> None:
     rng = random.Random(seed)
     entries = [_entry(rng, n) for n in range(300)]
     lookup = Lookup.build(entries)
-    narrowed = 0
+    narrowed = intersected = 0
     for _ in range(60):
         try:
             query = compile_query(_query(rng), pn_fold=rng.random() < 0.2)
@@ -95,7 +95,10 @@ def test_candidates_then_matching_equals_a_full_scan(seed: int) -> None:
         candidates = lookup.candidates(query)
         assert [e for e in candidates if query.matches(e)] == full
         narrowed += len(candidates) < len(entries)
+        options = [len(o) for o in lookup._options(query)]
+        intersected += bool(options) and len(candidates) < min(options)
     assert narrowed > 20  # the lookups are really used
+    assert intersected > 3  # and intersected
 
 
 @pytest.mark.parametrize("seed", range(5))
