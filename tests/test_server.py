@@ -169,7 +169,7 @@ def test_undecodable_identifier_fails_without_traceback(
 
 
 def test_cancel_between_answers(start_server: StartServer, db: Path) -> None:
-    steps = 2000  # one file, many steps: far more answers than can be sent before the cancel
+    steps = 20000  # one file, many steps: far more answers than can be sent before the cancel
     write_wl(
         db / "WLM" / "many.wl", sps=[{"ScheduledProcedureStepID": f"S{n}"} for n in range(steps)]
     )
@@ -303,3 +303,67 @@ def test_the_index_is_kept_out_of_garbage_collection(
     assert not gc.is_tracked(folder.entries) or gc.get_freeze_count() >= len(
         gc.get_referrers(folder)
     )
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+def test_long_answer_streams_arrive_whole_and_in_order(
+    start_server: StartServer, db: Path, transfer_syntax: str
+) -> None:
+    # more than one send batch, answers larger than the client's PDUs: fragmented and batched
+    steps = 300
+    sps = [
+        {"ScheduledProcedureStepID": f"S{n:04}", "ScheduledProcedureStepDescription": "D" * 64}
+        for n in range(steps)
+    ]
+    write_wl(db / "WLM" / "many.wl", PatientComments="C" * 2000, sps=sps)
+    server = start_server()
+    ae = AE(ae_title="TESTSCU")
+    ae.maximum_pdu_size = 512
+    ae.add_requested_context(MODALITY_WORKLIST_FIND, [transfer_syntax])
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")
+    assert assoc.is_established
+    query = Dataset()
+    query.PatientComments = ""  # LT, 2,000 characters: each answer spans several PDUs
+    item = Dataset()
+    item.ScheduledProcedureStepID = ""
+    item.ScheduledProcedureStepDescription = ""
+    query.ScheduledProcedureStepSequence = [item]
+    try:
+        responses = list(assoc.send_c_find(query, MODALITY_WORKLIST_FIND))
+    finally:
+        assoc.release()
+    assert [int(s.Status) for s, _ in responses] == [PENDING] * steps + [SUCCESS]
+    ids = [a.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID for _, a in responses[:-1]]
+    assert ids == [f"S{n:04}" for n in range(steps)]
+    assert all(
+        a.PatientComments == "C" * 2000
+        and a.ScheduledProcedureStepSequence[0].ScheduledProcedureStepDescription == "D" * 64
+        for _, a in responses[:-1]
+    )
+
+
+def test_peer_abort_during_a_stream_leaves_the_server_serving(
+    start_server: StartServer, db: Path
+) -> None:
+    steps = 3000
+    write_wl(
+        db / "WLM" / "many.wl", sps=[{"ScheduledProcedureStepID": f"S{n}"} for n in range(steps)]
+    )
+    server = start_server()
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(MODALITY_WORKLIST_FIND)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")
+    assert assoc.is_established
+    for n, (status, _) in enumerate(assoc.send_c_find(_sps_query(), MODALITY_WORKLIST_FIND)):
+        assert status is not None and int(status.Status) == PENDING
+        if n == 2:
+            assoc.abort()
+            break
+    deadline = time.monotonic() + 10
+    while server.ae.active_associations and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not server.ae.active_associations
+    assert echo(server.port) == SUCCESS
+    assert len(find(server.port, _sps_query(Modality="XX"))) == 1  # Success, no answers

@@ -108,37 +108,21 @@ CANCEL_CHECK_EVERY = 32
 def _let_the_peer_speak(assoc: Any, timeout: float = 0.05) -> None:
     """Give pynetdicom's reactor a chance to read incoming PDUs (a C-CANCEL).
 
-    Its DUL thread reads from the socket only in a loop iteration with nothing to send; a
-    handler streaming answers keeps its send queue full, so without a pause a C-CANCEL would
-    not be seen until all answers were sent. Waiting for the queue to drain, then a couple of
-    reactor loops, costs about 2 ms per :data:`CANCEL_CHECK_EVERY` answers.
+    Its DUL thread reads from the socket only in a loop iteration with nothing to send. Pending
+    answers normally bypass its send queue (see :mod:`wlmserver.encode`), so it keeps reading
+    and this returns at once; when they go through the queue (debug logging of pynetdicom, or
+    a pynetdicom without the internals the fast path uses), a handler streaming answers would
+    keep the queue full and a C-CANCEL would not be seen until all answers were sent, so this
+    waits for the queue to drain, then a couple of reactor loops (about 2 ms per
+    :data:`CANCEL_CHECK_EVERY` answers).
     """
     outgoing = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
-    if outgoing is None:
+    if outgoing is None or outgoing.empty():
         return
     deadline = time.monotonic() + timeout
     while not outgoing.empty() and time.monotonic() < deadline:
         time.sleep(0.0005)
     time.sleep(0.002)
-
-
-#: How long pynetdicom's reactor sleeps when it has nothing to do while answers stream. Its
-#: default (1 ms) paces a stream at about one answer per millisecond, whatever the answers cost.
-STREAMING_LOOP_DELAY = 0.00005
-
-
-@contextlib.contextmanager
-def _fast_reactor(assoc: Any) -> Iterator[None]:
-    """Let pynetdicom's DUL thread poll its send queue often while answers are produced."""
-    dul: Any = getattr(assoc, "dul", None)
-    before = getattr(dul, "_run_loop_delay", None)
-    if before is not None:
-        dul._run_loop_delay = STREAMING_LOOP_DELAY
-    try:
-        yield
-    finally:
-        if before is not None:
-            dul._run_loop_delay = before
 
 
 def failure(status: Status, comment: str, tags: tuple[int, ...] = ()) -> Dataset:
@@ -203,25 +187,30 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         yield failure(Status.UNABLE_TO_PROCESS, f"no worklist folder for {aet}"), None
         return
     build = build_encoded if encode.installed() else build_answer
-    with _fast_reactor(event.assoc):
-        count = 0
-        for entry in folder.lookup.candidates(query):
-            if not query.matches(entry):
-                continue
-            if count % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1:
-                _let_the_peer_speak(event.assoc)
-            if event.is_cancelled:
-                LOGGER.info("C-FIND from %s to %s: cancelled after %d answers", peer, aet, count)
-                yield int(Status.CANCEL), None
-                return
-            try:
-                answer = build(query, entry, config.charset_policy)
-            except Exception:
-                LOGGER.exception("C-FIND from %s: cannot build an answer from %s", peer, entry.path)
-                yield failure(Status.UNABLE_TO_PROCESS, "cannot build an answer"), None
-                return
-            count += 1
+    # answers go straight to the socket where possible; pynetdicom sends the final status
+    stream = encode.answer_stream(event) if build is build_encoded else None
+    count = 0
+    for entry in folder.lookup.candidates(query):
+        if not query.matches(entry):
+            continue
+        if count % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1:
+            _let_the_peer_speak(event.assoc)
+        if event.is_cancelled:
+            LOGGER.info("C-FIND from %s to %s: cancelled after %d answers", peer, aet, count)
+            yield int(Status.CANCEL), None
+            return
+        try:
+            answer = build(query, entry, config.charset_policy)
+        except Exception:
+            LOGGER.exception("C-FIND from %s: cannot build an answer from %s", peer, entry.path)
+            yield failure(Status.UNABLE_TO_PROCESS, "cannot build an answer"), None
+            return
+        count += 1
+        if stream is None:
             yield int(Status.PENDING), answer
+        elif not stream.send(answer) or not event.assoc.is_established:  # type: ignore[arg-type]
+            LOGGER.info("C-FIND from %s to %s: peer gone after %d answers", peer, aet, count)
+            return
     LOGGER.info(
         "C-FIND from %s to %s: %d answers in %.1f ms",
         peer,
