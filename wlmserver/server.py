@@ -11,9 +11,9 @@ from types import FrameType
 from typing import Any
 
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 
-from wlmserver import encode
+from wlmserver import encode, reactor
 from wlmserver.config import Config
 from wlmserver.handlers import (
     handle_connection_open,
@@ -59,6 +59,11 @@ class WorklistServer:
     def _build_ae(self) -> Any:
         config = self.config
         encode.install()
+        reactor.install()
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+            # pynetdicom's standard handlers format every PDU and DIMSE message for a debug
+            # log (a tenth of a short association's CPU); only bind them when it is shown
+            _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=config.ae_title)
         ae.add_supported_context(MODALITY_WORKLIST_FIND, TRANSFER_SYNTAXES)
         ae.add_supported_context(VERIFICATION, TRANSFER_SYNTAXES)
@@ -143,11 +148,21 @@ class WorklistServer:
             )
         LOGGER.info("indexed %d AE folders in %.2f s", len(snapshots), seconds)
 
-    def stop(self) -> None:
-        """Stop accepting, end the associations, stop the watcher."""
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop accepting, end the associations, stop the watcher.
+
+        Associations still open are given ``grace`` seconds to finish what they are doing
+        (an answer stream, a release), then aborted.
+        """
         if self._server is not None:
+            associations = list(self._server.active_associations)
             self._server.shutdown()
             self._server = None
+            deadline = time.monotonic() + grace
+            for assoc in associations:
+                assoc.join(max(0.0, deadline - time.monotonic()))
+                if assoc.is_alive():
+                    assoc.abort()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
