@@ -21,7 +21,9 @@ as DCMTK clients have it). Queries: (a) station CT01 + modality CT + the referen
 repeated ``--repeat`` times but for at most ``--max-seconds`` per query type (p50, p95 latency);
 then ``--clients`` threads, each with its own associations, repeating (a) for
 ``--concurrency-seconds`` (queries/s; at sizes up to ``--concurrency-max-size`` unless
-``--concurrency-all``); then a universal query (PatientName, PatientID and an empty SPS item)
+``--concurrency-all``), once with pynetdicom clients and once with ``tools/leanfind.py``'s
+raw-socket clients (which only count answers, so the server, not the client, is measured);
+then a universal query (PatientName, PatientID and an empty SPS item)
 over the whole store, received by pynetdicom and, where installed, by DCMTK's ``findscu`` (a
 C++ client, so the client is not the bottleneck), cut off after ``--universal-timeout``
 seconds; finally the same universal query cancelled after its first answer (time until the
@@ -72,6 +74,8 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # leanfind, beside this file
+from leanfind import run_clients
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -995,6 +999,32 @@ def measure_concurrency(
     }
 
 
+def measure_concurrency_lean(
+    port: int, spec: QuerySpec, clients: int, seconds: float
+) -> dict[str, Any]:
+    """Like :func:`measure_concurrency`, with ``tools/leanfind.py``'s raw-socket client.
+
+    A pynetdicom client decodes every answer and costs more CPU than the server; on a
+    2-core machine several of them measure themselves. The lean client only counts answers
+    (about 1 ms of CPU per query), so this measures what the server can serve.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``clients``, ``seconds``, ``queries``, ``qps`` and ``errors``.
+    """
+    figures = run_clients(port, query_dataset(spec), clients, seconds, called=AE_FOLDER)
+    if not figures["queries"]:
+        raise BenchmarkError(f"no query succeeded ({figures['errors']:.0f} errors)")
+    return {
+        "clients": clients,
+        "seconds": figures["seconds"],
+        "queries": int(figures["queries"]),
+        "qps": figures["qps"],
+        "errors": int(figures["errors"]),
+    }
+
+
 def measure_universal(port: int, spec: QuerySpec, timeout: float) -> dict[str, Any]:
     """The universal query received by pynetdicom, cut off (C-CANCEL) after ``timeout``.
 
@@ -1501,6 +1531,15 @@ def _run_queries(
         if out["concurrency"]:
             qps = out["concurrency"]["qps"]
             _progress(f"  {running.name:9} {args.clients} clients: {qps:.1f} q/s")
+        out["concurrency_lean"] = attempt(
+            "concurrency (lean clients)",
+            lambda: measure_concurrency_lean(
+                running.port, specs[0], args.clients, args.concurrency_seconds
+            ),
+        )
+        if out["concurrency_lean"]:
+            qps = out["concurrency_lean"]["qps"]
+            _progress(f"  {running.name:9} {args.clients} lean clients: {qps:.1f} q/s")
     if only is None:
         universal = specs[-1]
         out["universal"] = attempt(
@@ -1812,6 +1851,19 @@ def report(result: dict[str, Any]) -> str:
         timed(
             "  server CPU ms/query",
             *(_per_query_cpu(get(s, "concurrency")) for s in (w, d, f)),
+            per_s=False,
+        )
+    if get(w, "concurrency_lean"):
+        timed(
+            f"q/s, {get(w, 'concurrency_lean', 'clients')} lean clients, (a)",
+            get(w, "concurrency_lean", "qps"),
+            get(d, "concurrency_lean", "qps"),
+            get(f, "concurrency_lean", "qps"),
+            per_s=True,
+        )
+        timed(
+            "  server CPU ms/query",
+            *(_per_query_cpu(get(s, "concurrency_lean")) for s in (w, d, f)),
             per_s=False,
         )
     for key, client in (("universal", "pynetdicom"), ("universal_findscu", "findscu")):
