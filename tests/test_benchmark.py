@@ -4,15 +4,14 @@ themselves) and reports every figure. No timing is asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import load_tool
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -39,15 +38,7 @@ TYPE1_SPS = (
 
 
 def _benchmark() -> ModuleType:
-    """tools/benchmark.py as a module (registered, so its worker processes can pickle)."""
-    if "benchmark" in sys.modules:
-        return sys.modules["benchmark"]
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "tools" / "benchmark.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("benchmark")
 
 
 def _entries(root: Path) -> Iterator[tuple[Dataset, Dataset, int]]:

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import StartServer, write_wl
+from conftest import StartServer, load_tool, write_wl
 from pydicom.dataset import Dataset
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _leanfind() -> ModuleType:
-    if "leanfind" in sys.modules:
-        return sys.modules["leanfind"]
-    spec = importlib.util.spec_from_file_location("leanfind", ROOT / "tools" / "leanfind.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["leanfind"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("leanfind")
 
 
 def _query(modality: str = "") -> Dataset:

@@ -1840,30 +1840,17 @@ def report(result: dict[str, Any]) -> str:
             ],
             f"expected {query['expected']}; {query['expected_single_sps']} in 1-SPS files{flag}",
         )
-    if get(w, "concurrency"):
+    for key, kind in (("concurrency", ""), ("concurrency_lean", " lean")):
+        if not get(w, key):
+            continue
         timed(
-            f"q/s, {get(w, 'concurrency', 'clients')} clients, (a)",
-            get(w, "concurrency", "qps"),
-            get(d, "concurrency", "qps"),
-            get(f, "concurrency", "qps"),
+            f"q/s, {get(w, key, 'clients')}{kind} clients, (a)",
+            *(get(s, key, "qps") for s in (w, d, f)),
             per_s=True,
         )
         timed(
             "  server CPU ms/query",
-            *(_per_query_cpu(get(s, "concurrency")) for s in (w, d, f)),
-            per_s=False,
-        )
-    if get(w, "concurrency_lean"):
-        timed(
-            f"q/s, {get(w, 'concurrency_lean', 'clients')} lean clients, (a)",
-            get(w, "concurrency_lean", "qps"),
-            get(d, "concurrency_lean", "qps"),
-            get(f, "concurrency_lean", "qps"),
-            per_s=True,
-        )
-        timed(
-            "  server CPU ms/query",
-            *(_per_query_cpu(get(s, "concurrency_lean")) for s in (w, d, f)),
+            *(_per_query_cpu(get(s, key)) for s in (w, d, f)),
             per_s=False,
         )
     for key, client in (("universal", "pynetdicom"), ("universal_findscu", "findscu")):
