@@ -210,3 +210,44 @@ def test_a_file_rewritten_many_times_per_second_is_never_served_torn(
         reader.join()
     assert seen, "the reader saw nothing"
     assert all(pid[1:] == acc[1:] == rp[1:] for pid, acc, rp in seen), seen
+
+
+def test_file_events_are_applied_while_a_periodic_rescan_runs(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    store = WorklistStore(db)
+    store.scan()
+    in_rescan, release = threading.Event(), threading.Event()
+    verify = store.verify
+
+    def slow_verify() -> int:  # a rescan of a huge store, held open until the test is done
+        in_rescan.set()
+        release.wait(10)
+        return verify()
+
+    monkeypatch.setattr(store, "verify", slow_verify)
+    watcher = Watcher(store, rescan_interval=0.05, quiet_period=0.1)
+    watcher.start()
+    try:
+        assert in_rescan.wait(5)
+        write_wl(db / "WLM" / "during.wl", PatientID="DURING")
+        assert wait_until(lambda: _ids(store) == ["DURING"], timeout=3)
+    finally:
+        release.set()
+        watcher.stop()
+
+
+def test_verify_corrects_only_what_is_stale(db: Path) -> None:
+    keep = write_wl(db / "WLM" / "keep.wl", PatientID="KEEP")
+    gone = write_wl(db / "WLM" / "gone.wl", PatientID="GONE")
+    store = WorklistStore(db)
+    store.scan()
+    assert store.verify() == 0
+    gone.unlink()
+    write_wl(db / "WLM" / "new.wl", PatientID="NEW")
+    os.utime(keep, ns=(1, 1))  # same content, new signature: re-read
+    assert store.verify() == 3
+    assert sorted(_ids(store)) == ["KEEP", "NEW"]
+    assert store.verify() == 0

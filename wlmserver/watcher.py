@@ -8,8 +8,10 @@ Events are turned into index work by one worker thread:
   inotify a close event almost always comes first);
 - a deleted or renamed-away file, or AE folder, is dropped at once;
 - a new AE folder is scanned;
-- every :attr:`Watcher.rescan_interval` seconds a full, stat-based rescan corrects anything the
-  events missed (network shares, overflowed event queues). With ``poll`` set, watchdog's polling
+- every :attr:`Watcher.rescan_interval` seconds a full, stat-based check corrects anything the
+  events missed (network shares, overflowed event queues), on a thread of its own and holding
+  the index's write lock only to correct (:meth:`WorklistStore.verify`), so file events are
+  applied meanwhile (a check of 100,000 files takes over a second). With ``poll`` set, watchdog's polling
   observer replaces inotify, for shares where inotify sees nothing.
 """
 
@@ -148,6 +150,11 @@ class Watcher:
         self._schedule()
         self._root_inode = os.stat(store.root).st_ino
         self._thread = threading.Thread(target=self._run, name="wlmserver-watcher", daemon=True)
+        # periodic rescans run on their own thread, so file events are applied meanwhile
+        self._stopping = threading.Event()
+        self._rescanner = threading.Thread(
+            target=self._rescan_loop, name="wlmserver-rescan", daemon=True
+        )
 
     def _schedule(self) -> None:
         # Only the events that change the store: without this filter inotify also reports
@@ -161,20 +168,24 @@ class Watcher:
         """Start watching (the store should have been scanned first)."""
         self._observer.start()
         self._thread.start()
+        if self.rescan_interval:
+            self._rescanner.start()
 
     def stop(self) -> None:
         """Stop watching and join the threads."""
         self._observer.stop()
+        self._stopping.set()
         self._work.put((_STOP, self.store.root))
         self._observer.join(timeout=5)
         self._thread.join(timeout=5)
+        if self._rescanner.is_alive():
+            self._rescanner.join(timeout=30)
 
     def _run(self) -> None:
         pending: dict[Path, float] = {}  # files waiting for quiet: path -> when to read
-        next_rescan = time.monotonic() + self.rescan_interval if self.rescan_interval else None
         while True:
             now = time.monotonic()
-            deadlines = [*pending.values(), *([next_rescan] if next_rescan else [])]
+            deadlines = list(pending.values())
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             try:
                 kind, path = self._work.get(timeout=timeout)
@@ -188,11 +199,15 @@ class Watcher:
                 for due_path in [p for p, due in pending.items() if due <= now]:
                     del pending[due_path]
                     self._read(due_path, pending)
-                if next_rescan is not None and now >= next_rescan:
-                    self._rescan()
-                    next_rescan = time.monotonic() + self.rescan_interval
             except Exception:  # the watcher must outlive any surprise
                 LOGGER.exception("watcher: unexpected error while applying %s %s", kind, path)
+
+    def _rescan_loop(self) -> None:
+        while not self._stopping.wait(self.rescan_interval):
+            try:
+                self._rescan()
+            except Exception:  # the safety net must outlive any surprise
+                LOGGER.exception("watcher: unexpected error in the periodic rescan")
 
     def _rescan(self) -> None:
         """The periodic safety net: a stat-based rescan, and a new watch if the database root
@@ -206,7 +221,7 @@ class Watcher:
             self._root_inode = inode
             self._observer.unschedule_all()
             self._schedule()
-        corrected = self.store.scan()
+        corrected = self.store.verify()
         if corrected:
             LOGGER.info("rescan: %d files were out of date in the index and corrected", corrected)
 
