@@ -11,8 +11,8 @@ Events are turned into index work by one worker thread:
 - every :attr:`Watcher.rescan_interval` seconds a full, stat-based check corrects anything the
   events missed (network shares, overflowed event queues), on a thread of its own and holding
   the index's write lock only to correct (:meth:`WorklistStore.verify`), so file events are
-  applied meanwhile (a check of 100,000 files takes over a second). With ``poll`` set, watchdog's polling
-  observer replaces inotify, for shares where inotify sees nothing.
+  applied meanwhile (a check of 100,000 files takes over a second). With ``poll`` set,
+  watchdog's polling observer replaces inotify, for shares where inotify sees nothing.
 """
 
 from __future__ import annotations
