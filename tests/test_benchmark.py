@@ -141,7 +141,9 @@ def test_smoke_run_asks_real_queries(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert got["answers"] == direct and not got["answers_vary"], key
         assert got["statuses"] == [0] and got["runs"] == 2, key
         assert {"p50_ms", "p95_ms", "latencies_ms"} <= set(got)
+        assert got["lean"]["answers"] == direct and got["lean"]["runs"] == 2, key
     assert ours["concurrency"]["queries"] > 0 and ours["concurrency"]["errors"] == 0
+    assert ours["concurrency_lean"]["queries"] > 0 and ours["concurrency_lean"]["errors"] == 0
     assert ours["universal"]["answers"] == 50 and ours["universal"]["complete"]
     # a cancel after the first answer: Cancel, or (50 answers are quickly sent) all answers
     cancel = ours["cancel"]

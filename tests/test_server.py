@@ -296,10 +296,12 @@ def test_the_index_is_kept_out_of_garbage_collection(
 ) -> None:
     import gc
 
+    assert gc.isenabled()
     server = start_server()
     folder = server.store.folder("WLM")
     assert folder is not None
     assert gc.get_freeze_count() > 0
+    assert gc.isenabled()  # switched off only while the first index was built
     assert not gc.is_tracked(folder.entries) or gc.get_freeze_count() >= len(
         gc.get_referrers(folder)
     )

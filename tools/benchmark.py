@@ -15,21 +15,21 @@ then measures three servers on it, one after the other, each in its own process:
     memory as datasets: what a pynetdicom server costs that does no matching and no I/O (it
     still lets pynetdicom encode every answer, which a server may do faster).
 
-The client is pynetdicom with a new association per query, as modalities do (TCP_NODELAY on,
-as DCMTK clients have it). Queries: (a) station CT01 + modality CT + the reference date,
-(b) one patient ID, (c) one accession number, (d) the patient name prefix ``NAKA*``, each
-repeated ``--repeat`` times but for at most ``--max-seconds`` per query type (p50, p95 latency);
-then ``--clients`` threads, each with its own associations, repeating (a) for
+The client is pynetdicom with a new association per query, as modalities do (TCP_NODELAY on, as
+DCMTK clients have it). Queries: (a) station CT01 + modality CT + the reference date, (b) one
+patient ID, (c) one accession number, (d) the patient name prefix ``NAKA*``, each repeated
+``--repeat`` times but for at most ``--max-seconds`` per query type (p50, p95 latency); then
+``--clients`` threads, each with its own associations, repeating (a) for
 ``--concurrency-seconds`` (queries/s; at sizes up to ``--concurrency-max-size`` unless
 ``--concurrency-all``), once with pynetdicom clients and once with ``tools/leanfind.py``'s
-raw-socket clients (which only count answers, so the server, not the client, is measured);
-then a universal query (PatientName, PatientID and an empty SPS item)
-over the whole store, received by pynetdicom and, where installed, by DCMTK's ``findscu`` (a
-C++ client, so the client is not the bottleneck), cut off after ``--universal-timeout``
-seconds; finally the same universal query cancelled after its first answer (time until the
-final status, which should be Cancel, 0xFE00). Last, ``--drops`` files are renamed into
-wlmserver's AE folder one by one and queried until answered (time until a new file is
-served); they are removed again, so the store stays as generated.
+raw-socket clients (which only count answers, so the server, not the client, is measured; each
+selective query's p50 is measured with it too); then a universal query (PatientName, PatientID
+and an empty SPS item) over the whole store, received by pynetdicom and, where installed, by
+DCMTK's ``findscu`` (a C++ client, so the client is not the bottleneck), cut off after
+``--universal-timeout`` seconds; finally the same universal query cancelled after its first
+answer (time until the final status, which should be Cancel, 0xFE00). Last, ``--drops`` files
+are renamed into wlmserver's AE folder one by one and queried until answered (time until a new
+file is served); they are removed again, so the store stays as generated.
 
 Client and servers share the machine, so latencies include the client's work (decoding each
 answer costs a pynetdicom client about as much as sending it costs the server). The CPU time
@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # leanfind, beside this file
-from leanfind import run_clients
+from leanfind import LeanClient, LeanError, run_clients
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -999,6 +999,40 @@ def measure_concurrency(
     }
 
 
+def measure_latency_lean(
+    port: int, spec: QuerySpec, repeat: int, max_seconds: float, timeout: float
+) -> dict[str, Any]:
+    """Like :func:`measure_latency`, with the lean client: the server's own latency (the
+    client neither decodes nor keeps the answers).
+
+    Returns
+    -------
+    dict[str, Any]
+        ``p50_ms``, ``p95_ms``, ``answers`` (the fewest of any run), ``runs``.
+    """
+    client = LeanClient(port, query_dataset(spec), called=AE_FOLDER, timeout=timeout)
+    times: list[float] = []
+    counts: set[int] = set()
+    stop = time.monotonic() + max_seconds
+    for n in range(max(1, repeat)):
+        if n and time.monotonic() > stop:
+            break
+        try:
+            outcome = client.find()
+        except (OSError, LeanError) as exc:
+            raise BenchmarkError(f"lean client: {exc}") from exc
+        if outcome.status != 0:
+            raise BenchmarkError(f"lean client: final status 0x{outcome.status:04X}")
+        times.append(outcome.seconds * 1000)
+        counts.add(outcome.answers)
+    return {
+        "p50_ms": statistics.median(times),
+        "p95_ms": _p95(times),
+        "answers": min(counts),
+        "runs": len(times),
+    }
+
+
 def measure_concurrency_lean(
     port: int, spec: QuerySpec, clients: int, seconds: float
 ) -> dict[str, Any]:
@@ -1521,6 +1555,20 @@ def _run_queries(
             f"  {running.name:9} {spec.label:36} p50 {result['p50_ms']:9.1f} ms  "
             f"{result['answers']} answers, {result['runs']} runs"
         )
+        lean = attempt(
+            f"{spec.label} (lean client)",
+            partial(
+                measure_latency_lean,
+                running.port,
+                spec,
+                args.repeat,
+                args.max_seconds,
+                args.query_timeout,
+            ),
+        )
+        if lean is not None:
+            result["lean"] = lean
+            _progress(f"  {running.name:9} {'  lean client':36} p50 {lean['p50_ms']:9.1f} ms")
     if args.concurrency_all or size <= args.concurrency_max_size:
         out["concurrency"] = attempt(
             "concurrency",
@@ -1827,6 +1875,12 @@ def report(result: dict[str, Any]) -> str:
                 get(w, "queries", key, stat),
                 get(d, "queries", key, stat),
                 get(f, "queries", key, stat),
+                per_s=False,
+            )
+        if get(w, "queries", key, "lean"):
+            timed(
+                "  p50 ms, lean client",
+                *(get(s, "queries", key, "lean", "p50_ms") for s in (w, d, f)),
                 per_s=False,
             )
         ours = get(w, "queries", key, "answers")

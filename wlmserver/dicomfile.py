@@ -43,6 +43,13 @@ _CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
 _ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"})
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 _ALL_VRS = _LONG_VRS | _CHARSET_VRS | _ASCII_VRS | frozenset(_NUMBERS) | {"AT"}
+_VR_NAMES = {vr.encode("ascii"): vr for vr in _ALL_VRS}
+_DELIMITERS = frozenset({_ITEM, _ITEM_END, _SEQUENCE_END})
+# element headers, per byte order: implicit (group, element, 32-bit length), explicit (group,
+# element, VR, 16-bit length; long VRs have two reserved bytes and a 32-bit length instead)
+_IMPLICIT_HEADER = {e: struct.Struct(e + "HHL") for e in "<>"}
+_EXPLICIT_HEADER = {e: struct.Struct(e + "HH2sH") for e in "<>"}
+_LENGTH = {e: struct.Struct(e + "L") for e in "<>"}
 _ISO_2022 = frozenset(
     name for name in python_encoding if name.startswith("ISO 2022") and name != "ISO 2022 IR 6"
 )
@@ -86,25 +93,29 @@ class _Parser:
 
     def header(self, pos: int, implicit: bool, e: str) -> tuple[int, str, int, int]:
         """Read an element header: ``(tag, vr, length, value position)``."""
-        self.need(pos, 8, "an element header")
-        group, element = struct.unpack_from(e + "HH", self.data, pos)
-        tag = (group << 16) | element
-        if tag in (_ITEM, _ITEM_END, _SEQUENCE_END):
-            (length,) = struct.unpack_from(e + "L", self.data, pos + 4)
-            return tag, "", length, pos + 8
+        data = self.data
+        if pos + 8 > len(data):
+            self.need(pos, 8, "an element header")
         if implicit:
-            (length,) = struct.unpack_from(e + "L", self.data, pos + 4)
+            group, element, length = _IMPLICIT_HEADER[e].unpack_from(data, pos)
+            tag = (group << 16) | element
+            if tag in _DELIMITERS:
+                return tag, "", length, pos + 8
             vr = "SQ" if length == _UNDEFINED else implicit_vr(tag)
             return tag, vr, length, pos + 8
-        vr = self.data[pos + 4 : pos + 6].decode("latin-1")
+        group, element, vr_bytes, length = _EXPLICIT_HEADER[e].unpack_from(data, pos)
+        tag = (group << 16) | element
+        if tag in _DELIMITERS:
+            (length,) = _LENGTH[e].unpack_from(data, pos + 4)
+            return tag, "", length, pos + 8
+        vr = _VR_NAMES.get(vr_bytes)
+        if vr is None:
+            raise Undecodable(f"{_name(tag)} has an invalid VR {vr_bytes.decode('latin-1')!r}")
         if vr in _LONG_VRS:
-            if pos + 12 > len(self.data):
+            if pos + 12 > len(data):
                 self.need(pos, 12, _name(tag))
-            (length,) = struct.unpack_from(e + "L", self.data, pos + 8)
+            (length,) = _LENGTH[e].unpack_from(data, pos + 8)
             return tag, vr, length, pos + 12
-        if vr not in _ALL_VRS:
-            raise Undecodable(f"{_name(tag)} has an invalid VR {vr!r}")
-        (length,) = struct.unpack_from(e + "H", self.data, pos + 6)
         return tag, vr, length, pos + 8
 
     def meta(self, pos: int) -> tuple[int, str]:
@@ -127,56 +138,61 @@ class _Parser:
     ) -> tuple[Record, int, list[str]]:
         """Parse elements up to ``end`` (or an item delimiter when ``end`` is None)."""
         elements: list[tuple[int, str, Value]] = []
+        data, header, value_of = self.data, self.header, self.value
+        implicit, e, size = self.implicit, self.e, len(self.data)
+        append = elements.append
         while end is None or pos < end:
-            if end is None and pos >= len(self.data):
+            if end is None and pos >= size:
                 raise Incomplete("an item of undefined length is not closed")
-            tag, vr, length, value_pos = self.header(pos, self.implicit, self.e)
+            tag, vr, length, value_pos = header(pos, implicit, e)
             if tag == _ITEM_END:
                 return Record(elements), value_pos, encodings
-            if tag in (_ITEM, _SEQUENCE_END):
+            if tag in _DELIMITERS:
                 raise Undecodable(f"unexpected {_name(tag)} at byte {pos}")
             if length == _UNDEFINED:
                 if vr not in ("SQ", "UN"):
                     raise Undecodable(f"{_name(tag)} ({vr}) has an undefined length")
                 items, pos = self.sequence(value_pos, None, encodings, tag)
-                elements.append((tag, "SQ", items))
+                append((tag, "SQ", items))
                 continue
-            if value_pos + length > len(self.data):
-                self.need(value_pos, length, f"the value of {_name(tag)}")
             pos = value_pos + length
+            if pos > size:
+                self.need(value_pos, length, f"the value of {_name(tag)}")
             if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:
                 continue  # group lengths; file meta found inside a bare dataset
             if vr == "SQ":
                 items, _ = self.sequence(value_pos, pos, encodings, tag)
-                elements.append((tag, "SQ", items))
+                append((tag, "SQ", items))
                 continue
-            raw = self.data[value_pos:pos]
+            raw = data[value_pos:pos]
             if tag == _SPECIFIC_CHARACTER_SET:
                 encodings = charset_encodings(_split(raw.decode("latin-1"), "CS"))
-            elements.append((tag, vr, self.value(tag, vr, raw, encodings)))
+            append((tag, vr, value_of(tag, vr, raw, encodings)))
         return Record(elements), pos, encodings
 
     def sequence(
-        self, pos: int, end: int | None, encodings: list[str], tag: int
+        self, pos: int, end: int | None, encodings: list[str], seq: int
     ) -> tuple[tuple[Record, ...], int]:
-        name = _name(tag)
         items: list[Record] = []
         while end is None or pos < end:
             tag, _vr, length, value_pos = self.header(pos, self.implicit, self.e)
             if tag == _SEQUENCE_END:
                 if end is not None:
-                    raise Undecodable(f"{name}: sequence delimiter in a defined-length sequence")
+                    raise Undecodable(
+                        f"{_name(seq)}: sequence delimiter in a defined-length sequence"
+                    )
                 return tuple(items), value_pos
             if tag != _ITEM:
-                raise Undecodable(f"{name}: expected an item, found {_name(tag)}")
+                raise Undecodable(f"{_name(seq)}: expected an item, found {_name(tag)}")
             if length == _UNDEFINED:
                 item, pos, _ = self.dataset(value_pos, None, encodings)
             else:
-                self.need(value_pos, length, f"an item of {name}")
+                if value_pos + length > len(self.data):
+                    self.need(value_pos, length, f"an item of {_name(seq)}")
                 item, pos, _ = self.dataset(value_pos, value_pos + length, encodings)
             items.append(item)
         if end is None:
-            raise Incomplete(f"{name}: a sequence of undefined length is not closed")
+            raise Incomplete(f"{_name(seq)}: a sequence of undefined length is not closed")
         return tuple(items), pos
 
     def value(self, tag: int, vr: str, raw: bytes, encodings: list[str]) -> Values:
@@ -196,8 +212,10 @@ class _Parser:
 
 
 def _split(text: str, vr: str) -> Values:
-    parts = [text] if vr in SINGLE_VALUED_TEXT_VRS else text.split("\\")
-    return share(tuple(v for v in (normalise_text(vr, p) for p in parts) if v))
+    if vr in SINGLE_VALUED_TEXT_VRS or "\\" not in text:  # one value: most of them
+        value = normalise_text(vr, text)
+        return share((value,)) if value else ()
+    return share(tuple(v for v in (normalise_text(vr, p) for p in text.split("\\")) if v))
 
 
 def charset_encodings(names: Values) -> list[str]:

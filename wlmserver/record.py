@@ -11,6 +11,7 @@ too. A record answers ``text(tag)`` (the values of a non-sequence attribute) and
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Iterator
 
@@ -63,6 +64,9 @@ def share(values: Values) -> Values:
     return values
 
 
+_first = operator.itemgetter(0)
+
+
 class Record:
     """Decoded attributes of one dataset level, in tag order.
 
@@ -75,9 +79,13 @@ class Record:
     __slots__ = ("_layout", "_values")
 
     def __init__(self, elements: list[tuple[int, str, Value]]) -> None:
-        elements.sort(key=lambda e: e[0])
-        self._layout = layout_for(tuple(e[0] for e in elements), tuple(e[1] for e in elements))
-        self._values: tuple[Value, ...] = tuple(e[2] for e in elements)
+        elements.sort(key=_first)
+        if elements:
+            tags, vrs, values = zip(*elements, strict=True)
+        else:
+            tags, vrs, values = (), (), ()
+        self._layout = layout_for(tags, vrs)
+        self._values: tuple[Value, ...] = values
 
     def __contains__(self, key: object) -> bool:
         tag = tag_for_keyword(key) if isinstance(key, str) else key

@@ -114,14 +114,21 @@ class WorklistServer:
 
     def _index(self) -> None:
         started = time.perf_counter()
+        # While the index grows, each full collection walks all of it: 15 of them cost a
+        # quarter of indexing 100,000 files (37 s -> 28 s without). Garbage made meanwhile
+        # is collected right after.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             self.store.scan()
+        finally:
             # The index is long-lived: move it out of the garbage collector's generations.
             # Otherwise every full collection walks it while holding the GIL (1.3 s at 100,000
             # entries, about every 30 s even when idle), stalling every association.
             gc.collect()
             gc.freeze()
-        finally:
+            if collecting:
+                gc.enable()
             self.store.ready.set()
             self._indexed.set()
         self._log_summary(time.perf_counter() - started)
