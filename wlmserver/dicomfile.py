@@ -108,9 +108,10 @@ class _Parser:
         if tag in _DELIMITERS:
             (length,) = _LENGTH[e].unpack_from(data, pos + 4)
             return tag, "", length, pos + 8
-        vr = _VR_NAMES.get(vr_bytes)
-        if vr is None:
+        explicit_vr = _VR_NAMES.get(vr_bytes)
+        if explicit_vr is None:
             raise Undecodable(f"{_name(tag)} has an invalid VR {vr_bytes.decode('latin-1')!r}")
+        vr = explicit_vr
         if vr in _LONG_VRS:
             if pos + 12 > len(data):
                 self.need(pos, 12, _name(tag))
