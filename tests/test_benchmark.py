@@ -126,11 +126,11 @@ def test_smoke_run_asks_real_queries(tmp_path: Path, capsys: pytest.CaptureFixtu
     expect_wlmscpfs = tool._executable(tool.WLMSCPFS) is not None
     assert set(servers) == {"wlmserver", "floor"} | ({"wlmscpfs"} if expect_wlmscpfs else set())
     queries = size["queries"]
-    assert list(queries) == ["station", "patient", "accession", "name", "universal"]
+    assert list(queries) == ["station", "patient", "accession", "name", "person", "universal"]
 
     ours = servers["wlmserver"]
     assert ours["startup_s"] > 0 and ours["rss_mb_ready"] > 0 and ours["rss_mb_after"] > 0
-    for key in ("station", "patient", "accession", "name"):
+    for key in ("station", "patient", "accession", "name", "person"):
         keys = queries[key]["keys"]
         assert keys, key
         direct = _count(root, keys)
@@ -164,7 +164,7 @@ def test_smoke_run_asks_real_queries(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     if expect_wlmscpfs:  # it serves the generated files, except those with two SPS items
         theirs = servers["wlmscpfs"]
-        for key in ("station", "patient", "accession", "name"):
+        for key in ("station", "patient", "accession", "name", "person"):
             expected = queries[key]["expected_single_sps"]
             assert theirs["queries"][key]["answers"] == expected, key
         assert theirs["universal"]["answers"] == _count(root, {}, single_sps_only=True)

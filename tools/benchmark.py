@@ -17,7 +17,8 @@ then measures three servers on it, one after the other, each in its own process:
 
 The client is pynetdicom with a new association per query, as modalities do (TCP_NODELAY on, as
 DCMTK clients have it). Queries: (a) station CT01 + modality CT + the reference date, (b) one
-patient ID, (c) one accession number, (d) the patient name prefix ``NAKA*``, each repeated
+patient ID, (c) one accession number, (d) the broad patient name prefix ``NAKA*`` (7 % of the
+store), (e) a selective one (``FAMILY^GI*``), each repeated
 ``--repeat`` times but for at most ``--max-seconds`` per query type (p50, p95 latency); then
 ``--clients`` threads, each with its own associations, repeating (a) for
 ``--concurrency-seconds`` (queries/s; at sizes up to ``--concurrency-max-size`` unless
@@ -693,13 +694,17 @@ def query_specs(files: Sequence[WorklistFile], ref_date: str) -> list[QuerySpec]
     Returns
     -------
     list[QuerySpec]
-        (a) station, (b) patient, (c) accession, (d) name, then the universal query.
+        (a) station, (b) patient, (c) accession, (d) a broad name prefix (``NAKA*``: three of
+        the forty family names, 7 % of the store), (e) a selective one (the first patient's
+        family name and the first two letters of the given name), then the universal query.
     """
     per_patient: dict[str, int] = {}
     for wl in files:
         per_patient[wl.patient_id] = per_patient.get(wl.patient_id, 0) + 1
     patient = min(per_patient, key=lambda pid: (-per_patient[pid], pid))
     accession = files[len(files) // 2].accession
+    family, _, given = files[0].patient_name.partition("^")
+    person = f"{family}^{given[:2]}"
     return [
         QuerySpec(
             "station",
@@ -711,6 +716,7 @@ def query_specs(files: Sequence[WorklistFile], ref_date: str) -> list[QuerySpec]
         QuerySpec("patient", f"(b) PatientID {patient}", patient_id=patient),
         QuerySpec("accession", f"(c) Accession {accession}", accession=accession),
         QuerySpec("name", "(d) PatientName NAKA*", name_prefix="NAKA"),
+        QuerySpec("person", f"(e) PatientName {person}*", name_prefix=person),
         QuerySpec("universal", "universal"),
     ]
 
