@@ -169,3 +169,17 @@ def test_direct_pdus_are_the_bytes_pynetdicoms_dul_writes(max_pdu: int, with_dat
     command = command_set(primitive)
     assert command_set(primitive) is command  # built once
     assert p_data_tf(3, command, data if with_data else None, max_pdu) == expected
+
+
+def test_cached_elements_keep_transfer_syntax_and_charset_apart() -> None:
+    from wlmserver.encode import encode_elements
+
+    elements = [(0x00100010, "PN", ("Müller^Jürgen",)), (0x00100020, "LO", ("P1",))]
+    latin1 = encode_elements(elements, False, True, ("ISO_IR 100",))
+    utf8 = encode_elements(elements, False, True, ("ISO_IR 192",))
+    assert "Müller".encode("latin-1") in latin1 and "Müller".encode("utf-8") in utf8
+    for _ in range(2):  # the second round comes from the cache: the same bytes
+        assert encode_elements(elements, False, True, ("ISO_IR 100",)) == latin1
+        assert encode_elements(elements, True, True, ("ISO_IR 100",)) != latin1  # implicit VR
+        big = encode_elements(elements, False, False, ("ISO_IR 100",))
+        assert big != latin1 and big[:4] == b"\x00\x10\x00\x10"

@@ -15,6 +15,7 @@ import logging
 import struct
 import zlib
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from pydicom.charset import convert_encodings, encode_string
@@ -83,25 +84,49 @@ def encode_elements(
         The Specific Character Set the text is encoded in.
     """
     e = "<" if little else ">"
-    encodings = convert_encodings(list(charset) if charset else None)
-    return _encode(elements, implicit, e, encodings)
+    return _encode(elements, implicit, e, _encodings(charset), charset)
+
+
+@lru_cache(maxsize=64)
+def _encodings(charset: tuple[str, ...]) -> list[str]:
+    return convert_encodings(list(charset) if charset else None)
+
+
+#: Encoded elements (header and value) by (tag, VR, values, implicit, byte order, charset):
+#: most values of an answer (modality, station, dates, times, codes, descriptions) repeat
+#: across entries, and a lookup costs a tenth of encoding. Emptied when full.
+_ELEMENTS: dict[tuple[int, str, tuple[str, ...], bool, str, tuple[str, ...]], bytes] = {}
+_ELEMENTS_MAX = 65536
 
 
 def _encode(
-    elements: Sequence[AnswerElement], implicit: bool, e: str, encodings: list[str]
+    elements: Sequence[AnswerElement],
+    implicit: bool,
+    e: str,
+    encodings: list[str],
+    charset: tuple[str, ...],
 ) -> bytes:
     out: list[bytes] = []
+    cache = _ELEMENTS
     for tag, vr, value in elements:
         if vr == "SQ":
             items = []
             for item in value:
-                data = _encode(item, implicit, e, encodings)  # type: ignore[arg-type]
+                data = _encode(item, implicit, e, encodings, charset)  # type: ignore[arg-type]
                 items.append(struct.pack(f"{e}HHL", 0xFFFE, 0xE000, len(data)) + data)
             body = b"".join(items)
-        else:
+            out.append(_header(tag, vr, len(body), implicit, e))
+            out.append(body)
+            continue
+        key = (tag, vr, value, implicit, e, charset)
+        encoded = cache.get(key)  # type: ignore[arg-type]
+        if encoded is None:
             body = _value_bytes(vr, value, e, encodings)  # type: ignore[arg-type]
-        out.append(_header(tag, vr, len(body), implicit, e))
-        out.append(body)
+            encoded = _header(tag, vr, len(body), implicit, e) + body
+            if len(cache) >= _ELEMENTS_MAX:
+                cache.clear()
+            cache[key] = encoded  # type: ignore[index]
+        out.append(encoded)
     return b"".join(out)
 
 
@@ -218,13 +243,25 @@ def pending_pdata(context_id: int, command: bytes, data: bytes | None, max_pdu: 
 def p_data_tf(context_id: int, command: bytes, data: bytes | None, max_pdu: int) -> bytes:
     """The P-DATA-TF PDUs (PS3.8 9.3.5) of one message, one PDV each, as bytes: exactly what
     pynetdicom's DUL writes for the primitives of :func:`pending_pdata`."""
-    out = bytearray()
+    limit = max_pdu - 6
+    if max_pdu == 0 or (len(command) <= limit and (data is None or len(data) <= limit)):
+        # one PDU for the command set, one for the data set: the usual case
+        out = _PDU_HEAD.pack(0x04, 0, len(command) + 6, len(command) + 2, context_id) + b"\x03"
+        if data is None:
+            return out + command
+        head = _PDU_HEAD.pack(0x04, 0, len(data) + 6, len(data) + 2, context_id) + b"\x02"
+        return b"".join((out, command, head, data))
+    parts = bytearray()
     for flag, chunk in pending_fragments(command, data, max_pdu):
         pdv_length = len(chunk) + 2
-        out += struct.pack(">BBLLB", 0x04, 0, pdv_length + 4, pdv_length, context_id)
-        out += flag
-        out += chunk
-    return bytes(out)
+        parts += _PDU_HEAD.pack(0x04, 0, pdv_length + 4, pdv_length, context_id)
+        parts += flag
+        parts += chunk
+    return bytes(parts)
+
+
+#: P-DATA-TF PDU header and its one PDV item's header, without the message control byte.
+_PDU_HEAD = struct.Struct(">BBLLB")
 
 
 #: Pending answers are written to the socket in batches of about this many bytes (and before
