@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # leanfind, beside this file
-from leanfind import LeanClient, LeanError, run_clients
+from leanfind import LeanClient, LeanError, repeat_in_threads, run_clients
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -967,42 +967,30 @@ def measure_concurrency(
         ``errors`` (failed associations or queries without a success status).
     """
     query = query_dataset(spec)
-    done = [0] * clients
-    errors = [0] * clients
-    stop = time.monotonic() + seconds
 
-    def work(n: int) -> None:
+    def make_query() -> Callable[[], int]:
         client = Client(timeout)
-        while time.monotonic() < stop:
-            try:
-                outcome = client.find(port, query)
-            except BenchmarkError:
-                errors[n] += 1
-                time.sleep(0.05)
-                continue
-            if outcome.status == 0:
-                done[n] += 1
-            else:
-                errors[n] += 1
+        return lambda: _status(client.find(port, query))
 
-    threads = [
-        threading.Thread(target=work, args=(n,), name=f"wlmbench-client-{n}", daemon=True)
-        for n in range(clients)
-    ]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=max(0.0, stop - time.monotonic()) + timeout + 5)
-    elapsed = time.perf_counter() - started
+    figures = repeat_in_threads(
+        clients, seconds, make_query, (BenchmarkError,), join_timeout=timeout + 5
+    )
+    return _concurrency_figures(clients, figures)
+
+
+def _concurrency_figures(clients: int, figures: dict[str, float]) -> dict[str, Any]:
     return {
         "clients": clients,
-        "seconds": elapsed,
-        "queries": sum(done),
-        "qps": sum(done) / elapsed,
-        "errors": sum(errors),
-        "unfinished_clients": sum(t.is_alive() for t in threads),
+        "seconds": figures["seconds"],
+        "queries": int(figures["queries"]),
+        "qps": figures["qps"],
+        "errors": int(figures["errors"]),
+        "unfinished_clients": int(figures["unfinished"]),
     }
+
+
+def _status(outcome: FindOutcome) -> int:
+    return -1 if outcome.status is None else outcome.status
 
 
 def measure_latency_lean(
@@ -1051,18 +1039,12 @@ def measure_concurrency_lean(
     Returns
     -------
     dict[str, Any]
-        ``clients``, ``seconds``, ``queries``, ``qps`` and ``errors``.
+        As :func:`measure_concurrency`.
     """
     figures = run_clients(port, query_dataset(spec), clients, seconds, called=AE_FOLDER)
     if not figures["queries"]:
         raise BenchmarkError(f"no query succeeded ({figures['errors']:.0f} errors)")
-    return {
-        "clients": clients,
-        "seconds": figures["seconds"],
-        "queries": int(figures["queries"]),
-        "qps": figures["qps"],
-        "errors": int(figures["errors"]),
-    }
+    return _concurrency_figures(clients, figures)
 
 
 def measure_universal(port: int, spec: QuerySpec, timeout: float) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -234,47 +235,82 @@ class LeanClient:
                 offset += 4 + length
 
 
-def run_clients(
-    port: int, identifier: Dataset, clients: int, seconds: float, called: str = "WLMSERVER"
+def repeat_in_threads(
+    clients: int,
+    seconds: float,
+    make_query: Callable[[], Callable[[], int]],
+    failures: tuple[type[BaseException], ...],
+    join_timeout: float = 120.0,
 ) -> dict[str, float]:
-    """``clients`` threads repeat the query on new associations for ``seconds``.
+    """``clients`` threads each make a query function and call it until ``seconds`` passed.
+
+    Parameters
+    ----------
+    make_query : callable
+        Called once per thread; returns a function that runs one query and returns its final
+        status (0 counts as done, anything else as an error).
+    failures : tuple of exception types
+        Exceptions that count as an error (the thread pauses 50 ms and goes on).
 
     Returns
     -------
     dict[str, float]
-        ``queries`` (ended with Success), ``errors``, ``seconds`` and ``qps``.
+        ``queries`` (ended with Success), ``errors``, ``seconds``, ``qps`` and ``unfinished``
+        (threads still in a query after the join timeout).
     """
     done = [0] * clients
     errors = [0] * clients
     stop = time.monotonic() + seconds
 
     def work(n: int) -> None:
-        client = LeanClient(port, identifier, called=called)
+        query = make_query()
         while time.monotonic() < stop:
             try:
-                outcome = client.find()
-            except (OSError, LeanError):
+                status = query()
+            except failures:
                 errors[n] += 1
                 time.sleep(0.05)
                 continue
-            if outcome.status == 0:
+            if status == 0:
                 done[n] += 1
             else:
                 errors[n] += 1
 
-    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(clients)]
+    threads = [
+        threading.Thread(target=work, args=(n,), name=f"load-client-{n}", daemon=True)
+        for n in range(clients)
+    ]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=seconds + 120)
+        thread.join(timeout=max(0.0, stop - time.monotonic()) + join_timeout)
     elapsed = time.perf_counter() - started
     return {
         "queries": float(sum(done)),
         "errors": float(sum(errors)),
         "seconds": elapsed,
         "qps": sum(done) / elapsed,
+        "unfinished": float(sum(t.is_alive() for t in threads)),
     }
+
+
+def run_clients(
+    port: int, identifier: Dataset, clients: int, seconds: float, called: str = "WLMSERVER"
+) -> dict[str, float]:
+    """``clients`` lean clients repeat the query on new associations for ``seconds``.
+
+    Returns
+    -------
+    dict[str, float]
+        ``queries`` (ended with Success), ``errors``, ``seconds`` and ``qps``.
+    """
+
+    def make_query() -> Callable[[], int]:
+        client = LeanClient(port, identifier, called=called)
+        return lambda: client.find().status
+
+    return repeat_in_threads(clients, seconds, make_query, (OSError, LeanError))
 
 
 def main(argv: list[str] | None = None) -> int:
