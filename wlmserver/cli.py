@@ -263,8 +263,20 @@ def ready_line(config: Config) -> str:
     )
 
 
+#: ``wlmserver <tool> ...``: the tools beside the server, by name -> module with ``main(argv)``.
+TOOLS = {"check": "wlmserver.check"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``wlmserver`` command; returns the exit status."""
+    """Run the ``wlmserver`` command; returns the exit status.
+
+    ``wlmserver check ...`` runs a tool (see :data:`TOOLS`); anything else serves.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOLS:
+        import importlib
+
+        return int(importlib.import_module(TOOLS[argv[0]]).main(argv[1:]))
     from wlmserver.server import run
 
     parser = build_parser()

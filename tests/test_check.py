@@ -1,0 +1,107 @@
+"""``wlmserver check``: every file served, served with warnings, or not served, and why."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+from conftest import write_wl
+
+from wlmserver import check
+from wlmserver.cli import main
+
+TODAY = date(2026, 11, 22)
+
+
+@pytest.fixture
+def mixed(db: Path) -> Path:
+    # each file its own requested procedure (the defaults share one), but for twice.wl's steps
+    write_wl(db / "WLM" / "good.wl", PatientID="P1", AccessionNumber="A1")
+    (db / "WLM" / "garbage.wl").write_bytes(b"this is not DICOM at all" * 10)
+    full = write_wl(db / "WLM" / "cut.wl", PatientID="P2").read_bytes()
+    (db / "WLM" / "cut.wl").write_bytes(full[: len(full) - 7])
+    write_wl(db / "WLM" / "incomplete.wl", AccessionNumber="A3", sps=[{"Modality": None}])
+    write_wl(db / "WLM" / "baddate.wl", AccessionNumber="A4", PatientBirthDate="2026x101")
+    old = {"ScheduledProcedureStepStartDate": "20250101"}
+    write_wl(db / "WLM" / "old.wl", AccessionNumber="A5", sps=[old])
+    write_wl(
+        db / "WLM" / "twice.wl", AccessionNumber="A6", sps=[{"ScheduledProcedureStepID": "S1"}] * 2
+    )
+    write_wl(db / "WLM" / ".hidden.wl")  # never served, never checked
+    return db
+
+
+def _by_name(reports: list[check.FileReport]) -> dict[str, check.FileReport]:
+    return {Path(r.path).name: r for r in reports}
+
+
+def test_verdicts_and_reasons(mixed: Path) -> None:
+    reports = _by_name(check.check(mixed, today=TODAY))
+    assert set(reports) == {
+        "good.wl", "garbage.wl", "cut.wl", "incomplete.wl", "baddate.wl", "old.wl", "twice.wl"
+    }  # fmt: skip
+    assert reports["good.wl"].verdict == check.SERVED and reports["good.wl"].entries == 1
+    assert reports["garbage.wl"].verdict == check.NOT_SERVED
+    assert "not a DICOM file" in reports["garbage.wl"].problems[0]
+    assert reports["cut.wl"].verdict == check.NOT_SERVED
+    assert "cut short" in reports["cut.wl"].problems[0]
+    incomplete = reports["incomplete.wl"]
+    assert incomplete.verdict == check.NOT_SERVED and "Modality" in incomplete.problems[0]
+    bad = reports["baddate.wl"]
+    assert bad.verdict == check.WARNING and bad.entries == 1
+    assert any("PatientBirthDate (0010,0030): not a valid DA value" in p for p in bad.problems)
+    assert not any("2026x101" in p for p in bad.problems)  # no patient data in messages
+    old = reports["old.wl"]
+    assert old.verdict == check.WARNING and "more than 30 days ago" in old.problems[0]
+    twice = reports["twice.wl"]
+    assert twice.verdict == check.WARNING and twice.entries == 2
+    assert any("ScheduledProcedureStepID (0040,0009) used 2 times" in p for p in twice.problems)
+
+
+def test_past_days_threshold_and_dfr(mixed: Path) -> None:
+    reports = _by_name(check.check(mixed, today=TODAY, past_days=None))
+    assert reports["old.wl"].verdict == check.SERVED
+    lenient = _by_name(check.check(mixed, today=TODAY, reject_incomplete=False))
+    assert lenient["incomplete.wl"].verdict == check.WARNING
+    assert lenient["incomplete.wl"].entries == 1
+
+
+def test_one_folder_or_one_file(mixed: Path) -> None:
+    assert len(check.check(mixed / "WLM", today=TODAY)) == 7
+    (report,) = check.check(mixed / "WLM" / "good.wl", today=TODAY)
+    assert report.verdict == check.SERVED and report.folder == "WLM"
+
+
+def test_command_text_output_and_exit_status(
+    mixed: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(mixed), "--past-days", "-1"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT SERVED" in out and "garbage.wl" in out and "good.wl" not in out
+    assert "7 files in 1 AE folders (WLM): 2 served, 2 served with warnings, 3 not served" in out
+    assert main(["check", str(mixed / "WLM" / "good.wl")]) == 0
+
+
+def test_command_json_output(mixed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(mixed), "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["summary"]["files"] == 7 and document["summary"]["not_served"] == 3
+    verdicts = {Path(f["path"]).name: f["verdict"] for f in document["files"]}
+    assert verdicts["good.wl"] == "served" and verdicts["cut.wl"] == "not served"
+
+
+def test_the_bundled_database_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--past-days", "-1"]) == 0
+    assert "0 not served" in capsys.readouterr().out
+
+
+def test_an_sps_id_repeated_across_files_is_flagged_in_both(db: Path) -> None:
+    write_wl(db / "WLM" / "a.wl", AccessionNumber="A1")
+    write_wl(db / "WLM" / "b.wl", AccessionNumber="A1")
+    write_wl(db / "WLM" / "c.wl", AccessionNumber="A2")
+    reports = _by_name(check.check(db, today=TODAY))
+    assert reports["a.wl"].verdict == reports["b.wl"].verdict == check.WARNING
+    assert "(a.wl, b.wl)" in reports["a.wl"].problems[0]
+    assert reports["c.wl"].verdict == check.SERVED

@@ -1,0 +1,300 @@
+"""``wlmserver check``: say, offline, what the server would do with each worklist file.
+
+Every ``.wl`` file of a database (``<root>/<AETitle>/*.wl``), of one AE folder, or one file is
+read exactly as the server reads it (:func:`wlmserver.wlfile.read_worklist_file`) and gets one
+verdict:
+
+``served``
+    every scheduled procedure step of the file is served;
+``warning``
+    served, but something is likely wrong: a value that is not valid for its VR (PS3.5 6.2),
+    a Scheduled Procedure Step ID used twice for the same Requested Procedure in one AE folder,
+    a step scheduled more than ``--past-days`` days ago;
+``not served``
+    the file, or one of its steps, is not served: unparseable or cut short, text that does not
+    decode in its Specific Character Set, no SPS item, a missing Type 1 attribute (PS3.4
+    Table K.6-1).
+
+Messages name the attribute and the rule, never the value (values are patient data). The exit
+status is 1 when any file (or step) would not be served, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+from pydicom import config as pydicom_config
+from pydicom.valuerep import validate_value
+
+from wlmserver.config import bundled_database
+from wlmserver.entry import Entry
+from wlmserver.index import is_safe_ae_title
+from wlmserver.keys import describe_tag
+from wlmserver.record import Record
+from wlmserver.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
+
+SERVED, WARNING, NOT_SERVED = "served", "warning", "not served"
+
+_SPS_ID = 0x00400009
+_START_DATE = 0x00400002
+_REQUESTED_PROCEDURE_ID = 0x00401001
+_STUDY_UID = 0x0020000D
+_ACCESSION = 0x00080050
+
+#: VRs whose values are checked against PS3.5 (pydicom's validation, which raises on errors).
+_CHECKED_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI", "UR"}
+)
+
+
+@dataclass
+class FileReport:
+    """The verdict on one file.
+
+    Attributes
+    ----------
+    path : str
+        The file.
+    folder : str
+        Its AE folder (the called AE title that serves it).
+    verdict : str
+        ``served``, ``warning`` or ``not served``.
+    entries : int
+        How many scheduled procedure steps are served from it.
+    problems : list of str
+        Why it is not served, or what the warnings are.
+    """
+
+    path: str
+    folder: str
+    verdict: str = SERVED
+    entries: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def note(self, verdict: str, problem: str) -> None:
+        """Add a problem; the verdict only gets worse."""
+        self.problems.append(problem)
+        order = (SERVED, WARNING, NOT_SERVED)
+        if order.index(verdict) > order.index(self.verdict):
+            self.verdict = verdict
+
+
+def _name(tag: int) -> str:
+    return describe_tag(tag)
+
+
+def _invalid_values(record: Record, where: str = "") -> Iterator[str]:
+    """One message per value that is not valid for its VR (nested sequences included)."""
+    for tag, vr, value in record:
+        if vr == "SQ":
+            for n, item in enumerate(value):
+                if isinstance(item, Record):
+                    yield from _invalid_values(item, f"{where}{_name(tag)}[{n}] ")
+            continue
+        if vr not in _CHECKED_VRS:
+            continue
+        for text in value:
+            try:
+                validate_value(vr, text, pydicom_config.RAISE)
+            except (ValueError, TypeError):
+                yield f"{where}{_name(tag)}: not a valid {vr} value (length {len(str(text))})"
+
+
+def _first(record: Record, tag: int) -> str:
+    values = record.text(tag)
+    return values[0] if values else ""
+
+
+def check_file(
+    path: Path, folder: str, *, reject_incomplete: bool = True
+) -> tuple[FileReport, tuple[Entry, ...]]:
+    """Read one file as the server does; its report and the entries it serves."""
+    report = FileReport(str(path), folder)
+    try:
+        result = read_worklist_file(path, reject_incomplete=reject_incomplete)
+    except WorklistFileError as exc:
+        report.note(NOT_SERVED, str(exc))
+        return report, ()
+    except OSError as exc:
+        report.note(NOT_SERVED, f"cannot read it ({exc.strerror or exc})")
+        return report, ()
+    report.entries = len(result.entries)
+    for problem in result.problems:
+        report.note(NOT_SERVED if reject_incomplete else WARNING, problem)
+    seen: set[str] = set()
+    for entry in result.entries:
+        for message in (*_invalid_values(entry.top), *_invalid_values(entry.sps, "SPS: ")):
+            if message not in seen:
+                seen.add(message)
+                report.note(WARNING, message)
+    return report, result.entries
+
+
+def _files(target: Path) -> Iterator[tuple[Path, str]]:
+    """``(file, AE folder)`` for a database root, one AE folder, or one file."""
+    if target.is_file():
+        yield target, target.parent.name
+        return
+    folders = [target] if any(is_worklist_name(p.name) for p in target.iterdir()) else []
+    if not folders:
+        folders = sorted(p for p in target.iterdir() if p.is_dir() and is_safe_ae_title(p.name))
+    for folder in folders:
+        for path in sorted(folder.iterdir()):
+            if is_worklist_name(path.name) and path.is_file():
+                yield path, folder.name
+
+
+def check(
+    target: Path,
+    *,
+    past_days: int | None = 30,
+    today: date | None = None,
+    reject_incomplete: bool = True,
+) -> list[FileReport]:
+    """Check every worklist file under ``target``.
+
+    Parameters
+    ----------
+    target : Path
+        A database root, an AE folder, or one ``.wl`` file.
+    past_days : int or None
+        Warn about steps scheduled more than this many days before ``today`` (None: never).
+    today : date or None
+        The reference day (default: today).
+    reject_incomplete : bool
+        As the server's default (``-efr``); ``False`` as with ``-dfr``.
+
+    Returns
+    -------
+    list of FileReport
+        In folder and file order.
+    """
+    today = today or date.today()
+    oldest = (today - timedelta(days=past_days)).strftime("%Y%m%d") if past_days is not None else ""
+    reports: list[FileReport] = []
+    # (AE folder, requested procedure, SPS ID) -> the reports of the files holding it
+    steps: dict[tuple[str, str, str], list[FileReport]] = {}
+    for path, folder in _files(target):
+        report, entries = check_file(path, folder, reject_incomplete=reject_incomplete)
+        reports.append(report)
+        for entry in entries:
+            sps_id = _first(entry.sps, _SPS_ID)
+            if sps_id:
+                procedure = "|".join(
+                    _first(entry.top, tag)
+                    for tag in (_STUDY_UID, _ACCESSION, _REQUESTED_PROCEDURE_ID)
+                )
+                steps.setdefault((folder, procedure, sps_id), []).append(report)
+            start = _first(entry.sps, _START_DATE)
+            if oldest and start and start[:8] < oldest:
+                report.note(
+                    WARNING,
+                    f"SPS item {entry.item + 1} is scheduled more than {past_days} days ago",
+                )
+    for holders in steps.values():
+        if len(holders) > 1:
+            names = ", ".join(sorted({Path(r.path).name for r in holders}))
+            for report in holders:
+                report.note(
+                    WARNING,
+                    f"ScheduledProcedureStepID (0040,0009) used {len(holders)} times for one "
+                    f"requested procedure ({names})",
+                )
+    for report in reports:  # one line per distinct problem
+        report.problems = list(dict.fromkeys(report.problems))
+    return reports
+
+
+def summary(reports: Sequence[FileReport]) -> dict[str, int]:
+    """Counts of files by verdict, and of served entries."""
+    counts = {SERVED: 0, WARNING: 0, NOT_SERVED: 0}
+    for report in reports:
+        counts[report.verdict] += 1
+    return {
+        "files": len(reports),
+        "served": counts[SERVED],
+        "warnings": counts[WARNING],
+        "not_served": counts[NOT_SERVED],
+        "entries": sum(r.entries for r in reports),
+    }
+
+
+def format_text(reports: Sequence[FileReport], target: Path) -> str:
+    """The human-readable report: one line per file with problems, then a summary."""
+    lines = []
+    for report in reports:
+        if report.verdict == SERVED:
+            continue
+        lines.append(f"{report.verdict.upper():10} {report.path}")
+        lines.extend(f"           - {problem}" for problem in report.problems)
+    totals = summary(reports)
+    folders = sorted({r.folder for r in reports})
+    lines.append(
+        f"{target}: {totals['files']} files in {len(folders)} AE folders "
+        f"({', '.join(folders) or 'none'}): {totals['served']} served, "
+        f"{totals['warnings']} served with warnings, {totals['not_served']} not served; "
+        f"{totals['entries']} scheduled procedure steps served"
+    )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``wlmserver check``."""
+    p = argparse.ArgumentParser(
+        prog="wlmserver check",
+        description="Check worklist files offline: each is served, served with warnings, or "
+        "not served, with the reason. Exit status 1 if anything would not be served.",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        type=Path,
+        help="a database root, an AE folder or a .wl file (default: the bundled example)",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.add_argument(
+        "--past-days",
+        type=int,
+        default=30,
+        metavar="N",
+        help="warn about steps scheduled more than N days ago (default 30; -1: never)",
+    )
+    p.add_argument(
+        "-dfr",
+        "--disable-file-reject",
+        action="store_true",
+        help="as the server's option: incomplete steps are served (reported as warnings)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``wlmserver check``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    target: Path = args.target or bundled_database()
+    if not target.exists():
+        parser.error(f"{target} does not exist")
+    reports = check(
+        target,
+        past_days=None if args.past_days < 0 else args.past_days,
+        reject_incomplete=not args.disable_file_reject,
+    )
+    if args.json:
+        document = {
+            "target": str(target),
+            "summary": summary(reports),
+            "files": [asdict(r) for r in reports],
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        print(format_text(reports, target))
+    sys.stdout.flush()
+    return 1 if any(r.verdict == NOT_SERVED for r in reports) else 0
