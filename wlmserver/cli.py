@@ -264,7 +264,7 @@ def ready_line(config: Config) -> str:
 
 
 #: ``wlmserver <tool> ...``: the tools beside the server, by name -> module with ``main(argv)``.
-TOOLS = {"check": "wlmserver.check"}
+TOOLS = {"check": "wlmserver.check", "query": "wlmserver.client"}
 
 
 def main(argv: list[str] | None = None) -> int:
