@@ -81,9 +81,7 @@ def test_new_and_removed_ae_folders(watched: WorklistStore, db: Path) -> None:
     assert wait_until(lambda: watched.folder("MR01") is None)
 
 
-def test_renamed_ae_folder_is_served_under_its_new_title(
-    watched: WorklistStore, db: Path
-) -> None:
+def test_renamed_ae_folder_is_served_under_its_new_title(watched: WorklistStore, db: Path) -> None:
     (db / "MR01").mkdir()
     write_wl(db / "MR01" / "m.wl", PatientID="MR")
     assert wait_until(lambda: _ids(watched, "MR01") == ["MR"])
