@@ -264,7 +264,11 @@ def ready_line(config: Config) -> str:
 
 
 #: ``wlmserver <tool> ...``: the tools beside the server, by name -> module with ``main(argv)``.
-TOOLS = {"check": "wlmserver.check", "query": "wlmserver.client"}
+TOOLS = {
+    "check": "wlmserver.check",
+    "create": "wlmserver.create",
+    "query": "wlmserver.client",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
