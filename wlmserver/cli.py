@@ -98,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="full consistency rescan interval (default 60; 0 turns it off)",
     )
+    g.add_argument(
+        "-rfp",
+        "--request-file-path",
+        type=Path,
+        metavar="DIR",
+        help="write each C-FIND request into DIR (patient data: keep DIR private)",
+    )
+    g.add_argument(
+        "-rff",
+        "--request-file-format",
+        default="#t.dump",
+        metavar="FORMAT",
+        help="request file names: #a calling AE, #c called AE, #i process ID, #p patient ID, "
+        "#t time; .dump/.txt: dcmdump text, else DICOM (default #t.dump)",
+    )
     g = p.add_argument_group("matching and answers")
     g.add_argument(
         "-nse",
@@ -218,6 +233,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_pdu=args.max_pdu,
         poll=args.poll,
         rescan_interval=args.rescan_interval,
+        request_file_path=args.request_file_path,
+        request_file_format=args.request_file_format,
     )
 
 

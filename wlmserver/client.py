@@ -172,12 +172,47 @@ def date_range(text: str, today: date | None = None) -> str:
         raise UsageError(f"--date {text!r}: {exc}") from None
 
 
+def load_request(path: Path) -> Dataset:
+    """An identifier from a captured request: a DICOM file or ``dcmdump`` text.
+
+    Raises
+    ------
+    UsageError
+        The file is neither.
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from wlmserver.create import EntryError, entries_from_dump
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--request {path}: {exc.strerror or exc}") from None
+    if data[128:132] == b"DICM":
+        try:
+            stored = dcmread(path)
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            raise UsageError(f"--request {path}: {exc}") from None
+        return Dataset(stored)  # the data set, without the file meta information
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    try:
+        (parsed,) = entries_from_dump(text)
+    except EntryError as exc:
+        raise UsageError(f"--request {path}: {exc}") from None
+    return parsed
+
+
 def build_identifier(args: argparse.Namespace) -> Dataset:
     """The C-FIND identifier of the command line."""
-    identifier = Dataset()
     keys: list[str] = list(args.key or [])
-    if args.all_keys or not any("=" not in k for k in keys):  # no return key of its own
-        keys = [*DEFAULT_TOP, *DEFAULT_SPS, *keys]
+    request = getattr(args, "request", None)
+    identifier = load_request(request) if request is not None else Dataset()
+    if request is None and (args.all_keys or not any("=" not in k for k in keys)):
+        keys = [*DEFAULT_TOP, *DEFAULT_SPS, *keys]  # no return key of its own
     shortcuts = {
         "Modality": args.modality,
         "ScheduledStationAETitle": args.station,
@@ -303,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--all-keys", action="store_true", help="the default return keys besides -k keys"
+    )
+    p.add_argument(
+        "--request",
+        type=Path,
+        metavar="FILE",
+        help="start from a captured request (DICOM or dcmdump text; -k keys apply on top)",
     )
     p.add_argument("--modality", help="Modality (in the SPS item)")
     p.add_argument("--station", help="ScheduledStationAETitle")

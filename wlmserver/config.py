@@ -62,6 +62,10 @@ class Config:
         Poll the file system every ``poll`` seconds instead of using inotify (``--poll``).
     rescan_interval : float
         Seconds between full consistency rescans of the database (0: never).
+    request_file_path : Path or None
+        Write each C-FIND identifier into this folder (``--request-file-path``).
+    request_file_format : str
+        The request file names (``--request-file-format``; see :mod:`wlmserver.capture`).
     """
 
     data_files_path: Path
@@ -81,3 +85,5 @@ class Config:
     max_pdu: int = 16384
     poll: float | None = None
     rescan_interval: float = 60.0
+    request_file_path: Path | None = None
+    request_file_format: str = "#t.dump"

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from wlmserver import encode
+from wlmserver import capture, encode
 from wlmserver.config import Config
 from wlmserver.index import FolderSnapshot, WorklistStore, is_safe_ae_title
 from wlmserver.keys import describe_tag
@@ -140,6 +140,24 @@ def _offending(exc: QueryError) -> str:
     return ", ".join(describe_tag(t) for t in exc.tags) or "identifier"
 
 
+def _capture(assoc: Any, config: Config, identifier: Dataset, aet: str, peer: str) -> None:
+    """Write the request to ``--request-file-path``; a failure is logged, the query goes on."""
+    assert config.request_file_path is not None
+    calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
+    try:
+        path = capture.write_request(
+            config.request_file_path,
+            config.request_file_format,
+            identifier,
+            calling=calling,
+            called=aet,
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        LOGGER.warning("C-FIND from %s: cannot write the request file: %s", peer, exc)
+        return
+    LOGGER.debug("C-FIND from %s: request written to %s", peer, path)  # #p: patient data
+
+
 def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[FindResponse]:
     """EVT_C_FIND: one Pending answer per matching scheduled procedure step, then Success.
 
@@ -156,6 +174,8 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         yield failure(Status.UNABLE_TO_PROCESS, f"cannot decode the identifier: {exc}"), None
         return
     LOGGER.debug("C-FIND from %s to %s, identifier:\n%s", peer, aet, identifier)
+    if config.request_file_path is not None:
+        _capture(event.assoc, config, identifier, aet, peer)
     try:
         query = compile_query(
             identifier,

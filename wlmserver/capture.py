@@ -1,0 +1,126 @@
+"""Write each incoming C-FIND identifier to a folder (wlmscpfs's ``--request-file-path``).
+
+File names come from ``--request-file-format`` (default ``#t.dump``, as wlmscpfs) with the
+placeholders of wlmscpfs: ``#a`` calling AE title, ``#c`` called AE title, ``#i`` process ID,
+``#p`` patient ID of the request, ``#t`` time stamp (``YYYYMMDDhhmmss_ffffff``). Every value
+put into a name is reduced to ``A-Z a-z 0-9 . _ -`` (no path separators, no leading dot), so
+request data such as a patient ID ``../../etc`` cannot write outside the folder. An existing
+name gets ``_2``, ``_3`` ... before its suffix.
+
+A name ending in ``.dump`` or ``.txt`` gets ``dcmdump``-style text (what ``dump2dcm``,
+``wlmserver create`` and ``wlmserver query --request`` read); any other name gets a DICOM file.
+Request files hold patient data: the folder should be as private as the database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+
+from pydicom.charset import python_encoding
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+DEFAULT_FORMAT = "#t.dump"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_part(text: str) -> str:
+    """One value made safe for a file name.
+
+    Examples
+    --------
+    >>> safe_part("../../etc/passwd"), safe_part("CT 01"), safe_part("")
+    ('_.._etc_passwd', 'CT_01', '_')
+    """
+    cleaned = _UNSAFE.sub("_", text.strip())[:64].lstrip(".")
+    return cleaned or "_"
+
+
+def request_name(fmt: str, *, calling: str, called: str, patient_id: str, when: datetime) -> str:
+    """The file name of one request (placeholders replaced by safe values)."""
+    values = {
+        "a": safe_part(calling),
+        "c": safe_part(called),
+        "i": str(os.getpid()),
+        "p": safe_part(patient_id),
+        "t": when.strftime("%Y%m%d%H%M%S_%f"),
+    }
+    name = re.sub(r"#([acipt])", lambda m: values[m.group(1)], fmt)
+    name = _UNSAFE.sub("_", name).lstrip(".")
+    return name or values["t"]
+
+
+def dump_text(ds: Dataset, indent: int = 0) -> str:
+    """The dataset as ``dcmdump``-style lines that ``dump2dcm`` reads back."""
+    lines = []
+    pad = "  " * indent
+    for element in ds:
+        tag = f"({element.tag.group:04x},{element.tag.element:04x})"
+        if element.VR == "SQ":
+            lines.append(f"{pad}{tag} SQ (Sequence)")
+            for item in element.value:
+                lines.append(f"{pad}  (fffe,e000) na (Item)")
+                body = dump_text(item, indent + 2)
+                if body:
+                    lines.append(body)
+                lines.append(f"{pad}  (fffe,e00d) na (ItemDelimitationItem)")
+            lines.append(f"{pad}(fffe,e0dd) na (SequenceDelimitationItem)")
+            continue
+        value = element.value
+        if value is None or value == "":
+            text = ""
+        elif element.VM > 1:
+            text = "\\".join(str(v) for v in value)
+        else:
+            text = str(value)
+        lines.append(f"{pad}{tag} {element.VR} [{text}]")
+    return "\n".join(lines)
+
+
+def write_request(
+    folder: Path, fmt: str, identifier: Dataset, *, calling: str, called: str
+) -> Path:
+    """Write one request; returns its path.
+
+    Raises
+    ------
+    OSError
+        The folder cannot be written.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    name = request_name(
+        fmt,
+        calling=calling,
+        called=called,
+        patient_id=str(identifier.get("PatientID", "") or ""),
+        when=datetime.now(),
+    )
+    stem, dot, suffix = name.rpartition(".")
+    if not dot:
+        stem, suffix = name, ""
+    path = folder / name
+    n = 1
+    while path.exists():
+        n += 1
+        path = folder / (f"{stem}_{n}.{suffix}" if dot else f"{name}_{n}")
+    if suffix.lower() in ("dump", "txt"):
+        text = dump_text(identifier) + "\n"
+        charset = identifier.get("SpecificCharacterSet", "") or ""
+        first = charset if isinstance(charset, str) else (list(charset) or [""])[0]
+        try:  # in the request's own character set, as dump2dcm expects
+            data = text.encode(python_encoding.get(str(first), "utf-8"))
+        except (UnicodeError, LookupError):
+            data = text.encode("utf-8")
+        path.write_bytes(data)
+    else:
+        ds = Dataset()
+        ds.update(identifier)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.31")
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+    return path
