@@ -259,3 +259,15 @@ def test_verify_corrects_only_what_is_stale(db: Path) -> None:
     assert store.verify() == 3
     assert sorted(_ids(store)) == ["KEEP", "NEW"]
     assert store.verify() == 0
+
+
+def test_a_served_file_is_logged_once_by_name(
+    watched: WorklistStore, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="wlmserver"):
+        write_wl(db / "WLM" / "new.wl", PatientID="NEW")
+        assert wait_until(lambda: _ids(watched) == ["NEW"])
+    assert "WLM/new.wl added: 1 entries served" in caplog.text
+    assert "NEW" not in caplog.text  # the patient ID is not logged

@@ -324,6 +324,10 @@ class WorklistStore:
                 LOGGER.warning("%s: lockfile held by a writer; will retry", path.parent)
                 raise
             self._publish(name, files, {path.name})
+            served = len(files[path.name].entries)
+            if served:
+                verb = "re-read" if old is not None else "added"
+                LOGGER.info("%s/%s %s: %d entries served", name, path.name, verb, served)
 
     def remove_file(self, path: Path) -> None:
         """Forget a deleted or moved-away file."""
