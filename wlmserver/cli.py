@@ -284,6 +284,7 @@ def ready_line(config: Config) -> str:
 TOOLS = {
     "check": "wlmserver.check",
     "create": "wlmserver.create",
+    "explain": "wlmserver.explain",
     "query": "wlmserver.client",
 }
 

@@ -320,19 +320,8 @@ def write_files(answers: Sequence[Dataset], folder: Path) -> list[Path]:
     return paths
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The options of ``wlmserver query``."""
-    p = argparse.ArgumentParser(
-        prog="wlmserver query",
-        description="Query a Modality Worklist SCP and print the answers as a table.",
-        allow_abbrev=False,
-    )
-    p.add_argument("host", nargs="?", default="127.0.0.1", help="default 127.0.0.1")
-    p.add_argument(
-        "port", nargs="?", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}"
-    )
-    p.add_argument("-aec", "--call", default=DEFAULT_AE_TITLE, help="called AE title")
-    p.add_argument("-aet", "--aetitle", default="WLMQUERY", help="calling AE title")
+def add_query_options(p: argparse.ArgumentParser) -> None:
+    """The options that make the identifier (shared with ``wlmserver explain``)."""
     p.add_argument(
         "-k", "--key", action="append", metavar="PATH[=VALUE]", help="a key (repeatable)"
     )
@@ -351,6 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-id", help="PatientID")
     p.add_argument("--name", help="PatientName (wildcards * and ? allowed)")
     p.add_argument("--accession", help="AccessionNumber")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``wlmserver query``."""
+    p = argparse.ArgumentParser(
+        prog="wlmserver query",
+        description="Query a Modality Worklist SCP and print the answers as a table.",
+        allow_abbrev=False,
+    )
+    p.add_argument("host", nargs="?", default="127.0.0.1", help="default 127.0.0.1")
+    p.add_argument(
+        "port", nargs="?", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}"
+    )
+    p.add_argument("-aec", "--call", default=DEFAULT_AE_TITLE, help="called AE title")
+    p.add_argument("-aet", "--aetitle", default="WLMQUERY", help="calling AE title")
+    add_query_options(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the answers as DICOM JSON")
     out.add_argument("--write", type=Path, metavar="DIR", help="write each answer as a DICOM file")

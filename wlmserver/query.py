@@ -58,6 +58,22 @@ class QueryError(Exception):
 
 
 @dataclass(frozen=True)
+class Mismatch:
+    """One constraint an entry fails.
+
+    Attributes
+    ----------
+    tags : tuple of int
+        The attribute, or the date and time attributes of a combined date-time range.
+    entry_values : tuple of str
+        What the entry holds there (the date values, then the time values, for a range).
+    """
+
+    tags: tuple[int, ...]
+    entry_values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ItemQuery:
     """The constraints of one dataset level (the top level or a sequence item).
 
@@ -92,6 +108,23 @@ class ItemQuery:
             if not any(item_query.matches(item) for item in record.items(tag)):
                 return False
         return True
+
+    def mismatches(self, record: Record) -> list[Mismatch]:
+        """Every constraint of this level a record fails, by the same matchers as
+        :meth:`matches` (which is true exactly when this is empty)."""
+        out: list[Mismatch] = []
+        for tag, matcher in self.values:
+            if not matcher(record.text(tag)):
+                out.append(Mismatch((tag,), record.text(tag)))
+        for date_tag, time_tag, window in self.date_times:
+            if not window.match(record.text(date_tag), record.text(time_tag)):
+                out.append(
+                    Mismatch((date_tag, time_tag), record.text(date_tag) + record.text(time_tag))
+                )
+        for tag, item_query in self.sequences:
+            if not any(item_query.matches(item) for item in record.items(tag)):
+                out.append(Mismatch((tag,), ()))
+        return out
 
     def sequence(self, tag: int) -> ItemQuery | None:
         """The item query of a constrained sequence, if any."""
