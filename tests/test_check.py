@@ -105,3 +105,13 @@ def test_an_sps_id_repeated_across_files_is_flagged_in_both(db: Path) -> None:
     assert reports["a.wl"].verdict == reports["b.wl"].verdict == check.WARNING
     assert "(a.wl, b.wl)" in reports["a.wl"].problems[0]
     assert reports["c.wl"].verdict == check.SERVED
+
+
+def test_json_drops_are_checked_with_the_option(db: Path) -> None:
+    order = {"PatientName": "DOE^JANE", "PatientID": "P9", "AccessionNumber": "A9"}
+    (db / "WLM" / "order.json").write_text(json.dumps(order), encoding="utf-8")
+    assert check.check(db, today=TODAY) == []
+    (report,) = check.check(db, today=TODAY, json_drops=True)
+    assert (
+        report.verdict == check.NOT_SERVED and "no scheduled procedure step" in report.problems[0]
+    )

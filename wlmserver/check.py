@@ -112,12 +112,17 @@ def _first(record: Record, tag: int) -> str:
 
 
 def check_file(
-    path: Path, folder: str, *, reject_incomplete: bool = True
+    path: Path, folder: str, *, reject_incomplete: bool = True, json_drops: bool = False
 ) -> tuple[FileReport, tuple[Entry, ...]]:
     """Read one file as the server does; its report and the entries it serves."""
+    from wlmserver.jsondrop import is_json_drop_name, read_json_drop
+
     report = FileReport(str(path), folder)
     try:
-        result = read_worklist_file(path, reject_incomplete=reject_incomplete)
+        if json_drops and is_json_drop_name(path.name):
+            result = read_json_drop(path, reject_incomplete=reject_incomplete)
+        else:
+            result = read_worklist_file(path, reject_incomplete=reject_incomplete)
     except WorklistFileError as exc:
         report.note(NOT_SERVED, str(exc))
         return report, ()
@@ -136,17 +141,22 @@ def check_file(
     return report, result.entries
 
 
-def _files(target: Path) -> Iterator[tuple[Path, str]]:
+def _files(target: Path, json_drops: bool = False) -> Iterator[tuple[Path, str]]:
     """``(file, AE folder)`` for a database root, one AE folder, or one file."""
+    from wlmserver.jsondrop import is_json_drop_name
+
+    def served(name: str) -> bool:
+        return is_worklist_name(name) or (json_drops and is_json_drop_name(name))
+
     if target.is_file():
         yield target, target.parent.name
         return
-    folders = [target] if any(is_worklist_name(p.name) for p in target.iterdir()) else []
+    folders = [target] if any(served(p.name) for p in target.iterdir()) else []
     if not folders:
         folders = sorted(p for p in target.iterdir() if p.is_dir() and is_safe_ae_title(p.name))
     for folder in folders:
         for path in sorted(folder.iterdir()):
-            if is_worklist_name(path.name) and path.is_file():
+            if served(path.name) and path.is_file():
                 yield path, folder.name
 
 
@@ -156,6 +166,7 @@ def check(
     past_days: int | None = 30,
     today: date | None = None,
     reject_incomplete: bool = True,
+    json_drops: bool = False,
 ) -> list[FileReport]:
     """Check every worklist file under ``target``.
 
@@ -169,6 +180,8 @@ def check(
         The reference day (default: today).
     reject_incomplete : bool
         As the server's default (``-efr``); ``False`` as with ``-dfr``.
+    json_drops : bool
+        Also check ``*.json`` drop files (as the server's ``--json-drops``).
 
     Returns
     -------
@@ -180,8 +193,10 @@ def check(
     reports: list[FileReport] = []
     # (AE folder, requested procedure, SPS ID) -> the reports of the files holding it
     steps: dict[tuple[str, str, str], list[FileReport]] = {}
-    for path, folder in _files(target):
-        report, entries = check_file(path, folder, reject_incomplete=reject_incomplete)
+    for path, folder in _files(target, json_drops):
+        report, entries = check_file(
+            path, folder, reject_incomplete=reject_incomplete, json_drops=json_drops
+        )
         reports.append(report)
         for entry in entries:
             sps_id = _first(entry.sps, _SPS_ID)
@@ -266,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="warn about steps scheduled more than N days ago (default 30; -1: never)",
     )
+    p.add_argument("--json-drops", action="store_true", help="also check *.json drop files")
     p.add_argument(
         "-dfr",
         "--disable-file-reject",
@@ -286,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target,
         past_days=None if args.past_days < 0 else args.past_days,
         reject_incomplete=not args.disable_file_reject,
+        json_drops=args.json_drops,
     )
     if args.json:
         document = {

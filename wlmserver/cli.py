@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="full consistency rescan interval (default 60; 0 turns it off)",
     )
     g.add_argument(
+        "--json-drops",
+        action="store_true",
+        help="also serve *.json drop files (the JSON 'wlmserver create' reads)",
+    )
+    g.add_argument(
         "-rfp",
         "--request-file-path",
         type=Path,
@@ -235,6 +240,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         rescan_interval=args.rescan_interval,
         request_file_path=args.request_file_path,
         request_file_format=args.request_file_format,
+        json_drops=args.json_drops,
     )
 
 

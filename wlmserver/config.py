@@ -66,6 +66,8 @@ class Config:
         Write each C-FIND identifier into this folder (``--request-file-path``).
     request_file_format : str
         The request file names (``--request-file-format``; see :mod:`wlmserver.capture`).
+    json_drops : bool
+        Also serve ``*.json`` drop files (``--json-drops``; see :mod:`wlmserver.jsondrop`).
     """
 
     data_files_path: Path
@@ -87,3 +89,4 @@ class Config:
     rescan_interval: float = 60.0
     request_file_path: Path | None = None
     request_file_format: str = "#t.dump"
+    json_drops: bool = False

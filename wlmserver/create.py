@@ -51,7 +51,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
-from wlmserver.check import NOT_SERVED, check_file
 from wlmserver.keys import KEYS_BY_KEYWORD, REQUIRED_SPS, REQUIRED_TOP, Level
 from wlmserver.response import can_encode
 
@@ -328,6 +327,8 @@ def write_entry(ds: Dataset, folder: Path) -> Path:
     EntryError
         The written file would not be served (the reason from the server's own reader).
     """
+    from wlmserver.check import NOT_SERVED, check_file  # the server's reader, via check
+
     folder.mkdir(parents=True, exist_ok=True)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = UID(WORKLIST_FILE_CLASS)

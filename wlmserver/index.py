@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from wlmserver.entry import Entry
+from wlmserver.jsondrop import is_json_drop_name, read_json_drop
 from wlmserver.lookup import Lookup
 from wlmserver.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
 
@@ -127,10 +128,16 @@ class WorklistStore:
     """
 
     def __init__(
-        self, root: Path, *, reject_incomplete: bool = True, lock_timeout: float = 10.0
+        self,
+        root: Path,
+        *,
+        reject_incomplete: bool = True,
+        lock_timeout: float = 10.0,
+        json_drops: bool = False,
     ) -> None:
         self.root = Path(root)
         self.reject_incomplete = reject_incomplete
+        self.json_drops = json_drops
         self.lock_timeout = lock_timeout
         self._folders: dict[str, FolderSnapshot] = {}
         self._write_lock = threading.RLock()
@@ -178,6 +185,11 @@ class WorklistStore:
         self.ready.set()
         return corrected
 
+    def serves(self, name: str) -> bool:
+        """Whether a file name in an AE folder is served (``*.wl``; ``*.json`` with
+        ``json_drops``)."""
+        return is_worklist_name(name) or (self.json_drops and is_json_drop_name(name))
+
     def verify(self) -> int:
         """The periodic safety net: bring the index in line with the disk, holding the write
         lock only to correct what is out of date.
@@ -214,7 +226,7 @@ class WorklistStore:
         on_disk: dict[str, tuple[int, int, int]] = {}
         try:
             for dirent in os.scandir(folder_path):
-                if is_worklist_name(dirent.name):
+                if self.serves(dirent.name):
                     with contextlib.suppress(OSError):
                         if dirent.is_file():
                             on_disk[dirent.name] = _signature(dirent.stat())
@@ -255,7 +267,7 @@ class WorklistStore:
                 listing = sorted(
                     (entry.name, entry)
                     for entry in os.scandir(folder_path)
-                    if is_worklist_name(entry.name) and entry.is_file()
+                    if self.serves(entry.name) and entry.is_file()
                 )
             except OSError:
                 count = len(self._folders[name].files) if name in self._folders else 0
@@ -301,7 +313,7 @@ class WorklistStore:
         name = path.parent.name
         if path.parent.parent != self.root or not is_safe_ae_title(name):
             return
-        if not is_worklist_name(path.name):
+        if not self.serves(path.name):
             return
         with self._write_lock:
             if name not in self._folders:
@@ -353,7 +365,10 @@ class WorklistStore:
     ) -> FileState:
         rel = f"{path.parent.name}/{path.name}"
         try:
-            result = read_worklist_file(path, reject_incomplete=self.reject_incomplete)
+            if self.json_drops and is_json_drop_name(path.name):
+                result = read_json_drop(path, reject_incomplete=self.reject_incomplete)
+            else:
+                result = read_worklist_file(path, reject_incomplete=self.reject_incomplete)
         except WorklistFileError as exc:
             LOGGER.warning("%s not served: %s", rel, exc)
             return FileState(signature, (), str(exc))

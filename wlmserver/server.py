@@ -48,7 +48,9 @@ class WorklistServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = WorklistStore(
-            config.data_files_path, reject_incomplete=config.reject_incomplete
+            config.data_files_path,
+            reject_incomplete=config.reject_incomplete,
+            json_drops=config.json_drops,
         )
         self.watcher: Watcher | None = None
         self._server: Any = None

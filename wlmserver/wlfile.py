@@ -111,11 +111,26 @@ def read_worklist_file(path: str | Path, *, reject_incomplete: bool = True) -> F
     """
     path = Path(path)
     record, charset = _read_record(path)
+    return split_entries(record, charset, path, reject_incomplete=reject_incomplete)
+
+
+def split_entries(
+    record: Record,
+    charset: tuple[str, ...],
+    path: Path,
+    *,
+    reject_incomplete: bool = True,
+    first_item: int = 0,
+    label: str = "",
+) -> FileResult:
+    """The entries of one parsed worklist dataset, one per SPS item (see
+    :func:`read_worklist_file`); items are numbered from ``first_item``, and problems start
+    with ``label`` (for files that hold several datasets)."""
     items = record.items(SPS_SEQUENCE_TAG)
     if SPS_SEQUENCE_TAG not in record:
-        raise WorklistFileError("no ScheduledProcedureStepSequence (0040,0100)")
+        raise WorklistFileError(f"{label}no ScheduledProcedureStepSequence (0040,0100)")
     if not items:
-        raise WorklistFileError("ScheduledProcedureStepSequence (0040,0100) has no item")
+        raise WorklistFileError(f"{label}ScheduledProcedureStepSequence (0040,0100) has no item")
     top = Record([e for e in record if e[0] != SPS_SEQUENCE_TAG])
     top_missing = missing_type1(top, REQUIRED_TOP)
 
@@ -124,11 +139,12 @@ def read_worklist_file(path: str | Path, *, reject_incomplete: bool = True) -> F
     for index, item in enumerate(items):
         missing = top_missing + missing_type1(item, REQUIRED_SPS)
         if missing:
-            label = f"SPS item {index + 1}" if len(items) > 1 else "the entry"
+            what = f"SPS item {index + 1}" if len(items) > 1 else "the entry"
             verdict = "not served" if reject_incomplete else "served anyway (-dfr)"
-            problems.append(f"{label} lacks Type 1 {', '.join(missing)}: {verdict}")
+            problems.append(f"{label}{what} lacks Type 1 {', '.join(missing)}: {verdict}")
             if reject_incomplete:
                 continue
         instant = sortable_instant(item.text(_START_DATE), item.text(_START_TIME))
-        entries.append(Entry(str(path), index, top, item, charset, (instant, path.name, index)))
+        number = first_item + index
+        entries.append(Entry(str(path), number, top, item, charset, (instant, path.name, number)))
     return FileResult(tuple(entries), tuple(problems))

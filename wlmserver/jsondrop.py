@@ -1,0 +1,96 @@
+"""JSON drop files: ``*.json`` in an AE folder, served like ``.wl`` files (``--json-drops``).
+
+A RIS script can drop the JSON that ``wlmserver create`` reads (the DICOM JSON model or
+keywords as keys; one entry or a list of them) straight into an AE folder. Each entry is
+completed and validated exactly as ``wlmserver create`` does (:func:`wlmserver.create.complete`),
+then turned into the same records a ``.wl`` file gives; an entry that is refused is not served
+and the file's log line says why. A file that is not (yet) valid JSON, one still being
+written, is not served until it is.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from io import BytesIO
+from pathlib import Path
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from wlmserver.create import WORKLIST_FILE_CLASS, EntryError, complete, entries_from_json
+from wlmserver.dicomfile import Incomplete, Undecodable, parse
+from wlmserver.entry import Entry
+from wlmserver.wlfile import FileResult, WorklistFileError, split_entries
+
+
+def is_json_drop_name(name: str) -> bool:
+    """``*.json`` in any case, not hidden, not a temporary name.
+
+    Examples
+    --------
+    >>> [is_json_drop_name(n) for n in ("a.json", "B.JSON", ".a.json", "a.json.tmp")]
+    [True, True, False, False]
+    """
+    return name.lower().endswith(".json") and len(name) > 5 and not name.startswith((".", "~", "#"))
+
+
+def read_json_drop(path: Path, *, reject_incomplete: bool = True) -> FileResult:
+    """The entries of a JSON drop file.
+
+    Raises
+    ------
+    WorklistFileError
+        Not UTF-8, not valid JSON (cut short?), or no entry at all could be read.
+    """
+    data = path.read_bytes()
+    if not data.strip():
+        raise WorklistFileError("the file is empty")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise WorklistFileError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            datasets = list(entries_from_json(text))
+    except json.JSONDecodeError as exc:
+        raise WorklistFileError(
+            f"not valid JSON, cut short? ({exc.msg} at line {exc.lineno})"
+        ) from None
+    except (EntryError, ValueError, KeyError, TypeError) as exc:
+        raise WorklistFileError(f"not a worklist entry ({exc})") from None
+    entries: list[Entry] = []
+    problems: list[str] = []
+    for number, ds in enumerate(datasets, start=1):
+        label = f"entry {number}: " if len(datasets) > 1 else ""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                complete(ds)
+                ds.file_meta = FileMetaDataset()
+                ds.file_meta.MediaStorageSOPClassUID = UID(WORKLIST_FILE_CLASS)
+                ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3")  # not kept
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                buffer = BytesIO()
+                ds.save_as(buffer, enforce_file_format=True)
+            record, charset = parse(buffer.getvalue())
+            result = split_entries(
+                record,
+                charset,
+                path,
+                reject_incomplete=reject_incomplete,
+                first_item=len(entries),
+                label=label,
+            )
+        except EntryError as exc:
+            problems.append(f"{label}{'; '.join(exc.problems)}: not served")
+            continue
+        except (WorklistFileError, Incomplete, Undecodable, ValueError, TypeError) as exc:
+            problems.append(f"{label}{exc}: not served")
+            continue
+        entries.extend(result.entries)
+        problems.extend(result.problems)
+    if not entries and problems and len(datasets) == 1:
+        raise WorklistFileError(problems[0].removesuffix(": not served"))
+    return FileResult(tuple(entries), tuple(problems))
