@@ -174,3 +174,13 @@ def test_console_script_without_arguments_serves_the_bundled_database(tmp_path: 
         assert answers and all(len(a.ScheduledProcedureStepSequence) == 1 for a in answers)
     finally:
         _stop(process)
+
+
+@pytest.mark.parametrize("tool", ["create", "check", "query", "explain"])
+def test_tools_are_subcommands(tool: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from wlmserver.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([tool, "--help"])
+    assert exit_info.value.code == 0
+    assert f"wlmserver {tool}" in capsys.readouterr().out

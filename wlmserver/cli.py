@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wlmserver",
         description="DICOM Modality Worklist SCP serving <root>/<CalledAETitle>/*.wl "
         "(the wlmscpfs layout) from a live, watched index.",
+        epilog="tools: wlmserver create | check | query | explain (each with --help)",
         allow_abbrev=False,
     )
     p.add_argument(
