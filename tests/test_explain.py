@@ -82,3 +82,26 @@ def test_invalid_query_and_unknown_folder(store: Path, capsys: pytest.CaptureFix
     assert status == 1 and "status 0xA900" in lines[0]
     status, lines = _run(store, capsys, "-aec", "NOSUCH")
     assert status == 1 and "would be rejected" in lines[0]
+
+
+def test_json_drops_are_explained_with_the_option(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    order = {
+        "PatientName": "KIM^MIA",
+        "PatientID": "P3",
+        "AccessionNumber": "A3",
+        "RequestedProcedureDescription": "MR BRAIN",
+        "ScheduledStationAETitle": "MR01",
+        "Modality": "MR",
+        "ScheduledProcedureStepStartDate": "20261201",
+        "ScheduledProcedureStepStartTime": "1100",
+        "ScheduledProcedureStepDescription": "BRAIN",
+    }
+    (store / "WLM" / "kim.json").write_text(json.dumps(order), encoding="utf-8")
+    _, lines = _run(store, capsys, "--modality", "MR")
+    assert not any("kim.json" in line for line in lines)
+    _, lines = _run(store, capsys, "--modality", "MR", "--json-drops")
+    assert "MATCH  WLM/kim.json#1" in lines

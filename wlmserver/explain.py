@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-aec", "--call", help="the called AE title (default: every AE folder)")
     add_query_options(p)
     p.add_argument("--pn-case-insensitive", action="store_true", help="as the server's option")
+    p.add_argument("--json-drops", action="store_true", help="as the server's option")
+    p.add_argument(
+        "-dfr", "--disable-file-reject", action="store_true", help="as the server's option"
+    )
     p.add_argument("--entry-patient-id", help="explain only the entries of this patient ID")
     p.add_argument("--entry-accession", help="explain only the entries of this accession number")
     return p
@@ -130,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QueryError as exc:
         print(f"the server answers this query with status 0x{int(exc.status):04X}: {exc.message}")
         return 1
-    store = WorklistStore(root)
+    store = WorklistStore(
+        root, reject_incomplete=not args.disable_file_reject, json_drops=args.json_drops
+    )
     store.scan()
     folders = [f for f in store.snapshots() if args.call is None or f.name == args.call]
     if not folders:
