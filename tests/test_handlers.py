@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from conftest import write_wl
 from pydicom.dataset import Dataset
 
@@ -82,3 +85,38 @@ def test_error_comment_fits_lo(db: Path) -> None:
     query.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate = "20261199-20261299"
     ((status, _),) = list(handle_find(FakeEvent(query), store, Config(db)))
     assert isinstance(status, Dataset) and len(status.ErrorComment) <= 64
+
+
+# (keyword in the SPS item or at the top, invalid value, the rule the comment must keep whole)
+INVALID_QUERIES = [
+    ("ScheduledProcedureStepStartDate", "2026-12-01", "use YYYYMMDD or a range YYYYMMDD-YYYYMMDD"),
+    ("ScheduledProcedureStepStartDate", "20261301", "not a calendar date (YYYYMMDD)"),
+    ("ScheduledProcedureStepStartDate", "20261202-20261201", "the range starts after it ends"),
+    ("ScheduledProcedureStepStartTime", "25", "not a valid time (HH<24, MM<60, SS<61)"),
+    ("ScheduledProcedureStepStartTime", "10h", "not a time: use HHMM, HHMMSS or HHMMSS.FFFFFF"),
+    ("PatientBirthDate", "1980-01-01", "use YYYYMMDD or a range YYYYMMDD-YYYYMMDD"),
+    ("StudyInstanceUID", "1.2.3.*", "not a UID list (digits and dots, no wildcards)"),
+    ("IssueDateOfImagingServiceRequest", "xx", "not a date: use YYYYMMDD"),
+]
+
+
+@pytest.mark.parametrize(("keyword", "value", "rule"), INVALID_QUERIES)
+def test_failure_comment_keeps_the_rule_and_the_log_never_the_value(
+    db: Path, caplog: pytest.LogCaptureFixture, keyword: str, value: str, rule: str
+) -> None:
+    store = _store(db, 1)
+    query = _query()
+    level = query.ScheduledProcedureStepSequence[0] if "ProcedureStep" in keyword else query
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid value
+        setattr(level, keyword, value)
+    with caplog.at_level(logging.INFO, logger="wlmserver"):
+        ((status, _),) = list(handle_find(FakeEvent(query), store, Config(db)))
+    assert isinstance(status, Dataset)
+    assert status.Status == Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    comment = str(status.ErrorComment)
+    assert len(comment) <= 64 and comment.endswith(f": {rule}")
+    assert value not in comment
+    (line,) = [r.getMessage() for r in caplog.records if r.name.startswith("wlmserver")]
+    assert keyword in line and rule in line and "0xA900" in line
+    assert value not in line

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wlmserver import matching
 from wlmserver.matching import (
+    Glob,
     QueryValueError,
+    Wildcard,
     combined_date_time,
     compile_value,
     fold_case_and_accents,
@@ -19,6 +26,13 @@ MATCHES = [
     ("PN", "", (), None),
     ("AE", "*", ("CT01",), None),
     ("LT", "*", (), None),
+    # a value made only of '*' matches anything, a zero-length or absent value too (C.2.2.2.4)
+    ("SH", "**", (), None),
+    ("PN", "***", (), None),
+    ("LO", "ABC\\**", (), None),
+    # a pattern that needs a character does not match a value that has none
+    ("SH", "*?", (), False),
+    ("SH", "*?*", ("",), False),
     # single value matching (C.2.2.2.1), case-sensitive
     ("CS", "CT", ("CT",), True),
     ("CS", "CT", ("MR",), False),
@@ -45,6 +59,17 @@ MATCHES = [
     ("PN", "D?E^JANE", ("DOE^JANE",), True),
     ("PN", "D?E^JANE", ("DOOE^JANE",), False),
     ("PN", "*OE*AN*", ("DOE^JANE",), True),
+    ("PN", "*OE*AN", ("DOE^JANE",), False),
+    ("PN", "D*E", ("DOE^JANE",), True),
+    ("PN", "D*E*E", ("DOE",), False),  # segments may not overlap
+    ("PN", "*E*E", ("DOE^JANE",), True),
+    ("PN", "***************Z", ("A" * 60,), False),
+    ("PN", "***************Z", ("A" * 60 + "Z",), True),
+    ("SH", "a*?*b", ("ab",), False),
+    ("SH", "a*?*b", ("axb",), True),
+    ("SH", "??", ("ab",), True),
+    ("SH", "??", ("abc",), False),
+    ("SH", "*a?c*", ("xxabbabcyy",), True),
     ("AE", "CT?1", ("CT01",), True),
     ("SH", "A.B*", ("AXB1",), False),  # regex characters are literal
     ("SH", "A.B*", ("A.B1",), True),
@@ -83,6 +108,13 @@ MATCHES = [
     ("TM", "101500.5-101500.6", ("101500.7",), False),
     ("TM", "10", ("1045",), True),  # a single partial time covers its precision
     ("TM", "1000-1100", ("10:30:00",), True),  # ACR-NEMA style values in files
+    # a time range whose start is after its end crosses midnight (the night shift)
+    ("TM", "2200-0600", ("2330",), True),
+    ("TM", "2200-0600", ("0545",), True),
+    ("TM", "2200-0600", ("060059",), True),
+    ("TM", "2200-0600", ("0601",), False),
+    ("TM", "2200-0600", ("1200",), False),
+    ("TM", "2200-0600", ("2159",), False),
     # date-time ranges
     ("DT", "20261122-20261123", ("20261122235959",), True),
     ("DT", "20261122101500-", ("20261122101459",), False),
@@ -137,7 +169,6 @@ INVALID = [
     ("TM", "1060"),
     ("TM", "10.5"),
     ("TM", "abc"),
-    ("TM", "1200-1100"),
     ("DT", "2026112210x"),
     ("UI", "1.2.*"),
     ("IS", "seven"),
@@ -182,7 +213,53 @@ def test_combined_rejects_lists_and_reversed_ranges() -> None:
     with pytest.raises(QueryValueError):
         combined_date_time("20061001\\20061002", "10")
     with pytest.raises(QueryValueError):
-        combined_date_time("20061001", "1800-1000")
+        combined_date_time("20061002-20061001", "1000")
+
+
+# the night shift (PS3.4 C.2.2.2.5.1): a time range crossing midnight, with its dates
+NIGHT = [
+    # two days: one range from the first day's evening to the second day's morning
+    ("20231231-20240101", "2200-0600", "20231231", "2330", True),
+    ("20231231-20240101", "2200-0600", "20240101", "0300", True),
+    ("20231231-20240101", "2200-0600", "20231231", "2100", False),
+    ("20231231-20240101", "2200-0600", "20240101", "0700", False),
+    # a single day: the night that starts on that day
+    ("20231231", "2200-0600", "20231231", "2300", True),
+    ("20231231", "2200-0600", "20240101", "0500", True),
+    ("20231231", "2200-0600", "20231231", "0500", False),
+    ("20231231", "2200-0600", "20240101", "2300", False),
+    ("20231231-20231231", "2200-0600", "20240101", "0500", True),
+    # open date ranges: the open end is open whatever the time
+    ("20231231-", "2200-0600", "20240105", "1200", True),
+    ("-20240101", "2200-0600", "20240101", "0700", False),
+]
+
+
+@pytest.mark.parametrize(("dq", "tq", "date", "time", "expected"), NIGHT)
+def test_night_shift_ranges(dq: str, tq: str, date: str, time: str, expected: bool) -> None:
+    assert combined_date_time(dq, tq).match((date,), (time,)) is expected
+
+
+RULES = [
+    ("DA", "2026-11-22", "YYYYMMDD-YYYYMMDD"),
+    ("DA", "20261322", "YYYYMMDD"),
+    ("DA", "20261123-20261122", "starts after it ends"),
+    ("TM", "2500", "HH<24"),
+    ("TM", "10x", "HHMM"),
+    ("DT", "2026112210x", "YYYYMMDDHHMM"),
+    ("UI", "1.2.*", "no wildcards"),
+    ("IS", "seven", "number"),
+]
+
+
+@pytest.mark.parametrize(("vr", "query", "hint"), RULES)
+def test_errors_say_the_rule_not_the_value(vr: str, query: str, hint: str) -> None:
+    with pytest.raises(QueryValueError) as info:
+        compile_value(vr, query)
+    message = str(info.value)
+    assert hint in message
+    assert query not in message  # the value may be patient data; the rule is enough
+    assert len(message) <= 50  # fits an ErrorComment (64) after the attribute's tag
 
 
 def test_parse_range_bounds() -> None:
@@ -198,3 +275,45 @@ def test_fold() -> None:
 def test_sortable_instant() -> None:
     assert sortable_instant(("20261122",), ("1015",)) == "20261122101500000000"
     assert sortable_instant((), ("1015",)) == ""
+
+
+# ---------------------------------------------------------------- wildcard cost (issue 8)
+PATHOLOGICAL = [
+    "*" * 15 + "Z",
+    "*A" * 12 + "Z",
+    "*?" * 10 + "*Z",
+    "A*A*A*A*A*A*A*A*A*A*A*A*B",
+    "*" + "?" * 30 + "*Z",
+]
+
+
+@pytest.mark.parametrize("pattern", PATHOLOGICAL)
+def test_wildcard_work_is_bounded(pattern: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every comparison goes through ``matching._find``: count the searches and the characters
+    they may scan. A backtracking matcher tries each star at each position (exponential in the
+    number of stars); this one searches each segment once, from where the previous one ended."""
+    calls: list[int] = []
+    real_find = matching._find
+
+    def counting_find(segment: str, text: str, start: int, end: int) -> int:
+        calls.append(end - start)
+        return real_find(segment, text, start, end)
+
+    monkeypatch.setattr(matching, "_find", counting_find)
+    matcher = compile_value("PN", pattern)
+    assert isinstance(matcher, Wildcard)
+    (glob,) = matcher.globs
+    value = "A" * 64  # no Z, no B: every pattern fails, after the most work it can do
+    assert matcher((value,)) is False
+    assert len(calls) <= len(glob.segments)
+    assert sum(calls) <= len(glob.segments) * len(value)
+
+
+@given(
+    pattern=st.text(alphabet="ab*?", max_size=8),
+    value=st.text(alphabet="abc", max_size=10),
+)
+def test_glob_agrees_with_a_regular_expression(pattern: str, value: str) -> None:
+    """The linear matcher answers as the obvious (backtracking) regular expression does."""
+    reference = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    assert Glob.compile(pattern).match(value) is bool(re.fullmatch(reference, value, re.DOTALL))

@@ -152,13 +152,13 @@ def test_sequence_matching_on_nested_items(tmp_path: Path) -> None:
 
 
 ERRORS = [
-    (_query({"ScheduledProcedureStepStartDate": "2026-11-22"}), 0x00400002, "date"),
+    (_query({"ScheduledProcedureStepStartDate": "2026-11-22"}), 0x00400002, "YYYYMMDD"),
     (_query({"ScheduledProcedureStepStartTime": "2500"}), 0x00400003, "time"),
     (_query({"ScheduledProcedureStepStartDate": "20261123-20261122"}), 0x00400002, "after"),
     (
         _query(
             {
-                "ScheduledProcedureStepStartDate": "20261122",
+                "ScheduledProcedureStepStartDate": "20261123-20261122",
                 "ScheduledProcedureStepStartTime": "1800-1000",
             }
         ),

@@ -131,7 +131,8 @@ def test_failure_status_names_the_offending_element(
     offending = ds.OffendingElement
     tags = list(offending) if isinstance(offending, MultiValue) else [offending]
     assert 0x00400002 in [int(t) for t in tags]
-    assert "ScheduledProcedureStepStartDate" in ds.ErrorComment
+    # the attribute and what to type, whole, within the 64 characters of an ErrorComment
+    assert ds.ErrorComment == "SPSStartDate: use YYYYMMDD or a range YYYYMMDD-YYYYMMDD"
     # the server keeps serving
     assert [s for s, _ in find(server.port, _sps_query(Modality="CT"))] == [PENDING, SUCCESS]
 
@@ -369,3 +370,70 @@ def test_peer_abort_during_a_stream_leaves_the_server_serving(
     assert not server.ae.active_associations
     assert echo(server.port) == SUCCESS
     assert len(find(server.port, _sps_query(Modality="XX"))) == 1  # Success, no answers
+
+
+def test_night_shift_range_over_two_days(start_server: StartServer, db: Path) -> None:
+    """Date 20231231-20240101 with time 2200-0600 is one date-time range (C.2.2.2.5.1),
+    31 December 22:00 to 1 January 06:00; it was refused with 0xA900."""
+    for name, day, time_ in [
+        ("evening", "20231231", "2330"),
+        ("early", "20240101", "0300"),
+        ("late", "20240101", "0700"),
+        ("before", "20231231", "2100"),
+    ]:
+        write_wl(
+            db / "WLM" / f"{name}.wl",
+            PatientID=name,
+            sps=[
+                {
+                    "ScheduledProcedureStepStartDate": day,
+                    "ScheduledProcedureStepStartTime": time_,
+                }
+            ],
+        )
+    server = start_server()
+    results = find(
+        server.port,
+        _sps_query(
+            ScheduledProcedureStepStartDate="20231231-20240101",
+            ScheduledProcedureStepStartTime="2200-0600",
+        ),
+    )
+    assert results[-1][0] == SUCCESS
+    assert [ds.PatientID for s, ds in results if s == PENDING and ds is not None] == [
+        "evening",
+        "early",
+    ]
+
+
+@pytest.mark.parametrize("stars", ["*", "**", "***"])
+def test_star_only_values_find_empty_and_absent_values(
+    start_server: StartServer, db: Path, stars: str
+) -> None:
+    """``**`` on a Type 2 key found no entry whose value was zero-length or absent."""
+    write_wl(db / "WLM" / "empty.wl", PatientID="EMPTY", AccessionNumber="")
+    write_wl(db / "WLM" / "absent.wl", PatientID="ABSENT", AccessionNumber=None)
+    write_wl(db / "WLM" / "full.wl", PatientID="FULL", AccessionNumber="A1")
+    server = start_server()
+    query = Dataset()
+    query.PatientID = ""
+    query.AccessionNumber = stars
+    query.ReferringPhysicianName = stars
+    results = find(server.port, query)
+    found = sorted(str(ds.PatientID) for s, ds in results if s == PENDING and ds is not None)
+    assert found == ["ABSENT", "EMPTY", "FULL"]
+
+
+def test_a_pathological_wildcard_is_answered(
+    start_server: StartServer, db: Path
+) -> None:
+    """``***************Z`` once cost 21.6 s of CPU and froze every association (the work
+    bound itself is tested in test_matching)."""
+    for n in range(200):
+        write_wl(db / "WLM" / f"{n}.wl", PatientID=f"P{n}", PatientName=f"NAME{n:03d}^GIVEN")
+    server = start_server()
+    query = Dataset()
+    query.PatientName = "*" * 15 + "Z"
+    assert [status for status, _ in find(server.port, query)] == [SUCCESS]
+    query.PatientName = "*" * 15 + "N"
+    assert [status for status, _ in find(server.port, query)].count(PENDING) == 200

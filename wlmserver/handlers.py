@@ -20,7 +20,7 @@ from wlmserver import capture, encode
 from wlmserver.config import Config
 from wlmserver.index import FolderSnapshot, WorklistStore, is_safe_ae_title
 from wlmserver.keys import describe_tag
-from wlmserver.query import QueryError, compile_query
+from wlmserver.query import QueryError, compile_query, fit_comment
 from wlmserver.response import build_answer, build_encoded
 from wlmserver.status import Status
 
@@ -126,11 +126,11 @@ def _let_the_peer_speak(assoc: Any, timeout: float = 0.05) -> None:
 
 
 def failure(status: Status, comment: str, tags: tuple[int, ...] = ()) -> Dataset:
-    """A failure status dataset with ErrorComment (at most 64 characters, LO) and the
-    OffendingElement list (PS3.7 C.4.1.1.4)."""
+    """A failure status dataset with ErrorComment (fitted to its 64 characters, LO, keeping the
+    rule the user must follow) and the OffendingElement list (PS3.7 C.4.1.1.4)."""
     ds = Dataset()
     ds.Status = int(status)
-    ds.ErrorComment = comment[:64]
+    ds.ErrorComment = fit_comment(comment)
     if tags:
         ds.OffendingElement = list(tags)
     return ds
@@ -138,6 +138,12 @@ def failure(status: Status, comment: str, tags: tuple[int, ...] = ()) -> Dataset
 
 def _offending(exc: QueryError) -> str:
     return ", ".join(describe_tag(t) for t in exc.tags) or "identifier"
+
+
+def _rule(exc: QueryError) -> str:
+    """The rule of a query error, without the keyword that :func:`_offending` names."""
+    subject, colon, rule = exc.message.partition(": ")
+    return rule if colon and exc.tags and " " not in subject else exc.message
 
 
 def _capture(assoc: Any, config: Config, identifier: Dataset, aet: str, peer: str) -> None:
@@ -183,18 +189,23 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
             expand_empty_sps=config.expand_empty_sps,
         )
     except QueryError as exc:
+        # the message names the attribute and the rule it breaks, never the value
         if not config.fail_invalid_query:
             LOGGER.warning(
-                "C-FIND from %s: invalid %s: no matches (--no-fail)", peer, _offending(exc)
+                "C-FIND from %s: invalid query, %s: %s; no matches (--no-fail)",
+                peer,
+                _offending(exc),
+                _rule(exc),
             )
-            LOGGER.debug("C-FIND from %s: %s", peer, exc.message)
             yield int(Status.SUCCESS), None
             return
-        # the message may quote the value (patient data): in full at debug level only
         LOGGER.warning(
-            "C-FIND from %s: invalid %s: status 0x%04X", peer, _offending(exc), exc.status
+            "C-FIND from %s: invalid query, %s: %s; status 0x%04X",
+            peer,
+            _offending(exc),
+            _rule(exc),
+            exc.status,
         )
-        LOGGER.debug("C-FIND from %s: %s", peer, exc.message)
         yield failure(exc.status, exc.message, exc.tags), None
         return
     if not store.ready.wait(INDEX_WAIT_SECONDS):

@@ -8,11 +8,13 @@ whether the entry matches. Every matcher treats an entry with no value as not ma
 
 The matching types:
 
-- universal matching (C.2.2.2.3): a zero-length value, or ``*`` alone where wildcards are
-  allowed; compiled to ``None`` (no constraint);
+- universal matching (C.2.2.2.3): a zero-length value, or ``*`` alone (or any run of ``*``,
+  which also matches every value, a zero-length one included) where wildcards are allowed;
+  compiled to ``None`` (no constraint);
 - single value matching (C.2.2.2.1), and list of UID matching (C.2.2.2.2) for ``UI``;
 - wildcard matching (C.2.2.2.4) with ``*`` and ``?`` for the VRs in
-  :data:`wlmserver.keys.WILDCARD_VRS`;
+  :data:`wlmserver.keys.WILDCARD_VRS`, in linear time per pattern segment (:class:`Glob`:
+  no regular expression, no backtracking, whatever the pattern);
 - range matching (C.2.2.2.5) for ``DA``, ``TM`` and ``DT``, including the combined date-time
   range of C.2.2.2.5.1 (:func:`combined_date_time`).
 
@@ -24,9 +26,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
+from functools import lru_cache
 
 from wlmserver.keys import NUMERIC_VRS, SINGLE_VALUED_TEXT_VRS, WILDCARD_VRS
 
@@ -79,11 +82,11 @@ _DT = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}
 def _check_date(text: str) -> str:
     m = _DA.match(text)
     if not m:
-        raise QueryValueError(f"not a date (YYYYMMDD): '{text}'")
+        raise QueryValueError("not a date: use YYYYMMDD")
     try:
         date(int(m[1]), int(m[2]), int(m[3]))
-    except ValueError as exc:
-        raise QueryValueError(f"not a valid date ({exc}): '{text}'") from None
+    except ValueError:
+        raise QueryValueError("not a calendar date (YYYYMMDD)") from None
     return text
 
 
@@ -95,12 +98,12 @@ def _time_bounds(text: str) -> tuple[str, str]:
     value = text.replace(":", "")  # ACR-NEMA style 10:15:00 is still seen in files
     m = _TM.match(value)
     if not m:
-        raise QueryValueError(f"not a time (HH[MM[SS[.FFFFFF]]]): '{text}'")
+        raise QueryValueError("not a time: use HHMM, HHMMSS or HHMMSS.FFFFFF")
     hh, mm, ss, frac = m[1], m[2], m[3], m[4]
     if int(hh) > 23 or (mm and int(mm) > 59) or (ss and int(ss) > 60):
-        raise QueryValueError(f"not a valid time: '{text}'")
+        raise QueryValueError("not a valid time (HH<24, MM<60, SS<61)")
     if frac is not None and ss is None:
-        raise QueryValueError(f"a fraction without seconds: '{text}'")
+        raise QueryValueError("a fraction needs seconds: HHMMSS.FFFFFF")
     lo = hh + (mm or "00") + (ss or "00") + (frac or "").ljust(6, "0")
     hi = hh + (mm or "59") + (ss or "59") + (frac or "").ljust(6, "9")
     return lo, hi
@@ -114,12 +117,12 @@ def _datetime_bounds(text: str) -> tuple[str, str]:
     """
     m = _DT.match(text)
     if not m:
-        raise QueryValueError(f"not a date-time (YYYYMMDDHHMMSS.FFFFFF&ZZXX): '{text}'")
+        raise QueryValueError("not a date-time: use YYYYMMDDHHMMSS")
     year, month, day, hh, mm, ss, frac = (m[i] for i in range(1, 8))
     if month and day:
         _check_date(year + month + day)
     elif month and not 1 <= int(month) <= 12:
-        raise QueryValueError(f"an invalid month: '{text}'")
+        raise QueryValueError("not a valid month (01-12)")
     if hh:
         _time_bounds(hh + (mm or "") + (ss or "") + (f".{frac}" if frac else ""))
     lo = year + (month or "01") + (day or "01") + (hh or "00") + (mm or "00") + (ss or "00")
@@ -132,10 +135,10 @@ def _date_bounds(text: str) -> tuple[str, str]:
     return text, text
 
 
-_KINDS = {
-    "DA": ("date", "YYYYMMDD"),
-    "TM": ("time", "HHMMSS"),
-    "DT": ("date-time", "YYYYMMDDHHMMSS"),
+_RANGE_FORMS = {
+    "DA": "use YYYYMMDD or a range YYYYMMDD-YYYYMMDD",
+    "TM": "use HHMM[SS] or a range HHMM-HHMM",
+    "DT": "use YYYYMMDDHHMM[SS] or a range of two",
 }
 
 _BOUNDS: dict[str, Callable[[str], tuple[str, str]]] = {
@@ -155,18 +158,31 @@ def _entry_instant(vr: str, value: str) -> str | None:
 
 @dataclass(frozen=True)
 class Range:
-    """Range matching (C.2.2.2.5): ``lo <= value <= hi``, either end open (``None``)."""
+    """Range matching (C.2.2.2.5): ``lo <= value <= hi``, either end open (``None``).
+
+    A time range whose start is after its end (``2200-0600``) crosses midnight: it matches
+    a time at or after its start, or at or before its end.
+    """
 
     vr: str
     lo: str | None
     hi: str | None
 
+    @property
+    def crosses_midnight(self) -> bool:
+        """Whether this is a time range from one evening to the next morning."""
+        return self.lo is not None and self.hi is not None and self.lo > self.hi
+
     def __call__(self, values: Values) -> bool:
+        lo, hi = self.lo, self.hi
+        wraps = self.crosses_midnight
         for value in values:
             instant = _entry_instant(self.vr, value)
             if instant is None:
                 continue
-            if (self.lo is None or instant >= self.lo) and (self.hi is None or instant <= self.hi):
+            after_lo = lo is None or instant >= lo
+            before_hi = hi is None or instant <= hi
+            if (after_lo or before_hi) if wraps else (after_lo and before_hi):
                 return True
         return False
 
@@ -175,8 +191,10 @@ def parse_range(vr: str, text: str) -> tuple[str | None, str | None]:
     """Parse a DA/TM/DT query value (single value or range) into its first and last instant.
 
     A single value stands for the whole span of its precision: ``TM 10`` is 10:00:00.000000 to
-    10:59:59.999999. ``-`` alone, more than one ``-`` (other than a DT offset) and a range whose
-    start is after its end are errors.
+    10:59:59.999999. ``-`` alone, more than one ``-`` (other than a DT offset) and a DA or DT
+    range whose start is after its end are errors. A TM range whose start is after its end
+    crosses midnight (``2200-0600``) and is returned as it is, ``lo > hi``
+    (see :class:`Range` and :func:`combined_date_time`).
 
     Examples
     --------
@@ -184,6 +202,8 @@ def parse_range(vr: str, text: str) -> tuple[str | None, str | None]:
     ('20261122', None)
     >>> parse_range("TM", "1015-1030")
     ('101500000000', '103059999999')
+    >>> parse_range("TM", "2200-0600")
+    ('220000000000', '060059999999')
     """
     bounds = _BOUNDS[vr]
     text = text.strip()
@@ -191,12 +211,11 @@ def parse_range(vr: str, text: str) -> tuple[str | None, str | None]:
     if len(parts) == 1:
         return bounds(parts[0])
     if len(parts) != 2 or (not parts[0] and not parts[1]):
-        kind, form = _KINDS[vr]
-        raise QueryValueError(f"not a {kind} or {kind} range ({form}-{form}): '{text}'")
+        raise QueryValueError(_RANGE_FORMS[vr])
     lo = bounds(parts[0].strip())[0] if parts[0].strip() else None
     hi = bounds(parts[1].strip())[1] if parts[1].strip() else None
-    if lo is not None and hi is not None and lo > hi:
-        raise QueryValueError(f"range starts after it ends: '{text}'")
+    if lo is not None and hi is not None and lo > hi and vr != "TM":
+        raise QueryValueError("the range starts after it ends")
     return lo, hi
 
 
@@ -233,11 +252,94 @@ class AnyOf:
         return False
 
 
+def _find(segment: str, text: str, start: int, end: int) -> int:
+    """The first position ``>= start`` where ``segment`` (``?`` standing for any one character)
+    lies wholly before ``end`` in ``text``, or -1.
+
+    Every wildcard comparison goes through here, so a test can count the work it does.
+    """
+    if "?" not in segment:
+        return text.find(segment, start, end)
+    found = _segment_regex(segment).search(text, start, end)
+    return -1 if found is None else found.start()
+
+
+@lru_cache(maxsize=1024)
+def _segment_regex(segment: str) -> re.Pattern[str]:
+    # a fixed-length pattern (no quantifier, no alternation): the regular expression engine
+    # tries each start position once, comparing at most len(segment) characters
+    return re.compile("".join("." if c == "?" else re.escape(c) for c in segment), re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Glob:
+    """One wildcard pattern (C.2.2.2.4), matched in time linear in the value for each segment.
+
+    The pattern is cut at its ``*`` into literal segments (``?`` stands for any one
+    character inside a segment). The first segment must start the value, the last must end it,
+    and each segment between them is found at its leftmost place after the previous one: the
+    leftmost place never loses a match, so nothing is ever tried twice (no backtracking,
+    however many ``*`` the pattern holds).
+
+    Examples
+    --------
+    >>> g = Glob.compile("*A*B?")
+    >>> g.match("xxAyyBz"), g.match("xxBAz")
+    (True, False)
+    >>> Glob.compile("***************Z").segments
+    ('', 'Z')
+    """
+
+    segments: tuple[str, ...]
+    """The literal segments between stars (runs of ``*`` collapsed); one segment: no ``*``."""
+    min_length: int
+
+    @classmethod
+    def compile(cls, pattern: str) -> Glob:
+        """Cut a pattern into segments (runs of ``*`` count as one)."""
+        parts = pattern.split("*")
+        # inner empty segments come from runs of stars: they constrain nothing
+        segments = (
+            (parts[0], *(p for p in parts[1:-1] if p), parts[-1]) if len(parts) > 1 else (parts[0],)
+        )
+        return cls(segments, sum(len(p) for p in segments))
+
+    def match(self, text: str) -> bool:
+        """Whether the whole of ``text`` matches the pattern."""
+        segments = self.segments
+        if len(text) < self.min_length:
+            return False
+        if len(segments) == 1:
+            return len(text) == self.min_length and _find(segments[0], text, 0, len(text)) == 0
+        first, last = segments[0], segments[-1]
+        if first and _find(first, text, 0, len(first)) != 0:
+            return False
+        end = len(text) - len(last)
+        if last and _find(last, text, end, len(text)) != end:
+            return False
+        position = len(first)
+        for segment in segments[1:-1]:
+            found = _find(segment, text, position, end)
+            if found < 0:
+                return False
+            position = found + len(segment)
+        return True
+
+    @property
+    def matches_empty(self) -> bool:
+        """Whether the pattern is made only of ``*`` (it then matches any value, even none)."""
+        return self.min_length == 0 and len(self.segments) > 1
+
+
 @dataclass(frozen=True)
 class Wildcard:
-    """Wildcard matching (C.2.2.2.4): ``*`` is any sequence of characters, ``?`` any one."""
+    """Wildcard matching (C.2.2.2.4): ``*`` is any sequence of characters, ``?`` any one.
 
-    pattern: re.Pattern[str]
+    Each alternative is a :class:`Glob`: the cost is linear in the value for each segment of
+    the pattern, whatever the pattern (``***************Z`` costs what ``*Z`` costs).
+    """
+
+    globs: tuple[Glob, ...]
     fold: Callable[[str], str] = _identity
     person_name: bool = False
     alternatives: tuple[str, ...] = ()
@@ -245,8 +347,10 @@ class Wildcard:
     def __call__(self, values: Values) -> bool:
         for value in values:
             candidates = pn_candidates(value) if self.person_name else (value,)
-            if any(self.pattern.fullmatch(self.fold(c)) for c in candidates):
-                return True
+            for candidate in candidates:
+                folded = self.fold(candidate)
+                if any(glob.match(folded) for glob in self.globs):
+                    return True
         return False
 
 
@@ -274,13 +378,6 @@ class AnyMatcher:
 
     def __call__(self, values: Values) -> bool:
         return any(m(values) for m in self.matchers)
-
-
-def _wildcard_regex(alternatives: Sequence[str]) -> re.Pattern[str]:
-    def one(text: str) -> str:
-        return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text)
-
-    return re.compile("|".join(f"(?:{one(a)})" for a in alternatives), re.DOTALL)
 
 
 def split_query_value(vr: str, text: str) -> list[str]:
@@ -338,23 +435,24 @@ def compile_value(vr: str, text: str, *, pn_fold: bool = False) -> Matcher | Non
         ranges = tuple(Range(vr, *parse_range(vr, a)) for a in alternatives if a)
         return ranges[0] if len(ranges) == 1 else AnyMatcher(ranges)
     if vr in WILDCARD_VRS:
-        if any(a == "*" for a in alternatives):
-            return None
+        if any(a and a.strip("*") == "" for a in alternatives):
+            return None  # '*', '**', ...: any value, a zero-length one and none at all
         fold = fold_case_and_accents if (pn_fold and vr == "PN") else _identity
         alternatives = [fold(a) for a in alternatives]
         person = vr == "PN"
         if any("*" in a or "?" in a for a in alternatives):
-            return Wildcard(_wildcard_regex(alternatives), fold, person, tuple(alternatives))
+            globs = tuple(Glob.compile(a) for a in alternatives)
+            return Wildcard(globs, fold, person, tuple(alternatives))
         return AnyOf(frozenset(alternatives), fold, person)
     if vr in NUMERIC_VRS:
         try:
             return Numeric(frozenset(float(a) for a in alternatives))
         except ValueError:
-            raise QueryValueError(f"not a number: '{text}'") from None
+            raise QueryValueError("not a number") from None
     if vr == "UI":
         for a in alternatives:
             if not re.fullmatch(r"[0-9.]+", a):
-                raise QueryValueError(f"not a UID (no wildcards in UI, C.2.2.2.2): '{a}'")
+                raise QueryValueError("not a UID list (digits and dots, no wildcards)")
     return AnyOf(frozenset(alternatives))
 
 
@@ -390,27 +488,40 @@ def combined_date_time(date_text: str, time_text: str) -> CombinedDateTime:
 
     ``20061001-20061005`` with ``1000-1800`` is 1 October 10:00 to 5 October 18:00;
     ``20061001`` with ``1000-1800`` is 1 October from 10:00 to 18:00; an open time end is the
-    start or end of its day.
+    start or end of its day (C.2.2.2.5.1).
+
+    A time range that crosses midnight (``2200-0600``) is read the same way: with the dates
+    ``20231231-20240101`` it runs from 31 December 22:00 to 1 January 06:00. With a single day
+    (``20231231``, or ``20231231-20231231``) it is the night that starts on that day: 22:00 to
+    06:00 the next morning.
 
     Raises
     ------
     QueryValueError
-        Either value is invalid, or is a list of alternatives (not defined for combined ranges).
+        Either value is invalid, or is a list of alternatives (not defined for combined ranges),
+        or the date-time range starts after it ends.
 
     Examples
     --------
     >>> r = combined_date_time("20061001-20061005", "1000-1800")
     >>> r.lo, r.hi
     ('20061001100000000000', '20061005180059999999')
+    >>> r = combined_date_time("20231231", "2200-0600")
+    >>> r.lo, r.hi
+    ('20231231220000000000', '20240101060059999999')
     """
     if "\\" in date_text or "\\" in time_text:
-        raise QueryValueError("a list of values cannot be combined with a date-time range")
+        raise QueryValueError("no value lists in a combined date-time range")
     dlo, dhi = parse_range("DA", date_text)
     tlo, thi = parse_range("TM", time_text)
+    if dlo is not None and dlo == dhi and tlo is not None and thi is not None and tlo > thi:
+        dhi = (date(int(dlo[:4]), int(dlo[4:6]), int(dlo[6:8])) + timedelta(days=1)).strftime(
+            "%Y%m%d"
+        )
     lo = None if dlo is None else dlo + (tlo or "000000000000")
     hi = None if dhi is None else dhi + (thi or "235959999999")
     if lo is not None and hi is not None and lo > hi:
-        raise QueryValueError(f"date-time range starts after it ends: {date_text} {time_text}")
+        raise QueryValueError("the date-time range starts after it ends")
     return CombinedDateTime(lo, hi)
 
 

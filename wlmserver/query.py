@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -32,13 +32,53 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 QUERY_RETRIEVE_LEVEL = 0x00080052
 
 
+#: PS3.5: ErrorComment (0000,0902) is LO, at most 64 characters.
+ERROR_COMMENT_LENGTH = 64
+
+
+def fit_comment(text: str, limit: int = ERROR_COMMENT_LENGTH) -> str:
+    """Shorten an error text to fit an ErrorComment, keeping what the user must change.
+
+    Long attribute keywords are shortened first (``ScheduledProcedureStep`` to ``SPS``, then
+    the keyword to its tag), the rule that follows the colon is kept whole; only a text still
+    too long is cut, at a word, with ``...``.
+
+    Examples
+    --------
+    >>> fit_comment("ScheduledProcedureStepStartDate: use YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+    'SPSStartDate: use YYYYMMDD or a range YYYYMMDD-YYYYMMDD'
+    >>> fit_comment("word " * 30)
+    'word word word word word word word word word word word word...'
+    """
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    subject, colon, rule = text.partition(": ")
+    if colon:
+        for short in (subject.replace("ScheduledProcedureStep", "SPS"), _tag_of(subject)):
+            if short and len(short) + 2 + len(rule) <= limit:
+                return f"{short}: {rule}"
+    cut = text[: limit - 3]
+    if " " in cut[limit // 2 :]:
+        cut = cut[: cut.rindex(" ")]
+    return (cut.rstrip(" ,;:") + "...")[:limit]
+
+
+def _tag_of(subject: str) -> str:
+    """``(gggg,eeee)`` for a keyword (or ``Keyword+Time``), or ``""``."""
+    keyword = subject.split("+")[0]
+    tag = tag_for_keyword(keyword)
+    return "" if tag is None else f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
 class QueryError(Exception):
     """An identifier that is not a valid worklist query.
 
     Attributes
     ----------
     message : str
-        What is wrong, for the ErrorComment.
+        What is wrong: the attribute's keyword and the rule it breaks, never its value (the
+        server logs it, and a value may be patient data).
     tags : tuple of int
         The offending elements.
     status : Status
@@ -55,6 +95,11 @@ class QueryError(Exception):
         self.message = message
         self.tags = tags
         self.status = status
+
+    @property
+    def comment(self) -> str:
+        """The message, fitted to the 64 characters of an ErrorComment (:func:`fit_comment`)."""
+        return fit_comment(self.message)
 
 
 @dataclass(frozen=True)
@@ -243,7 +288,7 @@ def _guarded(ds: Dataset, action: Callable[[], ItemQuery]) -> ItemQuery:
         raise
     except Exception as exc:  # a value pydicom cannot decode (bad VR, length, charset ...)
         raise QueryError(
-            f"cannot decode the identifier: {type(exc).__name__}: {exc}"[:200],
+            f"cannot decode the identifier ({type(exc).__name__})",
             (),
             Status.UNABLE_TO_PROCESS,
         ) from None
