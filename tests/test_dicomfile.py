@@ -9,7 +9,7 @@ import pytest
 from conftest import make_dataset, write_wl
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from wlmserver.dicomfile import Incomplete, Undecodable, parse
+from wlmserver.dicomfile import MAX_NESTING, Incomplete, Undecodable, parse
 from wlmserver.wlfile import WorklistFileError, read_worklist_file
 
 
@@ -115,3 +115,21 @@ def test_iso_2022_japanese(tmp_path: Path) -> None:
 def test_undecodable(data: bytes, reason: str) -> None:
     with pytest.raises(Undecodable, match=reason):
         parse(data)
+
+
+def _nested(depth: int) -> bytes:
+    """A bare dataset whose sequences (undefined length) nest ``depth`` deep."""
+    opening = b"\x40\x00\x00\x01SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    return opening * depth + b"\x08\x00\x60\x00CS\x02\x00CT" + closing * depth
+
+
+def test_nesting_is_bounded() -> None:
+    """600 nested sequences once raised RecursionError (a traceback per event, and a dead
+    indexer thread after a restart); now the file is refused with a reason."""
+    record, _ = parse(_nested(MAX_NESTING))
+    assert len(record.items(0x00400100)) == 1
+    with pytest.raises(Undecodable, match="nested more than"):
+        parse(_nested(MAX_NESTING + 1))
+    with pytest.raises(Undecodable, match="nested more than"):
+        parse(_nested(600))

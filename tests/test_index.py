@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,129 @@ def test_a_held_lockfile_is_waited_for(db: Path) -> None:
         os.waitpid(pid, 0)
     store.update_file(path)
     assert _ids(store) == ["LOCKED"]
+
+
+def _nested_file(path: Path, depth: int) -> Path:
+    """A valid worklist file, then a sequence nesting ``depth`` deep appended to it."""
+    write_wl(path)
+    opening = b"\x40\x00\x60\x02SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    with path.open("ab") as handle:
+        handle.write(opening * depth + closing * depth)
+    return path
+
+
+def _scan_in_a_thread(store: WorklistStore) -> None:
+    """Scan, failing (not hanging) if anything blocks the scan."""
+    done = threading.Event()
+
+    def scan() -> None:
+        store.scan()
+        done.set()
+
+    thread = threading.Thread(target=scan, daemon=True)
+    thread.start()
+    assert done.wait(30), "the scan blocked"
+
+
+def test_hostile_files_are_each_one_skipped_file(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FIFO, a link to /dev/zero, a folder and 600 nested sequences, all named ``*.wl``:
+    each is one file not served, with one log line saying why; the rest is served."""
+    folder = db / "WLM"
+    write_wl(folder / "good.wl", PatientID="GOOD")
+    os.mkfifo(folder / "fifo.wl")
+    (folder / "zero.wl").symlink_to("/dev/zero")
+    (folder / "dir.wl").mkdir()
+    _nested_file(folder / "deep.wl", 600)
+    store = WorklistStore(db)
+    with caplog.at_level(logging.WARNING, logger="wlmserver"):
+        _scan_in_a_thread(store)
+        _scan_in_a_thread(store)
+        store.verify()
+    assert _ids(store) == ["GOOD"]
+    snapshot = store.folder("WLM")
+    assert snapshot is not None
+    reasons = {name: state.problem for name, state in snapshot.files.items() if not state.entries}
+    assert reasons == {
+        "fifo.wl": "a FIFO (named pipe), not a regular file: not read",
+        "zero.wl": "a character device, not a regular file: not read",
+        "dir.wl": "a folder, not a regular file: not read",
+        "deep.wl": reasons["deep.wl"],
+    }
+    assert "nested more than" in str(reasons["deep.wl"])
+    for name in reasons:
+        lines = [r for r in caplog.records if f"WLM/{name}" in r.getMessage()]
+        assert len(lines) == 1, (name, [r.getMessage() for r in lines])
+        assert not lines[0].exc_info
+    # the same through a file event (the watcher's path)
+    store.update_file(folder / "fifo.wl")
+    store.update_file(folder / "zero.wl")
+    assert _ids(store) == ["GOOD"]
+
+
+def test_a_reader_failing_unexpectedly_skips_one_file(
+    db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import wlmserver.index as index
+
+    real = index.read_worklist_file
+
+    def flaky(path: Path, **kwargs: bool) -> object:
+        if Path(path).name == "boom.wl":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(index, "read_worklist_file", flaky)
+    write_wl(db / "WLM" / "a.wl", PatientID="A")
+    write_wl(db / "WLM" / "boom.wl", PatientID="B")
+    store = WorklistStore(db)
+    with caplog.at_level(logging.WARNING, logger="wlmserver"):
+        store.scan()
+    assert _ids(store) == ["A"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == "WLM/boom.wl not served: nested too deeply to read"
+
+
+def _half(path: Path) -> bytes:
+    whole = write_wl(path, PatientID="HALF").read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    return whole
+
+
+def test_a_file_becoming_whole_within_the_settle_time_is_no_warning(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = db / "WLM" / "w.wl"
+    store = WorklistStore(db, settle_time=2.0)
+    store.scan()
+    whole = _half(path)
+    with caplog.at_level(logging.WARNING, logger="wlmserver"):
+        store.update_file(path)  # read while cut short: not served, not warned about
+        snapshot = store.folder("WLM")
+        assert snapshot is not None and snapshot.files["w.wl"].cut_short
+        path.write_bytes(whole)  # the writer's second flush
+        assert store.settle(time.monotonic() + 10) is None  # re-read: whole now
+    assert _ids(store) == ["HALF"]
+    assert caplog.records == []
+
+
+def test_a_file_still_cut_short_after_the_settle_time_is_warned_about_once(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = db / "WLM" / "w.wl"
+    _half(path)
+    store = WorklistStore(db, settle_time=2.0)
+    with caplog.at_level(logging.WARNING, logger="wlmserver"):
+        store.scan()
+        assert caplog.records == []
+        deadline = store.settle()
+        assert deadline is not None  # not yet due
+        assert caplog.records == []
+        assert store.settle(deadline) is None
+        store.settle(deadline + 100)
+        store.scan()  # unchanged: not read again, not warned again
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("WLM/w.wl not served: cut short (") and "unchanged for 2 s" in line
+    assert _ids(store) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -113,7 +114,6 @@ def _files(store: WorklistStore) -> list[str]:
 def test_periodic_rescan_corrects_and_follows_a_replaced_root(
     db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import logging
 
     store = WorklistStore(db)
     store.scan()
@@ -138,7 +138,6 @@ def test_periodic_rescan_corrects_and_follows_a_replaced_root(
 def test_indexing_progress_is_logged(
     db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import logging
 
     import wlmserver.index as index_module
 
@@ -264,10 +263,57 @@ def test_verify_corrects_only_what_is_stale(db: Path) -> None:
 def test_a_served_file_is_logged_once_by_name(
     watched: WorklistStore, db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import logging
 
     with caplog.at_level(logging.INFO, logger="wlmserver"):
         write_wl(db / "WLM" / "new.wl", PatientID="NEW")
         assert wait_until(lambda: _ids(watched) == ["NEW"])
     assert "WLM/new.wl added: 1 entries served" in caplog.text
     assert "NEW" not in caplog.text  # the patient ID is not logged
+
+
+def test_a_fifo_or_device_link_does_not_stop_the_watcher(watched: WorklistStore, db: Path) -> None:
+    """A FIFO named x.wl once blocked the watcher for good, and a link to /dev/zero made it
+    read until memory ran out: files dropped after them were never served."""
+    os.mkfifo(db / "WLM" / "x.wl")
+    (db / "WLM" / "z.wl").symlink_to("/dev/zero")
+    write_wl(db / "WLM" / "after.wl", PatientID="AFTER")
+    assert wait_until(lambda: _ids(watched) == ["AFTER"], timeout=10)
+    (db / "NEW").mkdir()  # a new AE folder holding a FIFO is scanned without blocking
+    os.mkfifo(db / "NEW" / "y.wl")
+    write_wl(db / "NEW" / "n.wl", PatientID="N")
+    assert wait_until(lambda: _ids(watched, "NEW") == ["N"], timeout=10)
+
+
+@pytest.mark.parametrize("poll", [None, 0.05])
+def test_a_file_written_in_two_flushes_is_no_warning_but_one_left_cut_short_is(
+    db: Path, caplog: pytest.LogCaptureFixture, poll: float | None
+) -> None:
+    store = WorklistStore(db, settle_time=0.5)
+    store.scan()
+    watcher = Watcher(store, poll=poll, rescan_interval=0, quiet_period=0.05)
+    watcher.start()
+    try:
+        whole = write_wl(db / "WLM" / "tmp.bin", PatientID="SLOW").read_bytes()
+        (db / "WLM" / "tmp.bin").unlink()
+        with caplog.at_level(logging.WARNING, logger="wlmserver"):
+            # a writer flushing half, pausing past the quiet period, then the rest
+            with (db / "WLM" / "slow.wl").open("wb") as handle:
+                handle.write(whole[: len(whole) // 2])
+                handle.flush()
+                assert wait_until(lambda: "slow.wl" in _files(store), timeout=5)
+                handle.write(whole[len(whole) // 2 :])
+            assert wait_until(lambda: _ids(store) == ["SLOW"], timeout=5)
+            assert [r.getMessage() for r in caplog.records] == []
+            # a file left cut short: one warning, once the settle time has passed
+            (db / "WLM" / "cut.wl").write_bytes(whole[:100])
+            assert wait_until(lambda: len(caplog.records) == 1, timeout=10)
+            store.settle(time.monotonic() + 100)
+        (line,) = [r.getMessage() for r in caplog.records]
+        assert line.startswith("WLM/cut.wl not served: cut short")
+    finally:
+        watcher.stop()
+
+
+def _files(store: WorklistStore) -> list[str]:
+    folder = store.folder("WLM")
+    return list(folder.files) if folder else []

@@ -34,7 +34,7 @@ from pydicom.valuerep import validate_value
 
 from wlmserver.config import bundled_database
 from wlmserver.entry import Entry
-from wlmserver.index import is_safe_ae_title
+from wlmserver.index import is_safe_ae_title, unexpected_reason
 from wlmserver.keys import describe_tag
 from wlmserver.record import Record
 from wlmserver.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
@@ -129,6 +129,9 @@ def check_file(
     except OSError as exc:
         report.note(NOT_SERVED, f"cannot read it ({exc.strerror or exc})")
         return report, ()
+    except Exception as exc:  # as the server: one bad file is one file not served
+        report.note(NOT_SERVED, unexpected_reason(exc))
+        return report, ()
     report.entries = len(result.entries)
     for problem in result.problems:
         report.note(NOT_SERVED if reject_incomplete else WARNING, problem)
@@ -148,7 +151,7 @@ def _files(target: Path, json_drops: bool = False) -> Iterator[tuple[Path, str]]
     def served(name: str) -> bool:
         return is_worklist_name(name) or (json_drops and is_json_drop_name(name))
 
-    if target.is_file():
+    if not target.is_dir():  # a file, or whatever else was named (the reader says what)
         yield target, target.parent.name
         return
     folders = [target] if any(served(p.name) for p in target.iterdir()) else []
@@ -156,7 +159,7 @@ def _files(target: Path, json_drops: bool = False) -> Iterator[tuple[Path, str]]
         folders = sorted(p for p in target.iterdir() if p.is_dir() and is_safe_ae_title(p.name))
     for folder in folders:
         for path in sorted(folder.iterdir()):
-            if served(path.name) and path.is_file():
+            if served(path.name):  # not only regular files: the reader says why not
                 yield path, folder.name
 
 

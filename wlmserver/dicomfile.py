@@ -54,6 +54,10 @@ _ISO_2022 = frozenset(
     name for name in python_encoding if name.startswith("ISO 2022") and name != "ISO 2022 IR 6"
 )
 _PN_DELIMITERS = {0x5E, 0x3D}
+#: Sequences nested deeper than this make a file unreadable. Worklist entries nest a few levels
+#: (an SPS item, its protocol code, a code's context); a limit keeps a hostile file from
+#: exhausting the parser's recursion.
+MAX_NESTING = 32
 _TEXT_DELIMITERS = {0x5C}
 
 
@@ -86,6 +90,7 @@ class _Parser:
         self.data = data
         self.implicit = implicit
         self.e = "<" if little else ">"
+        self.depth = 0
 
     def need(self, pos: int, size: int, what: str) -> None:
         if pos + size > len(self.data):
@@ -172,6 +177,17 @@ class _Parser:
         return Record(elements), pos, encodings
 
     def sequence(
+        self, pos: int, end: int | None, encodings: list[str], seq: int
+    ) -> tuple[tuple[Record, ...], int]:
+        if self.depth >= MAX_NESTING:
+            raise Undecodable(f"{_name(seq)}: sequences nested more than {MAX_NESTING} deep")
+        self.depth += 1
+        try:
+            return self._items(pos, end, encodings, seq)
+        finally:
+            self.depth -= 1
+
+    def _items(
         self, pos: int, end: int | None, encodings: list[str], seq: int
     ) -> tuple[tuple[Record, ...], int]:
         items: list[Record] = []

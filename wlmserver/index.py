@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -26,7 +26,12 @@ from types import MappingProxyType
 from wlmserver.entry import Entry
 from wlmserver.jsondrop import is_json_drop_name, read_json_drop
 from wlmserver.lookup import Lookup
-from wlmserver.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
+from wlmserver.wlfile import (
+    FileCutShort,
+    WorklistFileError,
+    is_worklist_name,
+    read_worklist_file,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -70,11 +75,14 @@ class FileState:
         The entries it serves (empty when rejected).
     problem : str or None
         Why the file, or some of its items, is not served.
+    cut_short : bool
+        The file was empty or ended early when read: perhaps still being written.
     """
 
     signature: tuple[int, int, int]
     entries: tuple[Entry, ...]
     problem: str | None = None
+    cut_short: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,21 @@ class FolderSnapshot:
         return sum(1 for f in self.files.values() if not f.entries)
 
 
+def unexpected_reason(exc: BaseException) -> str:
+    """A reason for a file no reader expected to fail on, without its values.
+
+    Examples
+    --------
+    >>> unexpected_reason(RecursionError("maximum recursion depth exceeded"))
+    'nested too deeply to read'
+    """
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to read"
+    if isinstance(exc, MemoryError):
+        return "too large to read"
+    return f"unreadable ({type(exc).__name__})"
+
+
 class LockBusy(Exception):
     """A wlmscpfs-era writer holds the folder's lockfile longer than we wait."""
 
@@ -125,6 +148,12 @@ class WorklistStore:
         Leave out entries lacking a Type 1 attribute (wlmscpfs's ``-efr``, the default).
     lock_timeout : float
         How long to wait for a folder's ``lockfile`` before deferring a read.
+    json_drops : bool
+        Serve ``*.json`` drop files too.
+    settle_time : float
+        How long a file found cut short (empty, or ending inside its structure) may stay so
+        before a warning says it is not served: a writer that writes a file in several
+        flushes is not a problem. See :meth:`settle`.
     """
 
     def __init__(
@@ -134,8 +163,14 @@ class WorklistStore:
         reject_incomplete: bool = True,
         lock_timeout: float = 10.0,
         json_drops: bool = False,
+        settle_time: float = 3.0,
     ) -> None:
         self.root = Path(root)
+        self.settle_time = settle_time
+        #: (AE folder, file name) of files found cut short and not warned about -> deadline
+        self._settling: dict[tuple[str, str], float] = {}
+        #: Called (from any thread) when a file starts settling; the watcher sets it to wake.
+        self.on_settling: Callable[[], None] | None = None
         self.reject_incomplete = reject_incomplete
         self.json_drops = json_drops
         self.lock_timeout = lock_timeout
@@ -225,11 +260,9 @@ class WorklistStore:
         folder_path = self.root / name
         on_disk: dict[str, tuple[int, int, int]] = {}
         try:
-            for dirent in os.scandir(folder_path):
-                if self.serves(dirent.name):
-                    with contextlib.suppress(OSError):
-                        if dirent.is_file():
-                            on_disk[dirent.name] = _signature(dirent.stat())
+            for fname, dirent in self._listing(folder_path):
+                with contextlib.suppress(OSError):  # gone, or a broken link
+                    on_disk[fname] = _signature(dirent.stat())
         except OSError:
             return self.scan_folder(name)  # the folder went away: scan_folder drops it
         files = folder.files
@@ -264,11 +297,7 @@ class WorklistStore:
         folder_path = self.root / name
         with self._write_lock:
             try:
-                listing = sorted(
-                    (entry.name, entry)
-                    for entry in os.scandir(folder_path)
-                    if self.serves(entry.name) and entry.is_file()
-                )
+                listing = self._listing(folder_path)
             except OSError:
                 count = len(self._folders[name].files) if name in self._folders else 0
                 self.remove_folder(name)
@@ -359,7 +388,52 @@ class WorklistStore:
             if self._folders.pop(name, None) is not None:
                 LOGGER.info("AE folder %s removed from the index", name)
 
+    def settle(self, now: float | None = None) -> float | None:
+        """Warn once about each file still cut short a settle time after it was read so.
+
+        A file that changed meanwhile is read again instead (a writer finishing it makes it
+        served, without any warning). The watcher calls this when a deadline passes.
+
+        Returns
+        -------
+        float or None
+            The next deadline (:func:`time.monotonic`), or None if no file is settling.
+        """
+        now = time.monotonic() if now is None else now
+        with self._write_lock:
+            for key in [k for k, due in self._settling.items() if due <= now]:
+                del self._settling[key]
+                name, fname = key
+                folder = self._folders.get(name)
+                state = folder.files.get(fname) if folder is not None else None
+                if state is None or not state.cut_short:
+                    continue
+                path = self.root / name / fname
+                try:
+                    signature = _signature(path.stat())
+                except OSError:
+                    continue  # gone: its event removes it
+                if signature != state.signature:
+                    with contextlib.suppress(LockBusy):
+                        self.update_file(path)
+                    continue
+                LOGGER.warning(
+                    "%s/%s not served: %s, and unchanged for %.0f s",
+                    name,
+                    fname,
+                    state.problem,
+                    self.settle_time,
+                )
+            return min(self._settling.values(), default=None)
+
     # ------------------------------------------------------------------ internals
+    def _listing(self, folder_path: Path) -> list[tuple[str, os.DirEntry[str]]]:
+        """The served names in a folder, sorted, whatever their type: the reader refuses what
+        is not a regular file, with a reason, so it is reported rather than silently skipped.
+        Raises OSError when the folder cannot be listed."""
+        with os.scandir(folder_path) as it:
+            return sorted((d.name, d) for d in it if self.serves(d.name))
+
     def _read(
         self, path: Path, signature: tuple[int, int, int], old: FileState | None
     ) -> FileState:
@@ -369,12 +443,24 @@ class WorklistStore:
                 result = read_json_drop(path, reject_incomplete=self.reject_incomplete)
             else:
                 result = read_worklist_file(path, reject_incomplete=self.reject_incomplete)
+        except FileCutShort as exc:
+            # perhaps still being written: warned about only if it stays so (see settle)
+            LOGGER.debug("%s not served yet: %s", rel, exc)
+            self._settling[(path.parent.name, path.name)] = time.monotonic() + self.settle_time
+            if self.on_settling is not None:
+                self.on_settling()
+            return FileState(signature, (), str(exc), cut_short=True)
         except WorklistFileError as exc:
             LOGGER.warning("%s not served: %s", rel, exc)
             return FileState(signature, (), str(exc))
         except OSError as exc:
             LOGGER.warning("%s not served: cannot read it (%s)", rel, exc.strerror or exc)
             return FileState(signature, (), f"cannot read it ({exc.strerror or exc})")
+        except Exception as exc:  # one bad file is one skipped file, never a broken folder
+            reason = unexpected_reason(exc)
+            LOGGER.warning("%s not served: %s", rel, reason)
+            LOGGER.debug("%s: reading failed", rel, exc_info=True)
+            return FileState(signature, (), reason)
         problem = "; ".join(result.problems) or None
         if problem:
             LOGGER.warning("%s: %s", rel, problem)

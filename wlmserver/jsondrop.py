@@ -21,7 +21,13 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from wlmserver.create import WORKLIST_FILE_CLASS, EntryError, complete, entries_from_json
 from wlmserver.dicomfile import Incomplete, Undecodable, parse
 from wlmserver.entry import Entry
-from wlmserver.wlfile import FileResult, WorklistFileError, split_entries
+from wlmserver.wlfile import (
+    FileCutShort,
+    FileResult,
+    WorklistFileError,
+    read_file_bytes,
+    split_entries,
+)
 
 
 def is_json_drop_name(name: str) -> bool:
@@ -43,9 +49,9 @@ def read_json_drop(path: Path, *, reject_incomplete: bool = True) -> FileResult:
     WorklistFileError
         Not UTF-8, not valid JSON (cut short?), or no entry at all could be read.
     """
-    data = path.read_bytes()
+    data = read_file_bytes(path)
     if not data.strip():
-        raise WorklistFileError("the file is empty")
+        raise FileCutShort("the file is empty")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -55,9 +61,7 @@ def read_json_drop(path: Path, *, reject_incomplete: bool = True) -> FileResult:
             warnings.simplefilter("ignore", UserWarning)
             datasets = list(entries_from_json(text))
     except json.JSONDecodeError as exc:
-        raise WorklistFileError(
-            f"not valid JSON, cut short? ({exc.msg} at line {exc.lineno})"
-        ) from None
+        raise FileCutShort(f"not valid JSON, cut short? ({exc.msg} at line {exc.lineno})") from None
     except (EntryError, ValueError, KeyError, TypeError) as exc:
         raise WorklistFileError(f"not a worklist entry ({exc})") from None
     entries: list[Entry] = []

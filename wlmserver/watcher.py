@@ -6,6 +6,9 @@ Events are turned into index work by one worker thread:
 - a file created or modified but not (yet) closed is read only after it has been quiet for
   :attr:`Watcher.quiet_period` seconds, so a writer still writing is never read half-way (on
   inotify a close event almost always comes first);
+- a file read while cut short (a writer flushing it in several writes) is not served, and is
+  warned about only if it is still cut short a settle time later
+  (:meth:`WorklistStore.settle`);
 - a deleted or renamed-away file, or AE folder, is dropped at once;
 - a new AE folder is scanned;
 - every :attr:`Watcher.rescan_interval` seconds a full, stat-based check corrects anything the
@@ -150,6 +153,8 @@ class Watcher:
         self._schedule()
         self._root_inode = os.stat(store.root).st_ino
         self._thread = threading.Thread(target=self._run, name="wlmserver-watcher", daemon=True)
+        # a file found cut short (by any thread) wakes the worker, which warns if it stays so
+        store.on_settling = self._wake
         # periodic rescans run on their own thread, so file events are applied meanwhile
         self._stopping = threading.Event()
         self._rescanner = threading.Thread(
@@ -181,11 +186,17 @@ class Watcher:
         if self._rescanner.is_alive():
             self._rescanner.join(timeout=30)
 
+    def _wake(self) -> None:
+        self._work.put(("", self.store.root))
+
     def _run(self) -> None:
         pending: dict[Path, float] = {}  # files waiting for quiet: path -> when to read
+        settle_due: float | None = None  # when the store next has a cut-short file to settle
         while True:
             now = time.monotonic()
             deadlines = list(pending.values())
+            if settle_due is not None:
+                deadlines.append(settle_due)
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             try:
                 kind, path = self._work.get(timeout=timeout)
@@ -199,6 +210,7 @@ class Watcher:
                 for due_path in [p for p, due in pending.items() if due <= now]:
                     del pending[due_path]
                     self._read(due_path, pending)
+                settle_due = self.store.settle()
             except Exception:  # the watcher must outlive any surprise
                 LOGGER.exception("watcher: unexpected error while applying %s %s", kind, path)
 

@@ -8,6 +8,8 @@ reported, so the store can log it once.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,14 @@ _START_TIME = 0x00400003
 
 class WorklistFileError(Exception):
     """The file cannot be served at all; the message says why, for one log line."""
+
+
+class FileCutShort(WorklistFileError):
+    """The file is empty or ends before its structure does: perhaps still being written.
+
+    The store waits a settle time before it warns about such a file (a writer that writes in
+    several flushes is not a problem), and warns once if the file is still cut short then.
+    """
 
 
 @dataclass(frozen=True)
@@ -74,14 +84,53 @@ _TAGS = {
 }
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def read_file_bytes(path: str | Path) -> bytes:
+    """The bytes of a dropped file, read only if it is a regular file.
+
+    Every reader of dropped files reads through here. The file is opened without blocking
+    and checked on the open descriptor (after any symbolic link is followed), so a FIFO named
+    ``x.wl`` cannot block the reader, and a link to ``/dev/zero`` is not read until memory runs
+    out: both are refused, saying what they are.
+
+    Raises
+    ------
+    WorklistFileError
+        Not a regular file.
+    OSError
+        It cannot be opened or read.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise WorklistFileError(f"{kind}, not a regular file: not read")
+    with open(fd, "rb", closefd=True) as handle:
+        return handle.read()  # one read: what is checked is what is parsed
+
+
 def _read_record(path: Path) -> tuple[Record, tuple[str, ...]]:
-    data = path.read_bytes()  # one read: what is checked is what is parsed
+    data = read_file_bytes(path)
     if not data:
-        raise WorklistFileError("the file is empty")
+        raise FileCutShort("the file is empty")
     try:
         return parse(data)
     except Incomplete as exc:
-        raise WorklistFileError(f"cut short, still being written? ({exc})") from None
+        raise FileCutShort(f"cut short ({exc})") from None
     except Undecodable as exc:
         raise WorklistFileError(str(exc)) from None
     except (struct.error, ValueError, LookupError) as exc:
