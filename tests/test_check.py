@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import date
 from pathlib import Path
 
@@ -115,3 +116,17 @@ def test_json_drops_are_checked_with_the_option(db: Path) -> None:
     assert (
         report.verdict == check.NOT_SERVED and "no scheduled procedure step" in report.problems[0]
     )
+
+
+def test_files_that_are_not_regular_are_reported(db: Path) -> None:
+    """check says why a FIFO or a device link is not served, and does not block on it."""
+    write_wl(db / "WLM" / "good.wl")
+    os.mkfifo(db / "WLM" / "pipe.wl")
+    (db / "WLM" / "zero.wl").symlink_to("/dev/zero")
+    reports = _by_name(check.check(db, today=TODAY))
+    assert reports["good.wl"].verdict == check.SERVED
+    assert reports["pipe.wl"].verdict == check.NOT_SERVED
+    assert reports["pipe.wl"].problems == ["a FIFO (named pipe), not a regular file: not read"]
+    assert reports["zero.wl"].problems == ["a character device, not a regular file: not read"]
+    (one,) = check.check(db / "WLM" / "pipe.wl", today=TODAY)  # named on its own, too
+    assert one.verdict == check.NOT_SERVED
