@@ -467,7 +467,10 @@ def test_invalid_query_gets_a_failure_status(
     offending = re.search(r"\(0000,0901\) AT (\S+)", text)
     assert offending and offending.group(1) == tag, text
     comment = re.search(r"\(0000,0902\) LO \[([^\]]*)\]", text)
-    assert comment and comment.group(1).startswith(keyword), text
+    # the attribute (SPS keywords shortened to fit 64 characters), then the rule, whole
+    short = keyword.replace("ScheduledProcedureStep", "SPS")
+    assert comment and comment.group(1).startswith((keyword, short)), text
+    assert "YYYYMMDD" in comment.group(1) or "after it ends" in comment.group(1), text
     # the server keeps serving
     after = findscu(wlm_port, *_keys("PatientName"))
     assert len(PENDING.findall(_text(after))) == len(ALL_STEPS), _text(after)
