@@ -321,3 +321,11 @@ def test_a_file_still_cut_short_after_the_settle_time_is_warned_about_once(
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("WLM/w.wl not served: cut short (") and "unchanged for 2 s" in line
     assert _ids(store) == []
+
+
+def test_a_fifo_named_lockfile_does_not_block(db: Path) -> None:
+    os.mkfifo(db / "WLM" / "lockfile")
+    write_wl(db / "WLM" / "a.wl", PatientID="A")
+    store = WorklistStore(db, lock_timeout=0.1)
+    _scan_in_a_thread(store)
+    assert _ids(store) == ["A"]

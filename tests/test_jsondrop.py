@@ -91,3 +91,26 @@ def test_a_dropped_json_file_is_answered(start_server: StartServer, db: Path) ->
         and str(answer.PatientName) == "Müller^Jürgen"
     )
     assert answer.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID == "A100.1"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply to read"),
+        ("fifo.json", None, "a FIFO (named pipe), not a regular file: not read"),
+    ],
+)
+def test_hostile_drops_are_one_file_not_served(
+    db: Path, name: str, content: str | None, reason: str
+) -> None:
+    """A JSON drop nested 100,000 deep, or a FIFO, is one file not served, with the reason."""
+    _drop(db / "WLM", "good.json", ORDER)
+    if content is None:
+        os.mkfifo(db / "WLM" / name)
+    else:
+        (db / "WLM" / name).write_text(content, encoding="utf-8")
+    store = WorklistStore(db, json_drops=True)
+    store.scan()
+    folder = store.folder("WLM")
+    assert folder is not None and len(folder.entries) == 1
+    assert folder.files[name].problem == reason

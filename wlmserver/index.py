@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -495,12 +496,16 @@ class WorklistStore:
     @contextlib.contextmanager
     def _folder_lock(self, folder: Path) -> Iterator[None]:
         lock_path = folder / LOCKFILE
-        try:
-            handle = open(lock_path, "rb")  # noqa: SIM115 - held across the yield
+        try:  # never blocks: a FIFO named lockfile must not stall the indexer
+            fd = os.open(lock_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError:
             yield  # no lockfile: nothing to honour
             return
-        with handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            yield  # not a file wlmscpfs writers could lock
+            return
+        with open(fd, "rb") as handle:
             deadline = time.monotonic() + self.lock_timeout
             while True:
                 try:
