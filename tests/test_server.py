@@ -424,9 +424,7 @@ def test_star_only_values_find_empty_and_absent_values(
     assert found == ["ABSENT", "EMPTY", "FULL"]
 
 
-def test_a_pathological_wildcard_is_answered(
-    start_server: StartServer, db: Path
-) -> None:
+def test_a_pathological_wildcard_is_answered(start_server: StartServer, db: Path) -> None:
     """``***************Z`` once cost 21.6 s of CPU and froze every association (the work
     bound itself is tested in test_matching)."""
     for n in range(200):
