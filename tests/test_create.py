@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from wlmserver import create
 from wlmserver.cli import main
@@ -84,7 +85,7 @@ def test_csv_rows_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     source.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     assert main(["create", "--dry-run", "-o", str(tmp_path / "CT01"), str(source)]) == 0
     assert not (tmp_path / "CT01").exists()
-    assert "3 entries checked, 0 refused" in capsys.readouterr().err
+    assert "3 files checked (3 steps from 3 entries), 0 entries refused" in capsys.readouterr().err
     assert main(["create", "-o", str(tmp_path / "CT01"), str(source)]) == 0
     assert sorted(p.name for p in (tmp_path / "CT01").iterdir()) == [
         "A0_A0.wl", "A1_A1.wl", "A2_A2.wl"
@@ -123,3 +124,161 @@ def test_dcmtk_example_dumps_give_what_dump2dcm_gives(tmp_path: Path) -> None:
         assert [e for e in entry.top if e[0] not in skip] == [
             e for e in reference.top if e[0] not in skip
         ], dump.name
+
+
+def _csv(path: Path, rows: list[dict[str, object]]) -> Path:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    lines = [",".join(keys)]
+    for row in rows:
+        cells = (row.get(k, "") for k in keys)
+        lines.append(",".join("\\".join(c) if isinstance(c, list) else str(c) for c in cells))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+MR_STEP = {
+    "ScheduledStationAETitle": "MR01",
+    "Modality": "MR",
+    "ScheduledProcedureStepStartTime": "1030",
+    "ScheduledProcedureStepDescription": "HEAD MR",
+}
+
+
+def test_rows_of_one_order_become_one_file_with_a_step_per_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    source = _csv(
+        Path("orders.csv"),
+        [ORDER, {**ORDER, **MR_STEP}, {**ORDER, "AccessionNumber": "A101", "PatientID": "P101"}],
+    )
+    out = Path("CT01")
+    assert main(["create", "--dry-run", "-o", str(out), str(source)]) == 0
+    err = capsys.readouterr().err
+    assert "A100_A100.wl: 2 steps from orders.csv rows 1, 2" in err
+    assert "2 files checked (3 steps from 3 entries), 0 entries refused" in err
+    assert not out.exists()
+    assert main(["create", "-o", str(out), str(source)]) == 0
+    assert "2 files written (3 steps from 3 entries), 0 entries refused" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["A100_A100.wl", "A101_A101.wl"]
+    steps = dcmread(out / "A100_A100.wl").ScheduledProcedureStepSequence
+    assert [s.Modality for s in steps] == ["CT", "MR"]  # in input order, none lost
+    assert [s.ScheduledProcedureStepID for s in steps] == ["A100.1", "A100.2"]
+    assert len(read_worklist_file(out / "A100_A100.wl").entries) == 2
+    # merging is within one run: writing the order again replaces its file
+    _csv(source, [{**ORDER, **MR_STEP}])
+    assert main(["create", "-o", str(out), str(source)]) == 0
+    (step,) = dcmread(out / "A100_A100.wl").ScheduledProcedureStepSequence
+    assert step.Modality == "MR" and step.ScheduledProcedureStepID == "A100.1"
+
+
+def test_rows_that_differ_in_the_order_are_refused_naming_attributes_not_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    other = {**ORDER, **MR_STEP, "PatientName": "MULLER^JURGEN", "PatientID": "P999"}
+    source = _csv(Path("orders.csv"), [ORDER, other, {**ORDER, "AccessionNumber": "A7"}])
+    out = tmp_path / "CT01"
+    assert main(["create", "-o", str(out), str(source)]) == 1
+    err = capsys.readouterr().err
+    (refusal,) = [line for line in err.splitlines() if line.startswith("REFUSED")]
+    assert refusal.startswith("REFUSED orders.csv rows 1, 2: ")
+    assert "differ in PatientName, PatientID;" in refusal  # not the UID derived from them
+    assert "P999" not in err and "P100" not in err and "MULLER" not in err
+    assert "1 files written (1 steps from 1 entries), 2 entries refused" in err
+    assert [p.name for p in out.iterdir()] == ["A7_A7.wl"]
+    uids = [{**ORDER, "StudyInstanceUID": f"1.2.3.{n}"} for n in (1, 2)]
+    assert main(["create", "-o", str(out), str(_csv(source, uids))]) == 1
+    assert "but differ in StudyInstanceUID;" in capsys.readouterr().err
+
+
+def test_an_order_with_a_refused_row_is_refused_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    source = _csv(Path("orders.csv"), [ORDER, {**ORDER, **MR_STEP, "Modality": ""}])
+    assert main(["create", "-o", str(tmp_path / "CT01"), str(source)]) == 1
+    err = capsys.readouterr().err
+    assert "REFUSED orders.csv rows 1, 2: one requested procedure, refused whole" in err
+    assert "orders.csv row 2: Modality missing" in err
+    assert not (tmp_path / "CT01").exists()  # never a file with part of the order
+
+
+def test_json_entries_and_inputs_of_one_order_merge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    sps_keys = {*MR_STEP, "ScheduledStationAETitle", "ScheduledProcedureStepStartDate"}
+    two_steps = {k: v for k, v in ORDER.items() if k not in sps_keys}
+    two_steps["ScheduledProcedureStepSequence"] = [
+        {k: v for k, v in ORDER.items() if k in sps_keys},
+        {**MR_STEP, "ScheduledProcedureStepStartDate": "20261202"},
+    ]
+    first = Path("a.json")
+    first.write_text(json.dumps([two_steps, {**ORDER, "AccessionNumber": "A9"}]), "utf-8")
+    dicom_json = create.complete(create.from_flat({**ORDER, "Modality": "US"}))
+    del dicom_json.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID
+    second = Path("b.json")  # the DICOM JSON model, in another input
+    second.write_text(json.dumps(dicom_json.to_json_dict()), "utf-8")
+    out = tmp_path / "WLM"
+    assert main(["create", "-o", str(out), str(first), str(second)]) == 0
+    assert "A100_A100.wl: 3 steps from a.json entry 1 and b.json" in capsys.readouterr().err
+    ds = dcmread(out / "A100_A100.wl")
+    assert [s.Modality for s in ds.ScheduledProcedureStepSequence] == ["CT", "MR", "US"]
+    assert [s.ScheduledProcedureStepID for s in ds.ScheduledProcedureStepSequence] == [
+        "A100.1", "A100.2", "A100.3"
+    ]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["A100_A100.wl", "A9_A9.wl"]
+
+
+def test_dump_files_of_one_order_merge(tmp_path: Path) -> None:
+    def dump(ds: Dataset) -> list[str]:
+        lines = []
+        for e in ds:
+            if e.VR == "SQ":
+                lines += [f"({e.tag.group:04x},{e.tag.elem:04x}) SQ (Sequence)"]
+                for item in e.value:
+                    lines += ["(fffe,e000) na (Item)", *dump(item), "(fffe,e00d) na"]
+                lines += ["(fffe,e0dd) na"]
+            else:
+                value = "\\".join(e.value) if e.VM > 1 else str(e.value)
+                lines += [f"({e.tag.group:04x},{e.tag.elem:04x}) {e.VR} [{value}]"]
+        return lines
+
+    dumps = []
+    for modality in ("CT", "MR"):
+        ds = create.from_flat({**ORDER, "Modality": modality})
+        dumps.append(tmp_path / f"{modality}.dump")
+        dumps[-1].write_text("\n".join(dump(ds)) + "\n", encoding="utf-8")
+    assert main(["create", "-o", str(tmp_path / "WLM"), *map(str, dumps)]) == 0
+    (path,) = (tmp_path / "WLM").iterdir()
+    steps = dcmread(path).ScheduledProcedureStepSequence
+    assert [(s.Modality, s.ScheduledProcedureStepID) for s in steps] == [
+        ("CT", "A100.1"), ("MR", "A100.2")
+    ]  # fmt: skip
+
+
+def test_step_ids_are_unique_and_fit_in_sixteen_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    long_order = {**ORDER, "AccessionNumber": "ACC0123456789012"}  # 16 characters, SH's limit
+    source = _csv(Path("orders.csv"), [long_order, {**long_order, **MR_STEP}])
+    assert main(["create", "-o", str(tmp_path / "WLM"), str(source)]) == 0
+    (path,) = (tmp_path / "WLM").iterdir()
+    ids = [s.ScheduledProcedureStepID for s in dcmread(path).ScheduledProcedureStepSequence]
+    assert ids == ["ACC01234567890.1", "ACC01234567890.2"]
+    # an explicit ID that is the one a step would get: the step gets another
+    top = {k: v for k, v in ORDER.items() if k not in {*MR_STEP, "ScheduledProcedureStepStartDate"}}
+    steps = [{**{k: ORDER[k] for k in MR_STEP}, "ScheduledProcedureStepStartDate": "20261201"}] * 2
+    ds = create.from_flat({**top, "ScheduledProcedureStepSequence": steps})
+    ds.ScheduledProcedureStepSequence[1].ScheduledProcedureStepID = "A100.1"
+    ids = [s.ScheduledProcedureStepID for s in create.complete(ds).ScheduledProcedureStepSequence]
+    assert len(set(ids)) == 2 and "A100.1" in ids
+    # two steps given the same ID cannot be told apart: refused, without the value
+    ds = create.from_flat({**top, "ScheduledProcedureStepSequence": steps})
+    for step in ds.ScheduledProcedureStepSequence:
+        step.ScheduledProcedureStepID = "SECRET7"
+    with pytest.raises(create.EntryError, match="SPS items 1 and 2: the same Sch") as info:
+        create.complete(ds)
+    assert "SECRET7" not in str(info.value)

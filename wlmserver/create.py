@@ -10,8 +10,8 @@ Input forms (``--format auto`` tells them apart):
     or ``"ScheduledProcedureStepSequence": [{...}, {...}]`` lists several. Lists give
     multiple values (``"ScheduledStationAETitle": ["CT01", "CT02"]``).
 ``csv``
-    A header row of keywords, then one row per entry with one scheduled procedure step; empty
-    cells are left out; ``\\`` separates multiple values.
+    A header row of keywords, then one row per scheduled procedure step; empty cells are left
+    out; ``\\`` separates multiple values.
 ``dump``
     ``dcmdump`` / ``dump2dcm`` text: ``(0010,0010) PN [DOE^JANE]`` lines, sequences with
     ``(fffe,e000)`` item and ``(fffe,e00d)`` / ``(fffe,e0dd)`` delimiter lines.
@@ -23,10 +23,17 @@ procedure ID and the step's number), and Specific Character Set (ISO_IR 192 when
 not ASCII). An entry that still lacks a Type 1 attribute (PS3.4 Table K.6-1), or has a value
 that is not valid for its VR, is refused with a message naming each attribute.
 
+One file holds one requested procedure: the input entries of one run (CSV rows, JSON entries,
+dump files, across all inputs) that name the same ``<AccessionNumber>_<RequestedProcedureID>``
+are merged into one file with one Scheduled Procedure Step Sequence item per step, in input
+order (see :func:`plan_orders`). Their top-level attributes must agree, or the whole order is
+refused, naming the attributes that differ; an order with a refused entry is refused whole, so
+a file never holds part of what was sent for it.
+
 Each file is written to a temporary name in the AE folder, read back exactly as the server
 reads it, and only then renamed to ``<AccessionNumber>_<RequestedProcedureID>.wl`` (so writing
-the same order again replaces its file). Exit status: 0 when every entry was written, 1 when
-any was refused (the others are still written), 2 for usage errors.
+the same order again, in a later run, replaces its file). Exit status: 0 when every entry was
+written, 1 when any was refused (the others are still written), 2 for usage errors.
 """
 
 from __future__ import annotations
@@ -41,13 +48,16 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from copy import deepcopy
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
@@ -55,6 +65,11 @@ from wlmserver.keys import KEYS_BY_KEYWORD, REQUIRED_SPS, REQUIRED_TOP, Level
 from wlmserver.response import can_encode
 
 SPS = "ScheduledProcedureStepSequence"
+_SPS_TAG = 0x00400100
+_CHARSET_TAG = 0x00080005
+#: Top-level attributes :func:`complete` derives from others when an entry leaves them out.
+_DERIVED = frozenset({"StudyInstanceUID", "RequestedProcedureID"})
+_SH_LENGTH = 16  # ScheduledProcedureStepID is SH
 #: dump2dcm's Media Storage SOP Class of worklist files.
 WORKLIST_FILE_CLASS = "1.2.276.0.7230010.3.1.0.1"
 _TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?$")
@@ -262,6 +277,48 @@ def _invalid(ds: Dataset, where: str = "") -> Iterator[str]:
                 yield f"{where}{element.keyword}: not a valid {element.VR} value"
 
 
+def step_id(procedure: str, n: int) -> str:
+    """``<procedure>.<n>``, the procedure shortened so that ``.<n>`` always fits in 16 characters.
+
+    Examples
+    --------
+    >>> step_id("A100", 2)
+    'A100.2'
+    >>> step_id("ACC0123456789012", 1), step_id("ACC0123456789012", 12)
+    ('ACC01234567890.1', 'ACC0123456789.12')
+    """
+    suffix = f".{n}"
+    return procedure[: max(0, _SH_LENGTH - len(suffix))] + suffix
+
+
+def _derive_step_ids(steps: Sequence[Dataset], procedure: str) -> None:
+    """Give each step without a ScheduledProcedureStepID ``<procedure>.<n>`` (``n``: its place),
+    never one that another step of the procedure already has."""
+    used = {_text(step, "ScheduledProcedureStepID") for step in steps} - {""}
+    for n, step in enumerate(steps, start=1):
+        if _text(step, "ScheduledProcedureStepID"):
+            continue
+        number = n
+        while step_id(procedure, number) in used:
+            number += len(steps)
+        step.ScheduledProcedureStepID = step_id(procedure, number)
+        used.add(step.ScheduledProcedureStepID)
+
+
+def _same_step_ids(steps: Sequence[Dataset]) -> Iterator[str]:
+    """One problem per ScheduledProcedureStepID that more than one step has (a modality, and
+    MPPS, could not tell those steps apart)."""
+    places: dict[str, list[int]] = {}
+    for n, step in enumerate(steps, start=1):
+        value = _text(step, "ScheduledProcedureStepID")
+        if value:
+            places.setdefault(value, []).append(n)
+    for numbers in places.values():
+        if len(numbers) > 1:
+            listed = ", ".join(map(str, numbers[:-1])) + f" and {numbers[-1]}"
+            yield f"SPS items {listed}: the same ScheduledProcedureStepID"
+
+
 def complete(ds: Dataset) -> Dataset:
     """Fill in what the standard requires and a RIS rarely knows; refuse what is still wrong.
 
@@ -277,9 +334,8 @@ def complete(ds: Dataset) -> Dataset:
     procedure = _text(ds, "RequestedProcedureID")
     if not _text(ds, "StudyInstanceUID") and (accession or procedure):
         ds.StudyInstanceUID = stable_uid(accession, procedure, _text(ds, "PatientID"))
-    for n, step in enumerate(steps, start=1):
-        if not _text(step, "ScheduledProcedureStepID") and procedure:
-            step.ScheduledProcedureStepID = f"{procedure}.{n}"[:16]
+    if procedure:
+        _derive_step_ids(steps, procedure)
     texts = list(_walk_text(ds))
     if "SpecificCharacterSet" not in ds and not all(t.isascii() for _, t in texts):
         ds.SpecificCharacterSet = "ISO_IR 192"
@@ -303,6 +359,7 @@ def complete(ds: Dataset) -> Dataset:
         for alternatives in REQUIRED_SPS:
             if not any(_text(step, k) or step.get(k) for k in alternatives):
                 problems.append(f"{label}{' or '.join(alternatives)} missing")
+    problems.extend(_same_step_ids(steps))
     problems.extend(_invalid(ds))
     if problems:
         raise EntryError(problems)
@@ -349,6 +406,8 @@ def write_entry(ds: Dataset, folder: Path) -> Path:
 
 
 READERS = {"json": entries_from_json, "csv": entries_from_csv, "dump": entries_from_dump}
+#: What one entry of each input form is called in messages.
+ENTRY_WORDS = {"json": "entry", "csv": "row", "dump": ""}
 
 
 def detect_format(text: str, path: Path | None) -> str:
@@ -366,12 +425,195 @@ def detect_format(text: str, path: Path | None) -> str:
     return "csv"
 
 
+@dataclass(frozen=True)
+class InputEntry:
+    """One entry of the input: a CSV row, a JSON entry, or a dump file.
+
+    Attributes
+    ----------
+    source : str
+        The input it came from (a file name, or ``-``).
+    number : int
+        Its place in that input, from 1 (CSV: row 1 is the first row after the header).
+    word : str
+        What it is called in messages: ``row``, ``entry``, or ``""`` when it is the whole input.
+    dataset : Dataset
+        What was read.
+    """
+
+    source: str
+    number: int
+    word: str
+    dataset: Dataset
+
+    @property
+    def label(self) -> str:
+        """``orders.csv row 2``, ``orders.json entry 3``, ``order.dump``."""
+        return f"{self.source} {self.word} {self.number}" if self.word else self.source
+
+
+def describe_entries(entries: Sequence[InputEntry]) -> str:
+    """The entries' labels, by input: ``orders.csv rows 1, 2 and more.json entry 3``.
+
+    Examples
+    --------
+    >>> row = lambda n: InputEntry("orders.csv", n, "row", Dataset())
+    >>> describe_entries([row(1), row(2), InputEntry("a.dump", 1, "", Dataset())])
+    'orders.csv rows 1, 2 and a.dump'
+    """
+    by_source: dict[str, list[InputEntry]] = {}
+    for entry in entries:
+        by_source.setdefault(entry.source, []).append(entry)
+    parts = []
+    for source, group in by_source.items():
+        word = group[0].word
+        if not word:
+            parts.append(source)
+            continue
+        plural = f"{word}s" if len(group) > 1 else word
+        parts.append(f"{source} {plural} {', '.join(str(e.number) for e in group)}")
+    return " and ".join(parts)
+
+
+@dataclass
+class Order:
+    """One output file: the input entries of one requested procedure.
+
+    Attributes
+    ----------
+    name : str
+        The file name (:func:`file_name`).
+    entries : list of InputEntry
+        Its input entries, in input order; each gives one or more steps.
+    dataset : Dataset or None
+        The completed, merged dataset; None when the order is refused.
+    problems : list of str
+        Why it is refused (attribute names, never values).
+    """
+
+    name: str
+    entries: list[InputEntry] = field(default_factory=list)
+    dataset: Dataset | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        """How many scheduled procedure steps the file holds."""
+        return len(self.dataset.get(SPS, None) or []) if self.dataset is not None else 0
+
+
+def _canonical(value: Any) -> Any:
+    """A value in a form that compares as the written file would (``""`` for no value)."""
+    if isinstance(value, (DicomSequence, list, tuple)) and all(
+        isinstance(v, Dataset) for v in value
+    ):
+        return tuple(_level(item) for item in value) if value else ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        values = tuple(str(v).strip() for v in value)
+        return values if any(values) else ""
+    return str(value).strip()
+
+
+def _level(ds: Dataset) -> tuple[tuple[int, Any], ...]:
+    """The attributes of a dataset level that have a value: ``(tag, canonical value)``."""
+    pairs = ((int(e.tag), _canonical(e.value)) for e in ds)
+    return tuple((tag, value) for tag, value in pairs if value != "")
+
+
+def _disagreements(completed: Sequence[Dataset]) -> list[str]:
+    """The keywords of the top-level (order) attributes that the completed entries do not all
+    have alike. Specific Character Set is left out: text is compared decoded, and the merged
+    file gets one that holds all of it (or is refused)."""
+    skip = (_SPS_TAG, _CHARSET_TAG)
+    levels = [{t: v for t, v in _level(ds) if t not in skip} for ds in completed]
+    tags = sorted({tag for level in levels for tag in level})
+    return [
+        keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        for tag in tags
+        if any(level.get(tag) != levels[0].get(tag) for level in levels[1:])
+    ]
+
+
+def _order_name(ds: Dataset) -> str:
+    """The file an entry goes to; its RequestedProcedureID defaults as :func:`complete` does
+    it (so an entry that gives the default and one that leaves it out are alike)."""
+    if not _text(ds, "RequestedProcedureID") and _text(ds, "AccessionNumber"):
+        ds.RequestedProcedureID = _text(ds, "AccessionNumber")
+    return file_name(ds)
+
+
+def plan_orders(entries: Iterable[InputEntry]) -> list[Order]:
+    """Group input entries into orders (one per output file), merge and complete each.
+
+    Entries that go to the same file (:func:`file_name`: the same accession number and
+    requested procedure ID) are one requested procedure: one file whose Scheduled Procedure
+    Step Sequence holds the steps of every entry, in input order, numbered as
+    :func:`complete` numbers them. The order is refused whole when an entry of it is refused
+    on its own, or when its entries differ in a top-level attribute (patient, visit, request,
+    requested procedure: the problem names each such attribute).
+
+    Returns
+    -------
+    list of Order
+        In the order of each one's first entry; ``dataset`` set when it can be written.
+    """
+    orders: dict[str, Order] = {}
+    for entry in entries:
+        name = _order_name(entry.dataset)
+        orders.setdefault(name, Order(name)).entries.append(entry)
+    for order in orders.values():
+        with warnings.catch_warnings():  # pydicom's value warnings: refused below instead
+            warnings.simplefilter("ignore", UserWarning)
+            _complete_order(order)
+    return list(orders.values())
+
+
+def _complete_order(order: Order) -> None:
+    if len(order.entries) == 1:
+        try:
+            order.dataset = complete(order.entries[0].dataset)
+        except EntryError as exc:
+            order.problems = exc.problems
+        return
+    completed = []
+    for entry in order.entries:  # each on its own first, so a problem names its entry
+        try:
+            completed.append(complete(deepcopy(entry.dataset)))
+        except EntryError as exc:
+            order.problems.append(f"{entry.label}: {'; '.join(exc.problems)}")
+    differing = _disagreements(completed) if len(completed) > 1 else []
+    given = {keyword_for_tag(tag) for entry in order.entries for tag, _ in _level(entry.dataset)}
+    derived = [k for k in differing if k in _DERIVED and k not in given]
+    if len(derived) < len(differing):  # a derived value differs because what it is made of does
+        differing = [k for k in differing if k not in derived]
+    if differing:
+        order.problems.append(
+            "these entries go to one file (the same AccessionNumber and RequestedProcedureID) "
+            f"but differ in {', '.join(differing)}; give each step the same order attributes"
+        )
+    if order.problems:
+        order.problems.insert(0, "one requested procedure, refused whole")
+        return
+    merged = completed[0]  # the order's attributes, completed; its steps as they were given
+    merged.ScheduledProcedureStepSequence = [
+        deepcopy(step) for entry in order.entries for step in entry.dataset.get(SPS, None) or []
+    ]
+    try:
+        order.dataset = complete(merged)
+    except EntryError as exc:
+        order.problems = exc.problems
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``wlmserver create``."""
     p = argparse.ArgumentParser(
         prog="wlmserver create",
         description="Write worklist files from JSON (DICOM JSON or keywords), CSV or dcmdump "
-        "text into an AE folder, atomically; entries that would be incomplete are refused.",
+        "text into an AE folder, atomically; entries that would be incomplete are refused. "
+        "Entries of one requested procedure (the same AccessionNumber and "
+        "RequestedProcedureID) in one run become one file with one SPS item per step.",
         allow_abbrev=False,
     )
     p.add_argument("input", nargs="+", help="input files ('-' reads standard input)")
@@ -381,50 +623,82 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _read_input(name: str, form: str) -> list[InputEntry]:
+    """The entries of one input (``form``: ``auto`` or a key of :data:`READERS`).
+
+    Raises
+    ------
+    OSError
+        It cannot be read.
+    EntryError
+        It cannot be read as its format (the message says why).
+    """
+    path = None if name == "-" else Path(name)
+    raw = sys.stdin.buffer.read() if path is None else path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:  # dump2dcm input in ISO_IR 100 and the like
+        text = raw.decode("latin-1")
+    fmt = detect_format(text, path) if form == "auto" else form
+    try:
+        with warnings.catch_warnings():  # pydicom's value warnings: refused later instead
+            warnings.simplefilter("ignore", UserWarning)
+            datasets = list(READERS[fmt](text))
+    except (EntryError, ValueError, KeyError, TypeError) as exc:
+        raise EntryError([f"cannot read it as {fmt} ({exc})"]) from None
+    word = ENTRY_WORDS[fmt]
+    if fmt == "json" and len(datasets) == 1:
+        word = ""  # one object: the file is the entry
+    return [InputEntry(name, n, word, ds) for n, ds in enumerate(datasets, start=1)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``wlmserver create``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    written = refused = 0
-    last_report = time.monotonic()
+    entries: list[InputEntry] = []
+    unreadable = 0
     for name in args.input:
-        path = None if name == "-" else Path(name)
         try:
-            raw = sys.stdin.buffer.read() if path is None else path.read_bytes()
-            try:
-                text = raw.decode("utf-8-sig")
-            except UnicodeDecodeError:  # dump2dcm input in ISO_IR 100 and the like
-                text = raw.decode("latin-1")
+            read = _read_input(name, args.format)
         except OSError as exc:
             print(f"wlmserver create: {name}: {exc.strerror or exc}", file=sys.stderr)
-            refused += 1
+            unreadable += 1
             continue
-        fmt = detect_format(text, path) if args.format == "auto" else args.format
+        except EntryError as exc:
+            print(f"REFUSED {name}: {'; '.join(exc.problems)}", file=sys.stderr)
+            unreadable += 1
+            continue
+        entries.extend(read)
+    files = steps = refused = 0
+    last_report = time.monotonic()
+    for order in plan_orders(entries):
+        label = describe_entries(order.entries)
+        target = args.out / order.name
         try:
-            with warnings.catch_warnings():  # pydicom's value warnings: refused below instead
-                warnings.simplefilter("ignore", UserWarning)
-                entries = list(READERS[fmt](text))
-        except (EntryError, ValueError, KeyError, TypeError) as exc:
-            print(f"REFUSED {name}: cannot read it as {fmt} ({exc})", file=sys.stderr)
-            refused += 1
-            continue
-        for number, ds in enumerate(entries, start=1):
-            label = name if len(entries) == 1 else f"{name} entry {number}"
-            try:
+            if order.dataset is None:
+                raise EntryError(order.problems)
+            if not args.dry_run:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    complete(ds)
-                    target = args.out / file_name(ds)
-                    if not args.dry_run:
-                        target = write_entry(ds, args.out)
-            except EntryError as exc:
-                print(f"REFUSED {label}: {'; '.join(exc.problems)}", file=sys.stderr)
-                refused += 1
-                continue
-            written += 1
-            print(target)
-            if time.monotonic() - last_report > 2:
-                last_report = time.monotonic()
-                print(f"... {written} written, {refused} refused", file=sys.stderr)
+                    target = write_entry(order.dataset, args.out)
+        except EntryError as exc:
+            print(f"REFUSED {label}: {'; '.join(exc.problems)}", file=sys.stderr)
+            refused += len(order.entries)
+            continue
+        files += 1
+        steps += order.steps
+        print(target)
+        if len(order.entries) > 1:
+            print(f"{target}: {order.steps} steps from {label}", file=sys.stderr)
+        if time.monotonic() - last_report > 2:
+            last_report = time.monotonic()
+            print(f"... {files} files written, {refused} entries refused", file=sys.stderr)
     verb = "checked" if args.dry_run else "written"
-    print(f"{written} entries {verb}, {refused} refused", file=sys.stderr)
-    return 1 if refused else 0
+    summary = (
+        f"{files} files {verb} ({steps} steps from {len(entries) - refused} entries), "
+        f"{refused} entries refused"
+    )
+    if unreadable:
+        summary += f", {unreadable} inputs not read"
+    print(summary, file=sys.stderr)
+    return 1 if refused or unreadable else 0
