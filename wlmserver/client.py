@@ -10,8 +10,18 @@ table row per answer (or DICOM JSON, PS3.18 F, with ``--json``; or DICOM files w
 go there by themselves (``-k Modality=CT``); a path names any level explicitly
 (``ScheduledProcedureStepSequence[0].Modality=CT``, ``(0040,0100)[0].(0008,0060)=CT``).
 
+``HOST PORT`` says where the server is; both may be left out (127.0.0.1, 11112), and a single
+number is the port (``wlmserver query 11600`` asks 127.0.0.1 port 11600), since a host is never
+just a number.
+
+When no association is made it says why: the connection was refused (no server on that port),
+the host is not known, nothing answered in time, or the server rejected the association (with
+the reason it gave, as ``findscu`` prints it: "Called AE Title Not Recognized" ...). When the
+server aborts the association or stops answering during the query, it says which.
+
 Exit status: 0 when the query ended with Success (whatever the number of answers), 1 when it
-ended with a failure or cancel status, 2 for usage errors, 3 when no association was made.
+ended with a failure or cancel status, or without a final status, 2 for usage errors, 3 when
+no association was made.
 """
 
 from __future__ import annotations
@@ -21,9 +31,11 @@ import json
 import re
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -257,52 +269,252 @@ def format_table(answers: Sequence[Dataset]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _nodelay(event: Any) -> None:
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        with suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+#: A-ASSOCIATE-RJ parameters (PS3.8 9.3.4), in the words ``findscu`` prints them.
+REJECT_RESULTS = {1: "Rejected Permanent", 2: "Rejected Transient"}
+REJECT_SOURCES = {
+    1: "Service User",
+    2: "Service Provider (ACSE Related)",
+    3: "Service Provider (Presentation Related)",
+}
+REJECT_REASONS = {
+    (1, 1): "No Reason Given",
+    (1, 2): "Application Context Name Not Supported",
+    (1, 3): "Calling AE Title Not Recognized",
+    (1, 7): "Called AE Title Not Recognized",
+    (2, 1): "No Reason Given",
+    (2, 2): "Protocol Version Not Supported",
+    (3, 1): "Temporary Congestion",
+    (3, 2): "Local Limit Exceeded",
+}
+#: A-ABORT parameters (PS3.8 9.3.8): the source, and the reason a service provider gives.
+ABORT_SOURCES = {0: "Service User", 1: "Reserved", 2: "Service Provider"}
+ABORT_REASONS = {
+    0: "Reason Not Specified",
+    1: "Unrecognized PDU",
+    2: "Unexpected PDU",
+    4: "Unrecognized PDU Parameter",
+    5: "Unexpected PDU Parameter",
+    6: "Invalid PDU Parameter Value",
+}
+
+
+def reject_reason(result: int, source: int, diagnostic: int) -> str:
+    """An A-ASSOCIATE-RJ as ``findscu`` reports it: reason, then result and source.
+
+    Examples
+    --------
+    >>> reject_reason(1, 1, 7)
+    'Called AE Title Not Recognized (Result: Rejected Permanent, Source: Service User)'
+    >>> reject_reason(2, 3, 9)
+    'reason 9 (Result: Rejected Transient, Source: Service Provider (Presentation Related))'
+    """
+    reason = REJECT_REASONS.get((source, diagnostic), f"reason {diagnostic}")
+    result_text = REJECT_RESULTS.get(result, f"result {result}")
+    source_text = REJECT_SOURCES.get(source, f"source {source}")
+    return f"{reason} (Result: {result_text}, Source: {source_text})"
+
+
+def abort_reason(source: int, reason: int) -> str:
+    """An A-ABORT's source and reason, in words.
+
+    Examples
+    --------
+    >>> abort_reason(2, 2), abort_reason(0, 0)
+    ('Source: Service Provider, Reason: Unexpected PDU', 'Source: Service User')
+    """
+    text = f"Source: {ABORT_SOURCES.get(source, f'source {source}')}"
+    if source == 2:  # only a service provider gives a reason (PS3.8 9.3.8)
+        text += f", Reason: {ABORT_REASONS.get(reason, f'reason {reason}')}"
+    return text
+
+
+@dataclass
+class QueryResult:
+    """What a query came to.
+
+    Attributes
+    ----------
+    associated : bool
+        Whether an association was made.
+    status : int or None
+        The final C-FIND status; None when there was none (no association, an abort, a
+        timeout).
+    comment : str
+        The final response's error comment, or why there is no association or final status.
+    answers : list of Dataset
+        The pending responses' identifiers.
+    """
+
+    associated: bool
+    status: int | None = None
+    comment: str = ""
+    answers: list[Dataset] = field(default_factory=list)
+
+
+class _Watch:
+    """What happened on the connection: for saying why an association or a query failed."""
+
+    def __init__(self) -> None:
+        self.opened = False
+        self.closed = False
+        self.abort: tuple[int, int] | None = None  # an A-ABORT received: (source, reason)
+        self.last_received = time.monotonic()
+
+    def opened_(self, event: Any) -> None:
+        self.opened = True
+        self.last_received = time.monotonic()
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:
+            with suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def closed_(self, event: Any) -> None:
+        self.closed = True
+
+    def received_(self, event: Any) -> None:
+        from pynetdicom.pdu import A_ABORT_RQ
+
+        self.last_received = time.monotonic()
+        pdu = event.pdu
+        if isinstance(pdu, A_ABORT_RQ):
+            self.abort = (int(pdu.source or 0), int(pdu.reason_diagnostic or 0))
+
+    def why_stopped(self, timeout: float) -> str:
+        """Why an established association ended without a final status."""
+        if self.abort is not None:
+            return f"the server aborted the association ({abort_reason(*self.abort)})"
+        if time.monotonic() - self.last_received >= timeout * 0.95:
+            return f"no response within {timeout:g} s (--timeout); the association was aborted"
+        return "the connection was closed without a final response"
+
+
+def _host_problem(host: str, exc: OSError) -> str:
+    return (
+        f"cannot find the host {host!r} ({exc.strerror or exc}); "
+        "the called AE title goes with -aec, the host and port come last"
+    )
+
+
+def check_ae_title(value: str, option: str) -> str:
+    """An AE title as given, or :class:`UsageError` saying what an AE title may be.
+
+    Examples
+    --------
+    >>> check_ae_title("WLM", "-aec")
+    'WLM'
+    >>> check_ae_title("A" * 17, "-aet")
+    Traceback (most recent call last):
+    ...
+    wlmserver.client.UsageError: -aet 'AAAAAAAAAAAAAAAAA': an AE title is 1 to 16 characters, ...
+    """
+    if not value.strip() or len(value) > 16 or "\\" in value or not value.isprintable():
+        raise UsageError(
+            f"{option} {value!r}: an AE title is 1 to 16 characters, "
+            "without backslashes or control characters"
+        )
+    return value
+
+
+def connect_problem(host: str, port: int, timeout: float) -> str:
+    """Why no connection to ``host:port`` can be made, found by trying one (pynetdicom only
+    logs why its own attempt failed)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except ConnectionRefusedError:
+        return f"connection refused: is a server running on {host}:{port}?"
+    except socket.gaierror as exc:
+        return _host_problem(host, exc)
+    except TimeoutError:
+        return (
+            f"no answer from {host}:{port} within {timeout:g} s: is the host up, and the port "
+            "open in its firewall?"
+        )
+    except OSError as exc:
+        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+    return f"the connection to {host}:{port} failed (it succeeds now: try again)"
+
+
+def association_problem(
+    assoc: Any, watch: _Watch, host: str, port: int, timeout: float, calling: str, called: str
+) -> str:
+    """Why an association was not established, as far as it is known."""
+    where = f"{host}:{port}"
+    if assoc.is_rejected:
+        rsp = assoc.acceptor.primitive
+        result, source, diagnostic = (
+            int(getattr(rsp, name, 0) or 0) for name in ("result", "result_source", "diagnostic")
+        )
+        text = f"association rejected by {where}: {reject_reason(result, source, diagnostic)}"
+        if (source, diagnostic) == (1, 7):
+            text += f"; the server serves no AE title {called!r} (-aec)"
+        elif (source, diagnostic) == (1, 3):
+            text += f"; the server does not accept the calling AE title {calling!r} (-aet)"
+        elif result == 2:
+            text += "; try again later"
+        return text
+    if not watch.opened:
+        return connect_problem(host, port, min(timeout, 10.0))
+    if watch.abort is not None:
+        return f"association aborted by {where} ({abort_reason(*watch.abort)})"
+    rsp = assoc.acceptor.primitive
+    if rsp is not None and getattr(rsp, "result", None) == 0:
+        return (
+            f"{where} accepted the association but not Modality Worklist queries "
+            "(no presentation context for its SOP class): is it a worklist server?"
+        )
+    if time.monotonic() - watch.last_received >= timeout * 0.95:
+        return f"no answer to the association request from {where} within {timeout:g} s (--timeout)"
+    return f"{where} closed the connection without answering the association request"
 
 
 def run_query(
     host: str, port: int, identifier: Dataset, called: str, calling: str, timeout: float
-) -> tuple[int | None, str, list[Dataset]]:
-    """Send the C-FIND; ``(final status or None if no association, comment, answers)``."""
+) -> QueryResult:
+    """Send the C-FIND; what it came to (see :class:`QueryResult`)."""
     from pynetdicom import AE, evt
+    from pynetdicom.events import EventHandlerType
 
     ae = AE(ae_title=calling)
     ae.add_requested_context(MODALITY_WORKLIST_FIND, [ExplicitVRLittleEndian])
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = min(timeout, 10.0)
-    assoc = ae.associate(host, port, ae_title=called, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    watch = _Watch()
+    handlers: list[EventHandlerType] = [
+        (evt.EVT_CONN_OPEN, watch.opened_),
+        (evt.EVT_CONN_CLOSE, watch.closed_),
+        (evt.EVT_PDU_RECV, watch.received_),
+    ]
+    try:
+        assoc = ae.associate(host, port, ae_title=called, evt_handlers=handlers)
+    except OSError as exc:  # pynetdicom resolves the host before it connects
+        return QueryResult(False, comment=_host_problem(host, exc))
     if not assoc.is_established:
-        how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        return None, f"association with {called}@{host}:{port} {how}", []
-    answers: list[Dataset] = []
-    status: int | None = None
-    comment = ""
+        why = association_problem(assoc, watch, host, port, timeout, calling, called)
+        return QueryResult(False, comment=why)
+    result = QueryResult(True)
     try:
         for response, answer in assoc.send_c_find(identifier, MODALITY_WORKLIST_FIND):
             if "Status" not in response:
-                comment = "no response (timeout or aborted association)"
-                status = 0xC000
+                result.comment = watch.why_stopped(timeout)
                 break
             code = int(response.Status)
             if code in _PENDING:
                 if answer is not None:
-                    answers.append(answer)
+                    result.answers.append(answer)
                 continue
-            status = code
+            result.status = code
             comment = str(response.get("ErrorComment", ""))
             offending = response.get("OffendingElement")
             if offending:
                 tags = offending if isinstance(offending, list) else [offending]
                 comment += " (offending: " + ", ".join(f"{int(t):08X}" for t in tags) + ")"
+            result.comment = comment.strip()
             break
     finally:
         if assoc.is_established:
             assoc.release()
-    return status, comment.strip(), answers
+    return result
 
 
 def write_files(answers: Sequence[Dataset], folder: Path) -> list[Path]:
@@ -349,10 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Query a Modality Worklist SCP and print the answers as a table.",
         allow_abbrev=False,
     )
-    p.add_argument("host", nargs="?", default="127.0.0.1", help="default 127.0.0.1")
-    p.add_argument(
-        "port", nargs="?", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}"
-    )
+    p.add_argument("host", nargs="?", help="default 127.0.0.1 (a lone number is the port)")
+    p.add_argument("port", nargs="?", help=f"default {DEFAULT_PORT}")
     p.add_argument("-aec", "--call", default=DEFAULT_AE_TITLE, help="called AE title")
     p.add_argument("-aet", "--aetitle", default="WLMQUERY", help="calling AE title")
     add_query_options(p)
@@ -363,22 +573,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def address(host: str | None, port: str | None) -> tuple[str, int]:
+    """The server's host and port from the positional arguments; a lone number is the port.
+
+    Raises
+    ------
+    UsageError
+        A port that is not a number from 1 to 65535, or a host that is just a number.
+
+    Examples
+    --------
+    >>> address(None, None), address("11600", None), address("pacs", "104")
+    (('127.0.0.1', 11112), ('127.0.0.1', 11600), ('pacs', 104))
+    """
+    if host is not None and port is None and host.isdigit():
+        host, port = None, host  # a host is never just a number: this is the port
+    if host is not None and host.isdigit():
+        raise UsageError(f"{host!r} is not a host: give the host first, then the port")
+    number = DEFAULT_PORT
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"port {port!r}: not a number from 1 to 65535 (HOST PORT)")
+        number = int(port)
+    return host or "127.0.0.1", number
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``wlmserver query``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        host, port = address(args.host, args.port)
+        check_ae_title(args.call, "-aec")
+        check_ae_title(args.aetitle, "-aet")
         with warnings.catch_warnings():  # pydicom's "invalid value": the server will say
             warnings.simplefilter("ignore", UserWarning)
             identifier = build_identifier(args)
     except UsageError as exc:
         parser.error(str(exc))
-    status, comment, answers = run_query(
-        args.host, args.port, identifier, args.call, args.aetitle, args.timeout
-    )
-    if status is None:
-        print(f"wlmserver query: {comment}", file=sys.stderr)
+    result = run_query(host, port, identifier, args.call, args.aetitle, args.timeout)
+    if not result.associated:
+        print(f"wlmserver query: {result.comment}", file=sys.stderr)
         return 3
+    status, comment, answers = result.status, result.comment, result.answers
     if args.json:
         print(json.dumps([a.to_json_dict() for a in answers], indent=2, ensure_ascii=False))
     elif args.write:
@@ -386,6 +623,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path)
     else:
         print(format_table(answers))
+    if status is None:
+        print(f"{len(answers)} answers; no final status: {comment}", file=sys.stderr)
+        return 1
     word = "Success" if status == 0 else "Cancel" if status == 0xFE00 else "Failure"
     message = f"{len(answers)} answers; final status 0x{status:04X} ({word})"
     print(message + (f": {comment}" if comment else ""), file=sys.stderr)
