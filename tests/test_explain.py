@@ -105,3 +105,95 @@ def test_json_drops_are_explained_with_the_option(
     assert not any("kim.json" in line for line in lines)
     _, lines = _run(store, capsys, "--modality", "MR", "--json-drops")
     assert "MATCH  WLM/kim.json#1" in lines
+
+
+@pytest.fixture
+def unserved(store: Path) -> Path:
+    """Files of patients P7 to P9 the server does not serve (in full), and one of P5 elsewhere."""
+    write_wl(store / "WLM" / "nomod.wl", PatientID="P9", AccessionNumber="A9",
+             sps=[{"Modality": None}])  # fmt: skip
+    write_wl(
+        store / "WLM" / "part.wl",
+        PatientID="P7",
+        AccessionNumber="A7",
+        sps=[{}, {"Modality": None, "ScheduledProcedureStepID": "S2"}],
+    )
+    cut = write_wl(store / "WLM" / "cut.wl", PatientID="P8", AccessionNumber="A8")
+    cut.write_bytes(cut.read_bytes()[:-3])  # ends inside its last value
+    (store / "WLM" / "junk.wl").write_bytes(b"\x00\x01 not DICOM, but it names P6 " * 8)
+    (store / "WLM" / "empty.wl").write_bytes(b"")
+    write_wl(store / "CT01" / "ct.wl", PatientID="P5", AccessionNumber="A5")
+    return store
+
+
+def _explain(store: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = main(["explain", str(store), *args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize("which", [["--entry-patient-id", "P9"], ["--entry-accession", "A9"]])
+def test_a_file_not_served_is_named_with_its_reason(
+    unserved: Path, capsys: pytest.CaptureFixture[str], which: list[str]
+) -> None:
+    status, out, err = _explain(unserved, capsys, *which)
+    assert status == 1
+    assert out == "NOT SERVED WLM/nomod.wl: the entry lacks Type 1 Modality: not served\n"
+    what = "patient ID P9" if which[0] == "--entry-patient-id" else "accession number A9"
+    assert err == (
+        f"0 of 0 entries answer the query; 1 files that hold {what} are not served, "
+        "or not in full (NOT SERVED above)\n"
+    )  # and no log lines of the store besides
+
+
+def test_broken_and_partly_served_files_are_found_leniently(
+    unserved: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, out, _ = _explain(unserved, capsys, "--entry-patient-id", "P8")
+    assert out.startswith("NOT SERVED WLM/cut.wl: cut short") and out.count("\n") == 1
+    _, out, _ = _explain(unserved, capsys, "--entry-patient-id", "P7")
+    assert out.splitlines() == [
+        "MATCH  WLM/part.wl#1",
+        "NOT SERVED WLM/part.wl (in part): SPS item 2 lacks Type 1 Modality: not served",
+    ]
+    _, out, _ = _explain(unserved, capsys, "--entry-patient-id", "P6")
+    assert out.startswith("NOT SERVED WLM/junk.wl: ")
+    assert out.rstrip().endswith("(too broken to read, but its bytes hold patient ID P6)")
+    status, out, err = _explain(unserved, capsys, "--entry-patient-id", "P5", "-aec", "WLM")
+    assert status == 1 and out == ""
+    assert "patient ID P5 is in AE folder CT01, not the one asked (-aec)" in err
+    _, out, err = _explain(unserved, capsys, "--entry-patient-id", "NOBODY")
+    assert out == "" and f"no file in {unserved} holds patient ID NOBODY" in err
+
+
+def test_every_file_not_served_is_listed_without_a_filter(
+    unserved: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, out, err = _explain(unserved, capsys)
+    listed = [line.split(":")[0] for line in out.splitlines() if line.startswith("NOT SERVED")]
+    assert listed == [
+        "NOT SERVED WLM/cut.wl",
+        "NOT SERVED WLM/empty.wl",
+        "NOT SERVED WLM/junk.wl",
+        "NOT SERVED WLM/nomod.wl",
+        "NOT SERVED WLM/part.wl (in part)",
+    ]
+    assert "5 files are not served, or not in full" in err
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("WLM", "is an AE folder (it holds .wl files), not a database root: use "
+                "wlmserver explain {root} -aec WLM"),
+        ("WLM/ct.wl", "is a file, not a database root: give the root it is in "
+                      "(wlmserver explain {root} -aec WLM)"),
+    ],
+)  # fmt: skip
+def test_an_ae_folder_or_file_given_as_the_root(
+    store: Path, capsys: pytest.CaptureFixture[str], where: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["explain", str(store / where)])
+    assert info.value.code == 2
+    assert message.format(root=store) in capsys.readouterr().err

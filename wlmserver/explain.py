@@ -11,6 +11,12 @@ the database read as the server reads it. For every entry (or only those of ``--
 - ``PatientName (0010,0010): query NAKAMURA*, entry has Nakamura^Kenji; case differs, and
   person names match case-sensitively (the server's --pn-case-insensitive changes that)``
 
+Files the server does not serve, or serves only in part (a missing Type 1 attribute, cut
+short, not DICOM ...), are listed as ``NOT SERVED`` with the reason. With ``--entry-patient-id``
+or ``--entry-accession`` only those holding that patient or accession are listed; a file that
+serves nothing is read leniently for that, and one too broken to tell is listed when its bytes
+hold the value.
+
 It prints what the entries hold, which is patient data: it is a tool for the people who run
 the server, on their own terminal.
 """
@@ -18,19 +24,28 @@ the server, on their own terminal.
 from __future__ import annotations
 
 import argparse
+import io
+import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from wlmserver.client import UsageError, add_query_options, build_identifier
 from wlmserver.config import bundled_database
+from wlmserver.dicomfile import parse
 from wlmserver.entry import Entry
-from wlmserver.index import WorklistStore
+from wlmserver.index import FileState, FolderSnapshot, WorklistStore
 from wlmserver.keys import SPS_SEQUENCE_TAG, describe_tag
 from wlmserver.matching import compile_value
 from wlmserver.query import CompiledQuery, ItemQuery, Mismatch, QueryError, compile_query
+from wlmserver.record import Record
+from wlmserver.wlfile import read_file_bytes
 
 _PATIENT_ID, _ACCESSION = 0x00100020, 0x00080050
 
@@ -94,6 +109,104 @@ def explain_entry(entry: Entry, query: CompiledQuery, pn_fold: bool) -> list[str
     return reasons
 
 
+@dataclass(frozen=True)
+class EntryFilter:
+    """The entries to explain: those of a patient ID and/or accession number (exact values).
+
+    Attributes
+    ----------
+    patient_id : str or None
+        ``--entry-patient-id``.
+    accession : str or None
+        ``--entry-accession``.
+    """
+
+    patient_id: str | None = None
+    accession: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.patient_id or self.accession)
+
+    def matches(self, patient_ids: Sequence[str], accessions: Sequence[str]) -> bool:
+        """Whether values of a file's top level are the wanted ones."""
+        if self.patient_id and self.patient_id not in patient_ids:
+            return False
+        return not (self.accession and self.accession not in accessions)
+
+    def matches_record(self, top: Record) -> bool:
+        """Whether an entry's top-level record is one of the wanted ones."""
+        return self.matches(top.text(_PATIENT_ID), top.text(_ACCESSION))
+
+    def describe(self) -> str:
+        """``patient ID P1``, ``accession number A1``, or both."""
+        parts = [f"patient ID {self.patient_id}"] if self.patient_id else []
+        parts += [f"accession number {self.accession}"] if self.accession else []
+        return " and ".join(parts)
+
+
+def _ids_from_record(data: bytes) -> list[tuple[Sequence[str], Sequence[str]]]:
+    record, _ = parse(data)
+    return [(record.text(_PATIENT_ID), record.text(_ACCESSION))]
+
+
+def _ids_from_pydicom(data: bytes) -> list[tuple[Sequence[str], Sequence[str]]]:
+    ds = dcmread(io.BytesIO(data), force=True)  # lenient: reads what a cut-short file holds
+    return [(_values(ds.get("PatientID")), _values(ds.get("AccessionNumber")))]
+
+
+def _ids_from_json(data: bytes) -> list[tuple[Sequence[str], Sequence[str]]]:
+    from wlmserver.create import entries_from_json
+
+    datasets = entries_from_json(data.decode("utf-8-sig"))
+    return [(_values(ds.get("PatientID")), _values(ds.get("AccessionNumber"))) for ds in datasets]
+
+
+def _values(value: object) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple, MultiValue)):
+        return [str(v).strip() for v in value]
+    return [str(value).strip()]
+
+
+def holds(path: Path, wanted: EntryFilter) -> bool | None:
+    """Whether a file that serves nothing holds the wanted entries, read leniently (never
+    raises): True, False, or None when it cannot be read far enough to tell but its bytes
+    contain the wanted values."""
+    try:
+        data = read_file_bytes(path)
+    except Exception:  # a FIFO, a device, gone, unreadable: nothing to tell
+        return False
+    readers: list[Callable[[bytes], list[tuple[Sequence[str], Sequence[str]]]]]
+    if path.suffix.lower() == ".json":
+        readers = [_ids_from_json]
+    else:
+        readers = [_ids_from_record, _ids_from_pydicom]
+    for reader in readers:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                found = reader(data)
+        except Exception:  # a broken file: try the next, more lenient reader
+            continue
+        if any(ids[0] or ids[1] for ids in found):
+            return any(wanted.matches(*ids) for ids in found)
+    values = [v for v in (wanted.patient_id, wanted.accession) if v]
+    if all(v.encode("utf-8") in data for v in values):
+        return None
+    return False
+
+
+def unserved_line(folder: FolderSnapshot, name: str, state: FileState) -> str:
+    """The line for a file with a problem: ``NOT SERVED`` (in part) or ``NOTE`` (served)."""
+    where = f"{folder.name}/{name}"
+    if not state.entries:
+        return f"NOT SERVED {where}: {state.problem}"
+    if "not served" in (state.problem or ""):
+        return f"NOT SERVED {where} (in part): {state.problem}"
+    return f"NOTE       {where}: {state.problem}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``wlmserver explain``."""
     p = argparse.ArgumentParser(
@@ -122,11 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     root: Path = args.database or bundled_database()
-    if not root.is_dir():
-        parser.error(f"{root} is not a database root")
+    problem = _root_problem(root)
+    if problem:
+        parser.error(problem)
     args.all_keys = args.all_keys or False
     try:
-        identifier = build_identifier(args)
+        with warnings.catch_warnings():  # pydicom's "invalid value": the query's status says
+            warnings.simplefilter("ignore", UserWarning)
+            identifier = build_identifier(args)
     except UsageError as exc:
         parser.error(str(exc))
     try:
@@ -137,17 +253,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = WorklistStore(
         root, reject_incomplete=not args.disable_file_reject, json_drops=args.json_drops
     )
-    store.scan()
-    folders = [f for f in store.snapshots() if args.call is None or f.name == args.call]
+    package_log = logging.getLogger("wlmserver")
+    level = package_log.level
+    package_log.setLevel(logging.ERROR)  # files not served are listed below, with the reason
+    try:
+        store.scan()
+    finally:
+        package_log.setLevel(level)
+    snapshots = store.snapshots()
+    folders = [f for f in snapshots if args.call is None or f.name == args.call]
     if not folders:
-        print(f"no AE folder {args.call!r} in {root}: the association would be rejected")
+        if args.call is None:
+            print(f"no AE folder in {root}: nothing is served")
+        else:
+            print(f"no AE folder {args.call!r} in {root}: the association would be rejected")
         return 1
-    matched = shown = 0
+    wanted = EntryFilter(args.entry_patient_id, args.entry_accession)
+    matched = shown = unserved = 0
     for folder in folders:
         for entry in folder.entries:
-            if args.entry_patient_id and args.entry_patient_id not in entry.top.text(_PATIENT_ID):
-                continue
-            if args.entry_accession and args.entry_accession not in entry.top.text(_ACCESSION):
+            if wanted and not wanted.matches_record(entry.top):
                 continue
             shown += 1
             where = f"{folder.name}/{Path(entry.path).name}#{entry.item + 1}"
@@ -157,5 +282,80 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"MATCH  {where}")
             else:
                 print(f"NO     {where}: " + "; ".join(reasons))
-    print(f"{matched} of {shown} entries answer the query", file=sys.stderr)
+        unserved += _print_unserved(store.root, folder, wanted)
+    summary = f"{matched} of {shown} entries answer the query"
+    if unserved:
+        whose = f" that hold {wanted.describe()}" if wanted else ""
+        summary += f"; {unserved} files{whose} are not served, or not in full (NOT SERVED above)"
+    elif wanted and not shown:
+        summary += f"; {_elsewhere(store.root, snapshots, folders, wanted)}"
+    print(summary, file=sys.stderr)
     return 0 if matched else 1
+
+
+def _root_problem(root: Path) -> str | None:
+    """Why ``root`` is not a database root, saying what to give instead; None if it is one."""
+    if root.is_dir():
+        from wlmserver.cli import holds_worklist_files
+
+        if holds_worklist_files(root) and not any(p.is_dir() for p in root.iterdir()):
+            return (
+                f"{root} is an AE folder (it holds .wl files), not a database root: use "
+                f"wlmserver explain {root.parent} -aec {root.name}"
+            )
+        return None
+    if root.exists():
+        return (
+            f"{root} is a file, not a database root: give the root it is in (wlmserver explain "
+            f"{root.parent.parent} -aec {root.parent.name}); 'wlmserver check {root}' says "
+            "whether it is served"
+        )
+    return f"{root} is not a database root (no such folder)"
+
+
+def _print_unserved(root: Path, folder: FolderSnapshot, wanted: EntryFilter) -> int:
+    """Print a line for each file of a folder that is not served, or not in full (those of
+    the wanted entries only); return how many."""
+    count = 0
+    for name, state in sorted(folder.files.items()):
+        if not state.problem:
+            continue
+        line = unserved_line(folder, name, state)
+        if wanted:
+            if state.entries:
+                if not any(wanted.matches_record(e.top) for e in state.entries):
+                    continue
+            else:
+                found = holds(root / folder.name / name, wanted)
+                if found is False:
+                    continue
+                if found is None:
+                    line += f" (too broken to read, but its bytes hold {wanted.describe()})"
+        print(line)
+        count += 1
+    return count
+
+
+def _elsewhere(
+    root: Path,
+    snapshots: Sequence[FolderSnapshot],
+    chosen: Sequence[FolderSnapshot],
+    wanted: EntryFilter,
+) -> str:
+    """Where the wanted entries are, when none is in the AE folders explained."""
+    others = [
+        f.name
+        for f in snapshots
+        if f not in chosen
+        and (
+            any(wanted.matches_record(e.top) for e in f.entries)
+            or any(
+                not state.entries and holds(root / f.name / name, wanted) is not False
+                for name, state in f.files.items()
+                if state.problem
+            )
+        )
+    ]
+    if others:
+        return f"{wanted.describe()} is in AE folder {', '.join(others)}, not the one asked (-aec)"
+    return f"no file in {root} holds {wanted.describe()}"
