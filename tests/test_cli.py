@@ -81,7 +81,10 @@ def test_wlmscpfs_option_names(db: Path) -> None:
         (["-pdu", "100"], "-pdu"),
         (["--any-aet", "../x"], "--any-aet"),
         (["--poll", "0"], "positive"),
-        (["not-a-port"], "invalid int"),
+        (["not-a-port"], "'not-a-port' is not a port number: 'wlmserver [options] [port]' serves"),
+        (["70000"], "port 70000: a port is 0 to 65535"),
+        (["qurey"], "'qurey' is not a port: did you mean 'wlmserver query'?"),
+        (["11112", "11113"], "only one port can be given; '11113' is a second port"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(
@@ -91,6 +94,36 @@ def test_bad_arguments_exit_2_with_a_message(
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_folder_or_file_given_as_the_port_says_what_to_type(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wl = write_wl(db / "WLM" / "a.wl")
+    cases = [
+        ([str(db)], f"wlmserver: error: '{db}' is a folder: to serve it, use -dfp {db} [port]"),
+        ([str(db), "104"], f"'{db}' is a folder: to serve it, use -dfp {db} [port]"),
+        (["104", str(db)], f"only one port can be given; '{db}' is a folder: to serve it, use"),
+        (
+            [str(db / "WLM")],
+            f"'{db / 'WLM'}' is an AE folder (it holds .wl files): to serve it, give its "
+            f"database root: -dfp {db} [port] (it is then served as AE title 'WLM')",
+        ),
+        ([str(wl)], f"'{wl}' is a file, not a port: 'wlmserver check {wl}' says whether"),
+        ([str(db / "nothing")], "is not a port, and there is no such folder"),
+        (
+            ["-dfp", str(db / "WLM")],
+            f"-dfp {db / 'WLM'} holds .wl files itself: it is an AE folder, not a database "
+            f"root; use -dfp {db} (it is then served as AE title 'WLM')",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2, argv
+        assert message in err, (argv, err)
+        assert "invalid int" not in err and "argument port" not in err
 
 
 def _start(args: list[str], cwd: Path | None = None) -> tuple[subprocess.Popen[str], int, str]:

@@ -4,9 +4,12 @@ set up logging, and forward to :func:`wlmserver.server.run`."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import shlex
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from wlmserver import __version__
 from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT, Config, bundled_database
@@ -30,9 +33,78 @@ def _seconds(text: str) -> float:
     return value
 
 
+#: ``wlmserver <tool> ...``: the tools beside the server, by name -> module with ``main(argv)``.
+TOOLS = {
+    "check": "wlmserver.check",
+    "create": "wlmserver.create",
+    "explain": "wlmserver.explain",
+    "query": "wlmserver.client",
+}
+
+
+def holds_worklist_files(folder: Path) -> bool:
+    """Whether a folder holds ``.wl`` files itself (an AE folder, not a database root)."""
+    from wlmserver.wlfile import is_worklist_name
+
+    try:
+        return any(is_worklist_name(p.name) for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def positional_hint(text: str) -> str:
+    """What to type instead, for a word given where ``wlmserver`` takes only a port.
+
+    Examples
+    --------
+    >>> positional_hint("qurey")
+    "'qurey' is not a port: did you mean 'wlmserver query'?"
+    """
+    path = Path(text)
+    quoted = shlex.quote(text)
+    if path.is_dir():
+        if holds_worklist_files(path) and not holds_worklist_files(path.parent):
+            root = shlex.quote(str(path.parent))
+            return (
+                f"'{text}' is an AE folder (it holds .wl files): to serve it, give its database "
+                f"root: -dfp {root} [port] (it is then served as AE title {path.name!r})"
+            )
+        return f"'{text}' is a folder: to serve it, use -dfp {quoted} [port]"
+    if path.exists():
+        return (
+            f"'{text}' is a file, not a port: 'wlmserver check {quoted}' says whether it would "
+            "be served; to serve a database, use -dfp ROOT [port]"
+        )
+    close = difflib.get_close_matches(text.lower(), TOOLS, n=1)
+    if close:
+        return f"'{text}' is not a port: did you mean 'wlmserver {close[0]}'?"
+    if "/" in text or text.startswith((".", "~")):
+        return f"'{text}' is not a port, and there is no such folder (a database root: -dfp ROOT)"
+    return (
+        f"'{text}' is not a port number: 'wlmserver [options] [port]' serves (-dfp ROOT for the "
+        f"database); the tools are wlmserver {' | '.join(TOOLS)}"
+    )
+
+
+def _port(text: str) -> int:
+    """The port positional: 0 to 65535, or an error saying what to type instead."""
+    if text.isdigit():
+        if int(text) > 65535:
+            raise argparse.ArgumentTypeError(f"port {text}: a port is 0 to 65535")
+        return int(text)
+    raise argparse.ArgumentTypeError(positional_hint(text))
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose port messages stand alone (they say what to type)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(message.removeprefix("argument port: "))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (its own function, so ``main(argv)`` can be tested)."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="wlmserver",
         description="DICOM Modality Worklist SCP serving <root>/<CalledAETitle>/*.wl "
         "(the wlmscpfs layout) from a live, watched index.",
@@ -42,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "port",
         nargs="?",
-        type=int,
+        type=_port,
         default=DEFAULT_PORT,
         help=f"TCP port to listen on (default {DEFAULT_PORT}; 0 picks a free port)",
     )
@@ -287,15 +359,6 @@ def ready_line(config: Config) -> str:
     )
 
 
-#: ``wlmserver <tool> ...``: the tools beside the server, by name -> module with ``main(argv)``.
-TOOLS = {
-    "check": "wlmserver.check",
-    "create": "wlmserver.create",
-    "explain": "wlmserver.explain",
-    "query": "wlmserver.client",
-}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the ``wlmserver`` command; returns the exit status.
 
@@ -309,13 +372,28 @@ def main(argv: list[str] | None = None) -> int:
     from wlmserver.server import run
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if any(word.startswith("-") for word in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # a second positional: the server takes one, the port
+        word = extra[0]
+        hint = f"{word!r} is a second port" if word.isdigit() else positional_hint(word)
+        parser.error(f"only one port can be given; {hint}")
     if not 4096 <= args.max_pdu <= 131072 and args.max_pdu != 0:
         parser.error("-pdu must be between 4096 and 131072")
     if args.any_aet is not None and not is_safe_ae_title(args.any_aet):
         parser.error(f"--any-aet {args.any_aet!r} is not a valid AE title folder name")
     config = config_from_args(args)
-    if not config.data_files_path.is_dir():
-        parser.error(f"the database root {config.data_files_path} is not a folder")
+    root = config.data_files_path
+    if not root.is_dir():
+        parser.error(f"the database root {root} is not a folder")
+    if holds_worklist_files(root) and not any(
+        p.is_dir() and is_safe_ae_title(p.name) for p in root.iterdir()
+    ):
+        parser.error(
+            f"-dfp {root} holds .wl files itself: it is an AE folder, not a database root; "
+            f"use -dfp {shlex.quote(str(root.parent))} (it is then served as AE title "
+            f"{root.name!r})"
+        )
     setup_logging(args)
     return run(config, ready_message=ready_line(config))
