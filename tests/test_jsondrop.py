@@ -114,3 +114,22 @@ def test_hostile_drops_are_one_file_not_served(
     folder = store.folder("WLM")
     assert folder is not None and len(folder.entries) == 1
     assert folder.files[name].problem == reason
+
+
+def test_entries_of_one_order_are_its_steps(tmp_path: Path) -> None:
+    """A drop that repeats an order (a CT step, then an MR step) serves both steps, each with
+    its own step ID, as ``wlmserver create`` writes them; entries that disagree on the order
+    are refused together, naming the attribute."""
+    mr = dict(ORDER, Modality="MR", ScheduledStationAETitle="MR01")
+    path = _drop(tmp_path / "WLM", "orders.json", [ORDER, mr])
+    result = read_json_drop(path)
+    assert [e.sps.text(0x00080060) for e in result.entries] == [("CT",), ("MR",)]
+    assert [e.sps.text(0x00400009) for e in result.entries] == [("A100.1",), ("A100.2",)]
+    assert result.problems == ()
+    other = dict(mr, PatientID="P999")
+    path = _drop(tmp_path / "WLM", "clash.json", [ORDER, other, dict(ORDER, AccessionNumber="A2")])
+    result = read_json_drop(path)
+    assert [e.top.text(0x00080050) for e in result.entries] == [("A2",)]
+    (problem,) = result.problems
+    assert problem.startswith("entries 1, 2: one requested procedure, refused whole")
+    assert "differ in PatientID" in problem and "P999" not in problem

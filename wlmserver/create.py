@@ -460,6 +460,8 @@ def describe_entries(entries: Sequence[InputEntry]) -> str:
     >>> row = lambda n: InputEntry("orders.csv", n, "row", Dataset())
     >>> describe_entries([row(1), row(2), InputEntry("a.dump", 1, "", Dataset())])
     'orders.csv rows 1, 2 and a.dump'
+    >>> describe_entries([InputEntry("a.json", n, "entry", Dataset()) for n in (1, 2)])
+    'a.json entries 1, 2'
     """
     by_source: dict[str, list[InputEntry]] = {}
     for entry in entries:
@@ -470,7 +472,7 @@ def describe_entries(entries: Sequence[InputEntry]) -> str:
         if not word:
             parts.append(source)
             continue
-        plural = f"{word}s" if len(group) > 1 else word
+        plural = ("entries" if word == "entry" else f"{word}s") if len(group) > 1 else word
         parts.append(f"{source} {plural} {', '.join(str(e.number) for e in group)}")
     return " and ".join(parts)
 

@@ -1,10 +1,11 @@
 """JSON drop files: ``*.json`` in an AE folder, served like ``.wl`` files (``--json-drops``).
 
 A RIS script can drop the JSON that ``wlmserver create`` reads (the DICOM JSON model or
-keywords as keys; one entry or a list of them) straight into an AE folder. Each entry is
-completed and validated exactly as ``wlmserver create`` does (:func:`wlmserver.create.complete`),
-then turned into the same records a ``.wl`` file gives; an entry that is refused is not served
-and the file's log line says why. A file that is not (yet) valid JSON, one still being
+keywords as keys; one entry or a list of them) straight into an AE folder. Its entries are
+grouped, completed and validated exactly as ``wlmserver create`` does
+(:func:`wlmserver.create.plan_orders`: entries of one requested procedure are its steps), then
+turned into the same records a ``.wl`` file gives; an order that is refused is not served and
+the file's log line says why. A file that is not (yet) valid JSON, one still being
 written, is not served until it is.
 """
 
@@ -18,7 +19,14 @@ from pathlib import Path
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from wlmserver.create import WORKLIST_FILE_CLASS, EntryError, complete, entries_from_json
+from wlmserver.create import (
+    WORKLIST_FILE_CLASS,
+    EntryError,
+    InputEntry,
+    describe_entries,
+    entries_from_json,
+    plan_orders,
+)
 from wlmserver.dicomfile import Incomplete, Undecodable, parse
 from wlmserver.entry import Entry
 from wlmserver.wlfile import (
@@ -66,12 +74,22 @@ def read_json_drop(path: Path, *, reject_incomplete: bool = True) -> FileResult:
         raise WorklistFileError(f"not a worklist entry ({exc})") from None
     entries: list[Entry] = []
     problems: list[str] = []
-    for number, ds in enumerate(datasets, start=1):
-        label = f"entry {number}: " if len(datasets) > 1 else ""
+    inputs = [InputEntry(path.name, n, "entry", ds) for n, ds in enumerate(datasets, start=1)]
+    # entries of one requested procedure are one order with one SPS item per step, as
+    # ``wlmserver create`` makes them (not two entries that both claim step <accession>.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        orders = plan_orders(inputs)
+    for order in orders:
+        label = f"{describe_entries(order.entries).removeprefix(path.name + ' ')}: "
+        label = label if len(datasets) > 1 else ""
+        if order.dataset is None:
+            problems.append(f"{label}{'; '.join(order.problems)}: not served")
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                complete(ds)
+                ds = order.dataset
                 ds.file_meta = FileMetaDataset()
                 ds.file_meta.MediaStorageSOPClassUID = UID(WORKLIST_FILE_CLASS)
                 ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3")  # not kept
@@ -87,9 +105,6 @@ def read_json_drop(path: Path, *, reject_incomplete: bool = True) -> FileResult:
                 first_item=len(entries),
                 label=label,
             )
-        except EntryError as exc:
-            problems.append(f"{label}{'; '.join(exc.problems)}: not served")
-            continue
         except (WorklistFileError, Incomplete, Undecodable, ValueError, TypeError) as exc:
             problems.append(f"{label}{exc}: not served")
             continue
