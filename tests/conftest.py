@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
 from wlmserver.config import Config
-from wlmserver.server import MODALITY_WORKLIST_FIND, VERIFICATION, WorklistServer
+from wlmserver.service.server import MODALITY_WORKLIST_FIND, VERIFICATION, WorklistServer
 
 TOP_DEFAULTS: dict[str, Any] = {
     "PatientName": "DOE^JANE",

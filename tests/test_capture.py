@@ -12,9 +12,9 @@ from conftest import StartServer, find, write_wl
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from wlmserver import capture
 from wlmserver.cli import main
-from wlmserver.client import load_request
+from wlmserver.service import capture
+from wlmserver.tools.client import load_request
 
 DUMP2DCM = Path("/usr/bin/dump2dcm")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import write_wl
 
-from wlmserver import check
 from wlmserver.cli import main
+from wlmserver.tools import check
 
 TODAY = date(2026, 11, 22)
 

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 
 from wlmserver.cli import build_parser, config_from_args, main
 from wlmserver.config import DEFAULT_PORT, bundled_database
-from wlmserver.response import CharsetPolicy
+from wlmserver.matching.answers import CharsetPolicy
 
 
 def test_defaults(db: Path) -> None:

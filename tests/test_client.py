@@ -18,9 +18,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
-from wlmserver import client
 from wlmserver.cli import main
-from wlmserver.server import MODALITY_WORKLIST_FIND
+from wlmserver.service.server import MODALITY_WORKLIST_FIND
+from wlmserver.tools import client
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from wlmserver import create
 from wlmserver.cli import main
-from wlmserver.wlfile import read_worklist_file
+from wlmserver.store.wlfile import read_worklist_file
+from wlmserver.tools import create
 
 ORDER = {
     "PatientName": "Müller^Jürgen",

@@ -24,7 +24,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from wlmserver.config import Config
-from wlmserver.server import MODALITY_WORKLIST_FIND, WorklistServer
+from wlmserver.service.server import MODALITY_WORKLIST_FIND, WorklistServer
 
 FINDSCU = Path("/usr/bin/findscu")  # not the pynetdicom findscu that may shadow it on PATH
 ECHOSCU = Path("/usr/bin/echoscu")

@@ -9,8 +9,8 @@ import pytest
 from conftest import make_dataset, write_wl
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from wlmserver.dicomfile import MAX_NESTING, Incomplete, Undecodable, parse
-from wlmserver.wlfile import WorklistFileError, read_worklist_file
+from wlmserver.store.dicomfile import MAX_NESTING, Incomplete, Undecodable, parse
+from wlmserver.store.wlfile import WorklistFileError, read_worklist_file
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ from conftest import make_dataset, write_wl
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import encode as pydicom_encode
 
-from wlmserver.encode import EncodedAnswer, install, installed
-from wlmserver.query import compile_query
-from wlmserver.response import as_dataset, build_encoded
-from wlmserver.wlfile import read_worklist_file
+from wlmserver.matching.answers import as_dataset, build_encoded
+from wlmserver.matching.query import compile_query
+from wlmserver.service.fastpath import EncodedAnswer, install, installed
+from wlmserver.store.wlfile import read_worklist_file
 
 SYNTAXES = [(False, True), (True, True), (False, False)]
 
@@ -121,7 +121,7 @@ def test_pending_fragments_equal_pynetdicoms(max_pdu: int) -> None:
     from pynetdicom.dimse_primitives import C_FIND
     from pynetdicom.dsutils import encode
 
-    from wlmserver.encode import pending_pdata
+    from wlmserver.service.fastpath import pending_pdata
 
     primitive = C_FIND()
     primitive.MessageIDBeingRespondedTo = 7
@@ -151,7 +151,7 @@ def test_direct_pdus_are_the_bytes_pynetdicoms_dul_writes(max_pdu: int, with_dat
     from pynetdicom.dimse_primitives import C_FIND
     from pynetdicom.pdu import P_DATA_TF
 
-    from wlmserver.encode import command_set, p_data_tf
+    from wlmserver.service.fastpath import command_set, p_data_tf
 
     primitive = C_FIND()
     primitive.MessageIDBeingRespondedTo = 7
@@ -172,7 +172,7 @@ def test_direct_pdus_are_the_bytes_pynetdicoms_dul_writes(max_pdu: int, with_dat
 
 
 def test_cached_elements_keep_transfer_syntax_and_charset_apart() -> None:
-    from wlmserver.encode import encode_elements
+    from wlmserver.service.fastpath import encode_elements
 
     elements = [(0x00100010, "PN", ("Müller^Jürgen",)), (0x00100020, "LO", ("P1",))]
     latin1 = encode_elements(elements, False, True, ("ISO_IR 100",))

@@ -13,9 +13,9 @@ from conftest import write_wl
 from pydicom.dataset import Dataset
 
 from wlmserver.config import Config
-from wlmserver.handlers import CANCEL_CHECK_EVERY, handle_find
-from wlmserver.index import WorklistStore
-from wlmserver.status import Status
+from wlmserver.matching.status import Status
+from wlmserver.service.handlers import CANCEL_CHECK_EVERY, handle_find
+from wlmserver.store.index import WorklistStore
 
 
 class FakeEvent:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import write_wl
 
-from wlmserver.index import LockBusy, WorklistStore, is_safe_ae_title
+from wlmserver.store.index import LockBusy, WorklistStore, is_safe_ae_title
 
 
 def _ids(store: WorklistStore, aet: str = "WLM") -> list[str]:
@@ -78,7 +78,7 @@ def test_rescan_rereads_only_changed_files(db: Path, monkeypatch: pytest.MonkeyP
     store = WorklistStore(db)
     store.scan()
     reads: list[str] = []
-    import wlmserver.index as index_module
+    import wlmserver.store.index as index_module
 
     real = index_module.read_worklist_file
     monkeypatch.setattr(
@@ -260,7 +260,7 @@ def test_hostile_files_are_each_one_skipped_file(
 def test_a_reader_failing_unexpectedly_skips_one_file(
     db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import wlmserver.index as index
+    import wlmserver.store.index as index
 
     real = index.read_worklist_file
 

@@ -8,11 +8,11 @@ import random
 import pytest
 from pydicom.dataset import Dataset
 
-from wlmserver.entry import Entry
-from wlmserver.lookup import Lookup
-from wlmserver.matching import sortable_instant
-from wlmserver.query import QueryError, compile_query
-from wlmserver.record import Record
+from wlmserver.matching.entry import Entry
+from wlmserver.matching.primitives import sortable_instant
+from wlmserver.matching.query import QueryError, compile_query
+from wlmserver.matching.record import Record
+from wlmserver.store.lookup import Lookup
 
 STATIONS = ["CT01", "CT02", "MR01", "US01", "US02", "DX01"]
 MODALITIES = ["CT", "MR", "US", "DX"]

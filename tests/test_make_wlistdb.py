@@ -17,7 +17,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from wlmserver.index import WorklistStore
+from wlmserver.store.index import WorklistStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "wlistdb" / "entries.json"

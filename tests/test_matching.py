@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wlmserver import matching
-from wlmserver.matching import (
+from wlmserver.matching import primitives as matching
+from wlmserver.matching.primitives import (
     Glob,
     QueryValueError,
     Wildcard,

@@ -8,10 +8,10 @@ import pytest
 from conftest import make_dataset, write_wl
 from pydicom.dataset import Dataset
 
-from wlmserver.entry import Entry
-from wlmserver.query import QueryError, compile_query
-from wlmserver.status import Status
-from wlmserver.wlfile import read_worklist_file
+from wlmserver.matching.entry import Entry
+from wlmserver.matching.query import QueryError, compile_query
+from wlmserver.matching.status import Status
+from wlmserver.store.wlfile import read_worklist_file
 
 
 def _query(sps: dict[str, str] | None = None, **top: str) -> Dataset:

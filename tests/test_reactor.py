@@ -13,9 +13,9 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import dul as pynetdicom_dul
 
-from wlmserver import reactor
-from wlmserver.server import MODALITY_WORKLIST_FIND
-from wlmserver.status import Status
+from wlmserver.matching.status import Status
+from wlmserver.service import reactor
+from wlmserver.service.server import MODALITY_WORKLIST_FIND
 
 
 def _query() -> Dataset:

@@ -11,10 +11,10 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pynetdicom.dsutils import encode
 
-from wlmserver.entry import Entry
-from wlmserver.query import compile_query
-from wlmserver.response import CharsetPolicy, build_answer, can_encode, choose_charset
-from wlmserver.wlfile import read_worklist_file
+from wlmserver.matching.answers import CharsetPolicy, build_answer, can_encode, choose_charset
+from wlmserver.matching.entry import Entry
+from wlmserver.matching.query import compile_query
+from wlmserver.store.wlfile import read_worklist_file
 
 
 def _entries(tmp_path: Path, name: str = "a.wl", **kwargs: object) -> list[Entry]:

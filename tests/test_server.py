@@ -14,8 +14,8 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from wlmserver.server import MODALITY_WORKLIST_FIND
-from wlmserver.status import Status
+from wlmserver.matching.status import Status
+from wlmserver.service.server import MODALITY_WORKLIST_FIND
 
 PENDING, SUCCESS = int(Status.PENDING), int(Status.SUCCESS)
 
@@ -264,7 +264,7 @@ def test_echo_is_answered_while_indexing_and_find_waits_for_the_index(db: Path) 
     import os
 
     from wlmserver.config import Config
-    from wlmserver.server import WorklistServer
+    from wlmserver.service.server import WorklistServer
 
     write_wl(db / "WLM" / "a.wl", PatientID="AFTER-INDEX")
     lock_path = db / "WLM" / "lockfile"

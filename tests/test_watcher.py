@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import write_wl
 
-from wlmserver.index import WorklistStore
-from wlmserver.watcher import Watcher
+from wlmserver.store.index import WorklistStore
+from wlmserver.store.watcher import Watcher
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 1.0) -> bool:
@@ -139,7 +139,7 @@ def test_indexing_progress_is_logged(
     db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
 
-    import wlmserver.index as index_module
+    import wlmserver.store.index as index_module
 
     monkeypatch.setattr(index_module, "_PROGRESS_SECONDS", -1.0)
     monkeypatch.setattr(index_module, "_CHUNK", 2)

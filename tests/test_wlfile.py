@@ -8,7 +8,7 @@ import pytest
 from conftest import make_dataset, write_wl
 from pydicom.dataset import Dataset
 
-from wlmserver.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
+from wlmserver.store.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
 
 
 def test_one_entry_per_sps_item(tmp_path: Path) -> None:

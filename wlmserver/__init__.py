@@ -5,7 +5,7 @@ answers once per matching scheduled procedure step (PS3.4 Annex K).
 """
 
 from wlmserver.config import Config
-from wlmserver.server import WorklistServer, run
+from wlmserver.service.server import WorklistServer, run
 
 __all__ = ["Config", "WorklistServer", "__version__", "run"]
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """The ``wlmserver`` command: parse options (wlmscpfs's names where the idea is the same),
-set up logging, and forward to :func:`wlmserver.server.run`."""
+set up logging, and forward to :func:`wlmserver.service.server.run`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import NoReturn
 
 from wlmserver import __version__
 from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT, Config, bundled_database
-from wlmserver.index import is_safe_ae_title
-from wlmserver.response import CharsetPolicy
+from wlmserver.matching.answers import CharsetPolicy
+from wlmserver.store.index import is_safe_ae_title
 
 LOG_LEVELS = {
     "fatal": logging.CRITICAL,
@@ -35,16 +35,16 @@ def _seconds(text: str) -> float:
 
 #: ``wlmserver <tool> ...``: the tools beside the server, by name -> module with ``main(argv)``.
 TOOLS = {
-    "check": "wlmserver.check",
-    "create": "wlmserver.create",
-    "explain": "wlmserver.explain",
-    "query": "wlmserver.client",
+    "check": "wlmserver.tools.check",
+    "create": "wlmserver.tools.create",
+    "explain": "wlmserver.tools.explain",
+    "query": "wlmserver.tools.client",
 }
 
 
 def holds_worklist_files(folder: Path) -> bool:
     """Whether a folder holds ``.wl`` files itself (an AE folder, not a database root)."""
-    from wlmserver.wlfile import is_worklist_name
+    from wlmserver.store.wlfile import is_worklist_name
 
     try:
         return any(is_worklist_name(p.name) for p in folder.iterdir())
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return int(importlib.import_module(TOOLS[argv[0]]).main(argv[1:]))
-    from wlmserver.server import run
+    from wlmserver.service.server import run
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

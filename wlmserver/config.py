@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wlmserver.response import CharsetPolicy
+from wlmserver.matching.answers import CharsetPolicy
 
 DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "WLMSERVER"
@@ -65,9 +65,9 @@ class Config:
     request_file_path : Path or None
         Write each C-FIND identifier into this folder (``--request-file-path``).
     request_file_format : str
-        The request file names (``--request-file-format``; see :mod:`wlmserver.capture`).
+        The request file names (``--request-file-format``; see :mod:`wlmserver.service.capture`).
     json_drops : bool
-        Also serve ``*.json`` drop files (``--json-drops``; see :mod:`wlmserver.jsondrop`).
+        Also serve ``*.json`` drop files (``--json-drops``; see :mod:`wlmserver.store.jsondrop`).
     """
 
     data_files_path: Path

@@ -13,7 +13,7 @@ The matching types:
   compiled to ``None`` (no constraint);
 - single value matching (C.2.2.2.1), and list of UID matching (C.2.2.2.2) for ``UI``;
 - wildcard matching (C.2.2.2.4) with ``*`` and ``?`` for the VRs in
-  :data:`wlmserver.keys.WILDCARD_VRS`, in linear time per pattern segment (:class:`Glob`:
+  :data:`wlmserver.matching.keys.WILDCARD_VRS`, in linear time per pattern segment (:class:`Glob`:
   no regular expression, no backtracking, whatever the pattern);
 - range matching (C.2.2.2.5) for ``DA``, ``TM`` and ``DT``, including the combined date-time
   range of C.2.2.2.5.1 (:func:`combined_date_time`).
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
 
-from wlmserver.keys import NUMERIC_VRS, SINGLE_VALUED_TEXT_VRS, WILDCARD_VRS
+from wlmserver.matching.keys import NUMERIC_VRS, SINGLE_VALUED_TEXT_VRS, WILDCARD_VRS
 
 Values = tuple[str, ...]
 """The decoded values an entry holds for one attribute."""

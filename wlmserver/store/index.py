@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from wlmserver.entry import Entry
-from wlmserver.jsondrop import is_json_drop_name, read_json_drop
-from wlmserver.lookup import Lookup
-from wlmserver.wlfile import (
+from wlmserver.matching.entry import Entry
+from wlmserver.store.jsondrop import is_json_drop_name, read_json_drop
+from wlmserver.store.lookup import Lookup
+from wlmserver.store.wlfile import (
     FileCutShort,
     WorklistFileError,
     is_worklist_name,

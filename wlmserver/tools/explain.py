@@ -2,7 +2,8 @@
 
 The query is made exactly as ``wlmserver query`` makes it (the same flags, or a captured
 request with ``--request``) and compiled and matched by the server's own code
-(:func:`wlmserver.query.compile_query`, :meth:`wlmserver.query.ItemQuery.mismatches`) against
+(:func:`~wlmserver.matching.query.compile_query`,
+:meth:`~wlmserver.matching.query.ItemQuery.mismatches`) against
 the database read as the server reads it. For every entry (or only those of ``--entry-patient-id``
 / ``--entry-accession``) it prints ``MATCH`` or ``NO`` with each key that failed:
 
@@ -36,16 +37,16 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from wlmserver.client import UsageError, add_query_options, build_identifier
 from wlmserver.config import bundled_database
-from wlmserver.dicomfile import parse
-from wlmserver.entry import Entry
-from wlmserver.index import FileState, FolderSnapshot, WorklistStore
-from wlmserver.keys import SPS_SEQUENCE_TAG, describe_tag
-from wlmserver.matching import compile_value
-from wlmserver.query import CompiledQuery, ItemQuery, Mismatch, QueryError, compile_query
-from wlmserver.record import Record
-from wlmserver.wlfile import read_file_bytes
+from wlmserver.matching.entry import Entry
+from wlmserver.matching.keys import SPS_SEQUENCE_TAG, describe_tag
+from wlmserver.matching.primitives import compile_value
+from wlmserver.matching.query import CompiledQuery, ItemQuery, Mismatch, QueryError, compile_query
+from wlmserver.matching.record import Record
+from wlmserver.store.dicomfile import parse
+from wlmserver.store.index import FileState, FolderSnapshot, WorklistStore
+from wlmserver.store.wlfile import read_file_bytes
+from wlmserver.tools.client import UsageError, add_query_options, build_identifier
 
 _PATIENT_ID, _ACCESSION = 0x00100020, 0x00080050
 
@@ -155,7 +156,7 @@ def _ids_from_pydicom(data: bytes) -> list[tuple[Sequence[str], Sequence[str]]]:
 
 
 def _ids_from_json(data: bytes) -> list[tuple[Sequence[str], Sequence[str]]]:
-    from wlmserver.create import entries_from_json
+    from wlmserver.tools.create import entries_from_json
 
     datasets = entries_from_json(data.decode("utf-8-sig"))
     return [(_values(ds.get("PatientID")), _values(ds.get("AccessionNumber"))) for ds in datasets]

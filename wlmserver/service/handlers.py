@@ -16,13 +16,14 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from wlmserver import capture, encode
 from wlmserver.config import Config
-from wlmserver.index import FolderSnapshot, WorklistStore, is_safe_ae_title
-from wlmserver.keys import describe_tag
-from wlmserver.query import QueryError, compile_query, fit_comment
-from wlmserver.response import build_answer, build_encoded
-from wlmserver.status import Status
+from wlmserver.matching.answers import build_answer, build_encoded
+from wlmserver.matching.keys import describe_tag
+from wlmserver.matching.query import QueryError, compile_query, fit_comment
+from wlmserver.matching.status import Status
+from wlmserver.service import capture
+from wlmserver.service import fastpath as encode
+from wlmserver.store.index import FolderSnapshot, WorklistStore, is_safe_ae_title
 
 LOGGER = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ def _let_the_peer_speak(assoc: Any, timeout: float = 0.05) -> None:
     """Give pynetdicom's reactor a chance to read incoming PDUs (a C-CANCEL).
 
     Its DUL thread reads from the socket only in a loop iteration with nothing to send. Pending
-    answers normally bypass its send queue (see :mod:`wlmserver.encode`), so it keeps reading
+    answers normally bypass its send queue (see :mod:`~wlmserver.service.fastpath`), so it keeps
+    reading
     and this returns at once; when they go through the queue (debug logging of pynetdicom, or
     a pynetdicom without the internals the fast path uses), a handler streaming answers would
     keep the queue full and a C-CANCEL would not be seen until all answers were sent, so this

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from pydicom.datadict import tag_for_keyword
 
-from wlmserver.dicomfile import Incomplete, Undecodable, parse
-from wlmserver.entry import Entry
-from wlmserver.keys import REQUIRED_SPS, REQUIRED_TOP, SPS_SEQUENCE_TAG
-from wlmserver.matching import sortable_instant
-from wlmserver.record import Record
+from wlmserver.matching.entry import Entry
+from wlmserver.matching.keys import REQUIRED_SPS, REQUIRED_TOP, SPS_SEQUENCE_TAG
+from wlmserver.matching.primitives import sortable_instant
+from wlmserver.matching.record import Record
+from wlmserver.store.dicomfile import Incomplete, Undecodable, parse
 
 _START_DATE = 0x00400002
 _START_TIME = 0x00400003

@@ -16,17 +16,22 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from wlmserver.entry import Entry
-from wlmserver.keys import COMBINED_DATE_TIME, SPS_EXPANSION_TAGS, SPS_SEQUENCE_TAG, describe_tag
-from wlmserver.matching import (
+from wlmserver.matching.entry import Entry
+from wlmserver.matching.keys import (
+    COMBINED_DATE_TIME,
+    SPS_EXPANSION_TAGS,
+    SPS_SEQUENCE_TAG,
+    describe_tag,
+)
+from wlmserver.matching.primitives import (
     CombinedDateTime,
     Matcher,
     QueryValueError,
     combined_date_time,
     compile_value,
 )
-from wlmserver.record import Record
-from wlmserver.status import Status
+from wlmserver.matching.record import Record
+from wlmserver.matching.status import Status
 
 SPECIFIC_CHARACTER_SET = 0x00080005
 QUERY_RETRIEVE_LEVEL = 0x00080052

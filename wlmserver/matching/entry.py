@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wlmserver.record import Record
+from wlmserver.matching.record import Record
 
 
 @dataclass(frozen=True, eq=False, slots=True)

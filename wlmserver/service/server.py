@@ -13,16 +13,17 @@ from typing import Any
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 
-from wlmserver import encode, reactor
 from wlmserver.config import Config
-from wlmserver.handlers import (
+from wlmserver.service import fastpath as encode
+from wlmserver.service import reactor
+from wlmserver.service.handlers import (
     handle_connection_open,
     handle_echo,
     handle_find,
     handle_requested,
 )
-from wlmserver.index import WorklistStore
-from wlmserver.watcher import Watcher
+from wlmserver.store.index import WorklistStore
+from wlmserver.store.watcher import Watcher
 
 LOGGER = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
-from wlmserver.entry import Entry
-from wlmserver.matching import (
+from wlmserver.matching.entry import Entry
+from wlmserver.matching.primitives import (
     AnyMatcher,
     AnyOf,
     Range,
@@ -28,7 +28,7 @@ from wlmserver.matching import (
     fold_case_and_accents,
     pn_candidates,
 )
-from wlmserver.query import CompiledQuery, ItemQuery
+from wlmserver.matching.query import CompiledQuery, ItemQuery
 
 STATION = 0x00400001
 MODALITY = 0x00080060

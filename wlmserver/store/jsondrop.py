@@ -3,7 +3,7 @@
 A RIS script can drop the JSON that ``wlmserver create`` reads (the DICOM JSON model or
 keywords as keys; one entry or a list of them) straight into an AE folder. Its entries are
 grouped, completed and validated exactly as ``wlmserver create`` does
-(:func:`wlmserver.create.plan_orders`: entries of one requested procedure are its steps), then
+(:func:`wlmserver.tools.create.plan_orders`: entries of one requested procedure are its steps), then
 turned into the same records a ``.wl`` file gives; an order that is refused is not served and
 the file's log line says why. A file that is not (yet) valid JSON, one still being
 written, is not served until it is.
@@ -19,22 +19,22 @@ from pathlib import Path
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from wlmserver.create import (
+from wlmserver.matching.entry import Entry
+from wlmserver.store.dicomfile import Incomplete, Undecodable, parse
+from wlmserver.store.wlfile import (
+    FileCutShort,
+    FileResult,
+    WorklistFileError,
+    read_file_bytes,
+    split_entries,
+)
+from wlmserver.tools.create import (
     WORKLIST_FILE_CLASS,
     EntryError,
     InputEntry,
     describe_entries,
     entries_from_json,
     plan_orders,
-)
-from wlmserver.dicomfile import Incomplete, Undecodable, parse
-from wlmserver.entry import Entry
-from wlmserver.wlfile import (
-    FileCutShort,
-    FileResult,
-    WorklistFileError,
-    read_file_bytes,
-    split_entries,
 )
 
 

@@ -61,8 +61,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
-from wlmserver.keys import KEYS_BY_KEYWORD, REQUIRED_SPS, REQUIRED_TOP, Level
-from wlmserver.response import can_encode
+from wlmserver.matching.answers import can_encode
+from wlmserver.matching.keys import KEYS_BY_KEYWORD, REQUIRED_SPS, REQUIRED_TOP, Level
 
 SPS = "ScheduledProcedureStepSequence"
 _SPS_TAG = 0x00400100
@@ -384,7 +384,7 @@ def write_entry(ds: Dataset, folder: Path) -> Path:
     EntryError
         The written file would not be served (the reason from the server's own reader).
     """
-    from wlmserver.check import NOT_SERVED, check_file  # the server's reader, via check
+    from wlmserver.tools.check import NOT_SERVED, check_file  # the server's reader, via check
 
     folder.mkdir(parents=True, exist_ok=True)
     ds.file_meta = FileMetaDataset()

@@ -1,4 +1,5 @@
-"""Parse a worklist file's bytes into a :class:`~wlmserver.record.Record`, checking it is whole.
+"""Parse a worklist file's bytes into a :class:`~wlmserver.matching.record.Record`, checking
+it is whole.
 
 A worklist file is small and simple, and the server reads up to hundreds of thousands of
 them, so it is parsed here directly (PS3.5 7.1, 7.5, PS3.10 7.1) rather than through pydicom's
@@ -21,9 +22,9 @@ from functools import lru_cache
 from pydicom.charset import decode_bytes, python_encoding
 from pydicom.datadict import dictionary_VR
 
-from wlmserver.keys import SINGLE_VALUED_TEXT_VRS
-from wlmserver.matching import normalise_text
-from wlmserver.record import Record, Value, Values, share
+from wlmserver.matching.keys import SINGLE_VALUED_TEXT_VRS
+from wlmserver.matching.primitives import normalise_text
+from wlmserver.matching.record import Record, Value, Values, share
 
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
@@ -300,7 +301,7 @@ def parse(data: bytes) -> tuple[Record, tuple[str, ...]]:
     >>> parse(b"\\x10\\x00\\x20\\x00LO\\x04\\x00AB")
     Traceback (most recent call last):
     ...
-    wlmserver.dicomfile.Incomplete: the file ends inside the value of (0010,0020) at byte 8
+    wlmserver.store.dicomfile.Incomplete: the file ends inside the value of (0010,0020) at byte 8
     """
     part10 = data[128:132] == b"DICM"
     start = 132 if part10 else 0

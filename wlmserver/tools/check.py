@@ -1,7 +1,7 @@
 """``wlmserver check``: say, offline, what the server would do with each worklist file.
 
 Every ``.wl`` file of a database (``<root>/<AETitle>/*.wl``), of one AE folder, or one file is
-read exactly as the server reads it (:func:`wlmserver.wlfile.read_worklist_file`) and gets one
+read exactly as the server reads it (:func:`wlmserver.store.wlfile.read_worklist_file`) and gets one
 verdict:
 
 ``served``
@@ -33,11 +33,11 @@ from pydicom import config as pydicom_config
 from pydicom.valuerep import validate_value
 
 from wlmserver.config import bundled_database
-from wlmserver.entry import Entry
-from wlmserver.index import is_safe_ae_title, unexpected_reason
-from wlmserver.keys import describe_tag
-from wlmserver.record import Record
-from wlmserver.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
+from wlmserver.matching.entry import Entry
+from wlmserver.matching.keys import describe_tag
+from wlmserver.matching.record import Record
+from wlmserver.store.index import is_safe_ae_title, unexpected_reason
+from wlmserver.store.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
 
 SERVED, WARNING, NOT_SERVED = "served", "warning", "not served"
 
@@ -115,7 +115,7 @@ def check_file(
     path: Path, folder: str, *, reject_incomplete: bool = True, json_drops: bool = False
 ) -> tuple[FileReport, tuple[Entry, ...]]:
     """Read one file as the server does; its report and the entries it serves."""
-    from wlmserver.jsondrop import is_json_drop_name, read_json_drop
+    from wlmserver.store.jsondrop import is_json_drop_name, read_json_drop
 
     report = FileReport(str(path), folder)
     try:
@@ -146,7 +146,7 @@ def check_file(
 
 def _files(target: Path, json_drops: bool = False) -> Iterator[tuple[Path, str]]:
     """``(file, AE folder)`` for a database root, one AE folder, or one file."""
-    from wlmserver.jsondrop import is_json_drop_name
+    from wlmserver.store.jsondrop import is_json_drop_name
 
     def served(name: str) -> bool:
         return is_worklist_name(name) or (json_drops and is_json_drop_name(name))

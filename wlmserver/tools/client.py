@@ -45,7 +45,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT
-from wlmserver.keys import KEYS_BY_KEYWORD, Level
+from wlmserver.matching.keys import KEYS_BY_KEYWORD, Level
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 SPS = "ScheduledProcedureStepSequence"
@@ -195,7 +195,7 @@ def load_request(path: Path) -> Dataset:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    from wlmserver.create import EntryError, entries_from_dump
+    from wlmserver.tools.create import EntryError, entries_from_dump
 
     try:
         data = path.read_bytes()
@@ -405,7 +405,7 @@ def check_ae_title(value: str, option: str) -> str:
     >>> check_ae_title("A" * 17, "-aet")
     Traceback (most recent call last):
     ...
-    wlmserver.client.UsageError: -aet 'AAAAAAAAAAAAAAAAA': an AE title is 1 to 16 characters, ...
+    wlmserver.tools.client.UsageError: -aet 'AAAAAAAAAAAAAAAAA': an AE title is 1 to 16 ...
     """
     if not value.strip() or len(value) > 16 or "\\" in value or not value.isprintable():
         raise UsageError(

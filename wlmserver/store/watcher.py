@@ -42,7 +42,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from wlmserver.index import LockBusy, WorklistStore
+from wlmserver.store.index import LockBusy, WorklistStore
 
 LOGGER = logging.getLogger(__name__)
 
