@@ -4,6 +4,7 @@ themselves) and reports every figure. No timing is asserted."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,13 @@ TYPE1_SPS = (
 
 def _benchmark() -> ModuleType:
     return load_tool("benchmark")
+
+
+def _bench(module: str) -> ModuleType:
+    """A module of ``tools/bench``, the package the script runs (loading it puts ``tools/`` on
+    ``sys.path``)."""
+    _benchmark()
+    return importlib.import_module(f"bench.{module}")
 
 
 def _entries(root: Path) -> Iterator[tuple[Dataset, Dataset, int]]:
@@ -77,7 +85,7 @@ def _count(root: Path, keys: dict[str, str], single_sps_only: bool = False) -> i
 def test_generated_store_is_complete_deterministic_and_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tool = _benchmark()
+    tool = _bench("store")
     store = tool.ensure_store(tmp_path / "a", 120, 3, DATE, 1)
     again = tool.ensure_store(tmp_path / "a", 120, 3, DATE, 1)
     monkeypatch.setattr(tool, "CHUNK", 25)
@@ -123,7 +131,8 @@ def test_smoke_run_asks_real_queries(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert size["size"] == 50 and size["mismatches"] == [] and size["errors"] == []
     root = Path(size["store"])
     servers = size["servers"]
-    expect_wlmscpfs = tool._executable(tool.WLMSCPFS) is not None
+    cli = _bench("cli")
+    expect_wlmscpfs = cli._executable(cli.WLMSCPFS) is not None
     assert set(servers) == {"wlmserver", "floor"} | ({"wlmscpfs"} if expect_wlmscpfs else set())
     queries = size["queries"]
     assert list(queries) == ["station", "patient", "accession", "name", "person", "universal"]
@@ -168,7 +177,7 @@ def test_smoke_run_asks_real_queries(tmp_path: Path, capsys: pytest.CaptureFixtu
             expected = queries[key]["expected_single_sps"]
             assert theirs["queries"][key]["answers"] == expected, key
         assert theirs["universal"]["answers"] == _count(root, {}, single_sps_only=True)
-        if tool._executable(tool.FINDSCU) is not None:
+        if cli._executable(cli.FINDSCU) is not None:
             assert theirs["universal_findscu"]["answers"] == theirs["universal"]["answers"]
             assert ours["universal_findscu"]["answers"] == 50
 

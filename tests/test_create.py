@@ -11,6 +11,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from wlmserver.cli import main
+from wlmserver.store import orders
 from wlmserver.store.wlfile import read_worklist_file
 from wlmserver.tools import create
 
@@ -49,7 +50,7 @@ def test_flat_json_is_completed_and_served(tmp_path: Path) -> None:
 
 
 def test_dicom_json_model(tmp_path: Path) -> None:
-    ds = create.complete(create.from_flat(dict(ORDER)))
+    ds = orders.complete(orders.from_flat(dict(ORDER)))
     source = tmp_path / "order.json"
     source.write_text(json.dumps(ds.to_json_dict()), encoding="utf-8")
     assert main(["create", "-o", str(tmp_path / "WLM"), str(source)]) == 0
@@ -94,16 +95,16 @@ def test_csv_rows_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_text_its_character_set_cannot_hold_is_refused() -> None:
     order = dict(ORDER, SpecificCharacterSet="ISO_IR 100", PatientName="Δημητρίου^Ελένη")
-    with pytest.raises(create.EntryError, match="PatientName: has characters ISO_IR 100 cannot"):
-        create.complete(create.from_flat(order))
-    latin1 = create.complete(create.from_flat(dict(ORDER, SpecificCharacterSet="ISO_IR 100")))
+    with pytest.raises(orders.EntryError, match="PatientName: has characters ISO_IR 100 cannot"):
+        orders.complete(orders.from_flat(order))
+    latin1 = orders.complete(orders.from_flat(dict(ORDER, SpecificCharacterSet="ISO_IR 100")))
     assert latin1.SpecificCharacterSet == "ISO_IR 100"  # Müller fits: kept as asked
 
 
 def test_a_file_the_server_would_not_read_is_never_left_behind(tmp_path: Path) -> None:
-    ds = create.complete(create.from_flat(dict(ORDER)))
+    ds = orders.complete(orders.from_flat(dict(ORDER)))
     ds.ScheduledProcedureStepSequence[0].Modality = ""  # made incomplete after the check
-    with pytest.raises(create.EntryError, match="Modality"):
+    with pytest.raises(orders.EntryError, match="Modality"):
         create.write_entry(ds, tmp_path / "WLM")
     assert not any((tmp_path / "WLM").iterdir())
 
@@ -216,7 +217,7 @@ def test_json_entries_and_inputs_of_one_order_merge(
     ]
     first = Path("a.json")
     first.write_text(json.dumps([two_steps, {**ORDER, "AccessionNumber": "A9"}]), "utf-8")
-    dicom_json = create.complete(create.from_flat({**ORDER, "Modality": "US"}))
+    dicom_json = orders.complete(orders.from_flat({**ORDER, "Modality": "US"}))
     del dicom_json.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID
     second = Path("b.json")  # the DICOM JSON model, in another input
     second.write_text(json.dumps(dicom_json.to_json_dict()), "utf-8")
@@ -247,7 +248,7 @@ def test_dump_files_of_one_order_merge(tmp_path: Path) -> None:
 
     dumps = []
     for modality in ("CT", "MR"):
-        ds = create.from_flat({**ORDER, "Modality": modality})
+        ds = orders.from_flat({**ORDER, "Modality": modality})
         dumps.append(tmp_path / f"{modality}.dump")
         dumps[-1].write_text("\n".join(dump(ds)) + "\n", encoding="utf-8")
     assert main(["create", "-o", str(tmp_path / "WLM"), *map(str, dumps)]) == 0
@@ -271,14 +272,14 @@ def test_step_ids_are_unique_and_fit_in_sixteen_characters(
     # an explicit ID that is the one a step would get: the step gets another
     top = {k: v for k, v in ORDER.items() if k not in {*MR_STEP, "ScheduledProcedureStepStartDate"}}
     steps = [{**{k: ORDER[k] for k in MR_STEP}, "ScheduledProcedureStepStartDate": "20261201"}] * 2
-    ds = create.from_flat({**top, "ScheduledProcedureStepSequence": steps})
+    ds = orders.from_flat({**top, "ScheduledProcedureStepSequence": steps})
     ds.ScheduledProcedureStepSequence[1].ScheduledProcedureStepID = "A100.1"
-    ids = [s.ScheduledProcedureStepID for s in create.complete(ds).ScheduledProcedureStepSequence]
+    ids = [s.ScheduledProcedureStepID for s in orders.complete(ds).ScheduledProcedureStepSequence]
     assert len(set(ids)) == 2 and "A100.1" in ids
     # two steps given the same ID cannot be told apart: refused, without the value
-    ds = create.from_flat({**top, "ScheduledProcedureStepSequence": steps})
+    ds = orders.from_flat({**top, "ScheduledProcedureStepSequence": steps})
     for step in ds.ScheduledProcedureStepSequence:
         step.ScheduledProcedureStepID = "SECRET7"
-    with pytest.raises(create.EntryError, match="SPS items 1 and 2: the same Sch") as info:
-        create.complete(ds)
+    with pytest.raises(orders.EntryError, match="SPS items 1 and 2: the same Sch") as info:
+        orders.complete(ds)
     assert "SECRET7" not in str(info.value)

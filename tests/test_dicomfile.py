@@ -10,7 +10,8 @@ from conftest import make_dataset, write_wl
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from wlmserver.store.dicomfile import MAX_NESTING, Incomplete, Undecodable, parse
-from wlmserver.store.wlfile import WorklistFileError, read_worklist_file
+from wlmserver.store.files import WorklistFileError
+from wlmserver.store.wlfile import read_worklist_file
 
 
 @pytest.mark.parametrize(

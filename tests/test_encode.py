@@ -10,8 +10,9 @@ from pydicom.dataset import Dataset
 from pynetdicom.dsutils import encode as pydicom_encode
 
 from wlmserver.matching.answers import as_dataset, build_encoded
+from wlmserver.matching.encoding import EncodedAnswer
 from wlmserver.matching.query import compile_query
-from wlmserver.service.fastpath import EncodedAnswer, install, installed
+from wlmserver.service.fastpath import install, installed
 from wlmserver.store.wlfile import read_worklist_file
 
 SYNTAXES = [(False, True), (True, True), (False, False)]
@@ -172,7 +173,7 @@ def test_direct_pdus_are_the_bytes_pynetdicoms_dul_writes(max_pdu: int, with_dat
 
 
 def test_cached_elements_keep_transfer_syntax_and_charset_apart() -> None:
-    from wlmserver.service.fastpath import encode_elements
+    from wlmserver.matching.encoding import encode_elements
 
     elements = [(0x00100010, "PN", ("Müller^Jürgen",)), (0x00100020, "LO", ("P1",))]
     latin1 = encode_elements(elements, False, True, ("ISO_IR 100",))

@@ -12,7 +12,22 @@ from pathlib import Path
 import pytest
 from conftest import write_wl
 
+from wlmserver.store.files import FileResult
+from wlmserver.store.formats import Formats
 from wlmserver.store.index import LockBusy, WorklistStore, is_safe_ae_title
+
+
+def _spying(reads: list[str], fail: str = "") -> Formats:
+    """The default formats, recording each file read, and failing unexpectedly on ``fail``."""
+
+    class Spy(Formats):
+        def read(self, path: Path, *, reject_incomplete: bool = True) -> FileResult:
+            reads.append(path.name)
+            if path.name == fail:
+                raise RecursionError("maximum recursion depth exceeded")
+            return super().read(path, reject_incomplete=reject_incomplete)
+
+    return Spy()
 
 
 def _ids(store: WorklistStore, aet: str = "WLM") -> list[str]:
@@ -72,20 +87,13 @@ def test_update_add_replace_remove(db: Path) -> None:
     assert _ids(store) == []
 
 
-def test_rescan_rereads_only_changed_files(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rescan_rereads_only_changed_files(db: Path) -> None:
     for n in range(3):
         write_wl(db / "WLM" / f"{n}.wl", PatientID=f"P{n}")
-    store = WorklistStore(db)
-    store.scan()
     reads: list[str] = []
-    import wlmserver.store.index as index_module
-
-    real = index_module.read_worklist_file
-    monkeypatch.setattr(
-        index_module,
-        "read_worklist_file",
-        lambda p, **k: (reads.append(Path(p).name), real(p, **k))[1],
-    )
+    store = WorklistStore(db, formats=_spying(reads))
+    store.scan()
+    reads.clear()
     store.scan()
     assert reads == []
     write_wl(db / "WLM" / "1.wl", PatientID="NEW")
@@ -258,21 +266,11 @@ def test_hostile_files_are_each_one_skipped_file(
 
 
 def test_a_reader_failing_unexpectedly_skips_one_file(
-    db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import wlmserver.store.index as index
-
-    real = index.read_worklist_file
-
-    def flaky(path: Path, **kwargs: bool) -> object:
-        if Path(path).name == "boom.wl":
-            raise RecursionError("maximum recursion depth exceeded")
-        return real(path, **kwargs)
-
-    monkeypatch.setattr(index, "read_worklist_file", flaky)
     write_wl(db / "WLM" / "a.wl", PatientID="A")
     write_wl(db / "WLM" / "boom.wl", PatientID="B")
-    store = WorklistStore(db)
+    store = WorklistStore(db, formats=_spying([], fail="boom.wl"))
     with caplog.at_level(logging.WARNING, logger="wlmserver"):
         store.scan()
     assert _ids(store) == ["A"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import StartServer, find
 
+from wlmserver.store.files import WorklistFileError
 from wlmserver.store.index import WorklistStore
 from wlmserver.store.jsondrop import read_json_drop
-from wlmserver.store.wlfile import WorklistFileError
 
 ORDER = {
     "PatientName": "Müller^Jürgen",

@@ -34,3 +34,25 @@ def test_mypy_strict() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("importlinter") is None, reason="import-linter not installed"
+)
+def test_layers_point_down() -> None:
+    """The import-linter contracts in pyproject.toml: cli; tools | service; config; store;
+    matching, each importing only what lies below it, and no import cycles."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from importlinter.cli import lint_imports; "
+            "sys.exit(lint_imports(no_cache=True))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 2 kept, 0 broken." in result.stdout, result.stdout

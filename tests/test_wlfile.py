@@ -8,7 +8,9 @@ import pytest
 from conftest import make_dataset, write_wl
 from pydicom.dataset import Dataset
 
-from wlmserver.store.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
+from wlmserver.store.files import WorklistFileError
+from wlmserver.store.formats import WORKLIST
+from wlmserver.store.wlfile import read_worklist_file
 
 
 def test_one_entry_per_sps_item(tmp_path: Path) -> None:
@@ -169,4 +171,4 @@ def test_files_without_part10_header_are_served(tmp_path: Path) -> None:
     ],
 )
 def test_worklist_names(name: str, served: bool) -> None:
-    assert is_worklist_name(name) is served
+    assert WORKLIST.names(name) is served

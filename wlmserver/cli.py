@@ -44,12 +44,9 @@ TOOLS = {
 
 def holds_worklist_files(folder: Path) -> bool:
     """Whether a folder holds ``.wl`` files itself (an AE folder, not a database root)."""
-    from wlmserver.store.wlfile import is_worklist_name
+    from wlmserver.store.formats import Formats
 
-    try:
-        return any(is_worklist_name(p.name) for p in folder.iterdir())
-    except OSError:
-        return False
+    return Formats().holds_served_files(folder)
 
 
 def positional_hint(text: str) -> str:

@@ -21,11 +21,11 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from wlmserver.matching.encoding import AnswerItem, AnswerValue, EncodedAnswer
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import CHARSET_VRS, SPS_SEQUENCE_TAG
 from wlmserver.matching.query import SPECIFIC_CHARACTER_SET, CompiledQuery, ItemQuery
 from wlmserver.matching.record import Record
-from wlmserver.service.fastpath import AnswerItem, AnswerValue, EncodedAnswer
 
 UTF8 = "ISO_IR 192"
 

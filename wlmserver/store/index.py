@@ -25,14 +25,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from wlmserver.matching.entry import Entry
-from wlmserver.store.jsondrop import is_json_drop_name, read_json_drop
+from wlmserver.store.files import FileCutShort, WorklistFileError
+from wlmserver.store.formats import Formats
 from wlmserver.store.lookup import Lookup
-from wlmserver.store.wlfile import (
-    FileCutShort,
-    WorklistFileError,
-    is_worklist_name,
-    read_worklist_file,
-)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -150,7 +145,9 @@ class WorklistStore:
     lock_timeout : float
         How long to wait for a folder's ``lockfile`` before deferring a read.
     json_drops : bool
-        Serve ``*.json`` drop files too.
+        Serve ``*.json`` drop files too (when ``formats`` is not given).
+    formats : Formats, optional
+        The drop formats served (:mod:`wlmserver.store.formats`).
     settle_time : float
         How long a file found cut short (empty, or ending inside its structure) may stay so
         before a warning says it is not served: a writer that writes a file in several
@@ -165,6 +162,7 @@ class WorklistStore:
         lock_timeout: float = 10.0,
         json_drops: bool = False,
         settle_time: float = 3.0,
+        formats: Formats | None = None,
     ) -> None:
         self.root = Path(root)
         self.settle_time = settle_time
@@ -173,7 +171,7 @@ class WorklistStore:
         #: Called (from any thread) when a file starts settling; the watcher sets it to wake.
         self.on_settling: Callable[[], None] | None = None
         self.reject_incomplete = reject_incomplete
-        self.json_drops = json_drops
+        self.formats = formats if formats is not None else Formats.chosen(json_drops=json_drops)
         self.lock_timeout = lock_timeout
         self._folders: dict[str, FolderSnapshot] = {}
         self._write_lock = threading.RLock()
@@ -222,9 +220,8 @@ class WorklistStore:
         return corrected
 
     def serves(self, name: str) -> bool:
-        """Whether a file name in an AE folder is served (``*.wl``; ``*.json`` with
-        ``json_drops``)."""
-        return is_worklist_name(name) or (self.json_drops and is_json_drop_name(name))
+        """Whether a file name in an AE folder is served (by one of :attr:`formats`)."""
+        return self.formats.serves(name)
 
     def verify(self) -> int:
         """The periodic safety net: bring the index in line with the disk, holding the write
@@ -440,10 +437,7 @@ class WorklistStore:
     ) -> FileState:
         rel = f"{path.parent.name}/{path.name}"
         try:
-            if self.json_drops and is_json_drop_name(path.name):
-                result = read_json_drop(path, reject_incomplete=self.reject_incomplete)
-            else:
-                result = read_worklist_file(path, reject_incomplete=self.reject_incomplete)
+            result = self.formats.read(path, reject_incomplete=self.reject_incomplete)
         except FileCutShort as exc:
             # perhaps still being written: warned about only if it stays so (see settle)
             LOGGER.debug("%s not served yet: %s", rel, exc)

@@ -3,7 +3,7 @@
 A RIS script can drop the JSON that ``wlmserver create`` reads (the DICOM JSON model or
 keywords as keys; one entry or a list of them) straight into an AE folder. Its entries are
 grouped, completed and validated exactly as ``wlmserver create`` does
-(:func:`wlmserver.tools.create.plan_orders`: entries of one requested procedure are its steps), then
+(:func:`wlmserver.store.orders.plan_orders`: entries of one requested procedure are its steps), then
 turned into the same records a ``.wl`` file gives; an order that is refused is not served and
 the file's log line says why. A file that is not (yet) valid JSON, one still being
 written, is not served until it is.
@@ -21,14 +21,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from wlmserver.matching.entry import Entry
 from wlmserver.store.dicomfile import Incomplete, Undecodable, parse
-from wlmserver.store.wlfile import (
-    FileCutShort,
-    FileResult,
-    WorklistFileError,
-    read_file_bytes,
-    split_entries,
-)
-from wlmserver.tools.create import (
+from wlmserver.store.files import FileCutShort, FileResult, WorklistFileError, read_file_bytes
+from wlmserver.store.orders import (
     WORKLIST_FILE_CLASS,
     EntryError,
     InputEntry,
@@ -36,17 +30,7 @@ from wlmserver.tools.create import (
     entries_from_json,
     plan_orders,
 )
-
-
-def is_json_drop_name(name: str) -> bool:
-    """``*.json`` in any case, not hidden, not a temporary name.
-
-    Examples
-    --------
-    >>> [is_json_drop_name(n) for n in ("a.json", "B.JSON", ".a.json", "a.json.tmp")]
-    [True, True, False, False]
-    """
-    return name.lower().endswith(".json") and len(name) > 5 and not name.startswith((".", "~", "#"))
+from wlmserver.store.wlfile import split_entries
 
 
 def read_json_drop(path: Path, *, reject_incomplete: bool = True) -> FileResult:
@@ -57,7 +41,12 @@ def read_json_drop(path: Path, *, reject_incomplete: bool = True) -> FileResult:
     WorklistFileError
         Not UTF-8, not valid JSON (cut short?), or no entry at all could be read.
     """
-    data = read_file_bytes(path)
+    return parse_json_drop(read_file_bytes(path), path, reject_incomplete=reject_incomplete)
+
+
+def parse_json_drop(data: bytes, path: Path, *, reject_incomplete: bool = True) -> FileResult:
+    """The entries of a JSON drop file's bytes (see :func:`read_json_drop`); ``path`` names
+    the entries' file."""
     if not data.strip():
         raise FileCutShort("the file is empty")
     try:

@@ -8,10 +8,7 @@ reported, so the store can log it once.
 
 from __future__ import annotations
 
-import os
-import stat
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.datadict import tag_for_keyword
@@ -21,48 +18,10 @@ from wlmserver.matching.keys import REQUIRED_SPS, REQUIRED_TOP, SPS_SEQUENCE_TAG
 from wlmserver.matching.primitives import sortable_instant
 from wlmserver.matching.record import Record
 from wlmserver.store.dicomfile import Incomplete, Undecodable, parse
+from wlmserver.store.files import FileCutShort, FileResult, WorklistFileError, read_file_bytes
 
 _START_DATE = 0x00400002
 _START_TIME = 0x00400003
-
-
-class WorklistFileError(Exception):
-    """The file cannot be served at all; the message says why, for one log line."""
-
-
-class FileCutShort(WorklistFileError):
-    """The file is empty or ends before its structure does: perhaps still being written.
-
-    The store waits a settle time before it warns about such a file (a writer that writes in
-    several flushes is not a problem), and warns once if the file is still cut short then.
-    """
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """What a worklist file yields.
-
-    Attributes
-    ----------
-    entries : tuple of Entry
-        The entries to serve, in item order.
-    problems : tuple of str
-        One reason per item not served (or served despite being incomplete).
-    """
-
-    entries: tuple[Entry, ...]
-    problems: tuple[str, ...]
-
-
-def is_worklist_name(name: str) -> bool:
-    """Whether a file name is served: ``*.wl`` in any case, not hidden, not a temporary name.
-
-    Examples
-    --------
-    >>> [is_worklist_name(n) for n in ("a.wl", "B.WL", ".a.wl", "a.wl.tmp", "~a.wl", "a.wl~")]
-    [True, True, False, False, False, False]
-    """
-    return name.lower().endswith(".wl") and len(name) > 3 and not name.startswith((".", "~", "#"))
 
 
 def missing_type1(record: Record, required: tuple[tuple[str, ...], ...]) -> list[str]:
@@ -84,47 +43,7 @@ _TAGS = {
 }
 
 
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def read_file_bytes(path: str | Path) -> bytes:
-    """The bytes of a dropped file, read only if it is a regular file.
-
-    Every reader of dropped files reads through here. The file is opened without blocking
-    and checked on the open descriptor (after any symbolic link is followed), so a FIFO named
-    ``x.wl`` cannot block the reader, and a link to ``/dev/zero`` is not read until memory runs
-    out: both are refused, saying what they are.
-
-    Raises
-    ------
-    WorklistFileError
-        Not a regular file.
-    OSError
-        It cannot be opened or read.
-    """
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-        raise WorklistFileError(f"{kind}, not a regular file: not read")
-    with open(fd, "rb", closefd=True) as handle:
-        return handle.read()  # one read: what is checked is what is parsed
-
-
-def _read_record(path: Path) -> tuple[Record, tuple[str, ...]]:
-    data = read_file_bytes(path)
+def _parse_record(data: bytes) -> tuple[Record, tuple[str, ...]]:
     if not data:
         raise FileCutShort("the file is empty")
     try:
@@ -159,7 +78,13 @@ def read_worklist_file(path: str | Path, *, reject_incomplete: bool = True) -> F
         The file cannot be served at all: unreadable, truncated, undecodable text, no SPS.
     """
     path = Path(path)
-    record, charset = _read_record(path)
+    return parse_worklist(read_file_bytes(path), path, reject_incomplete=reject_incomplete)
+
+
+def parse_worklist(data: bytes, path: Path, *, reject_incomplete: bool = True) -> FileResult:
+    """The entries of a ``.wl`` file's bytes (see :func:`read_worklist_file`); ``path`` names
+    the entries' file."""
+    record, charset = _parse_record(data)
     return split_entries(record, charset, path, reject_incomplete=reject_incomplete)
 
 

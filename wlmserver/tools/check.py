@@ -1,7 +1,7 @@
 """``wlmserver check``: say, offline, what the server would do with each worklist file.
 
 Every ``.wl`` file of a database (``<root>/<AETitle>/*.wl``), of one AE folder, or one file is
-read exactly as the server reads it (:func:`wlmserver.store.wlfile.read_worklist_file`) and gets one
+read exactly as the server reads it (:class:`~wlmserver.store.formats.Formats`) and gets one
 verdict:
 
 ``served``
@@ -36,8 +36,9 @@ from wlmserver.config import bundled_database
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import describe_tag
 from wlmserver.matching.record import Record
+from wlmserver.store.files import WorklistFileError
+from wlmserver.store.formats import Formats
 from wlmserver.store.index import is_safe_ae_title, unexpected_reason
-from wlmserver.store.wlfile import WorklistFileError, is_worklist_name, read_worklist_file
 
 SERVED, WARNING, NOT_SERVED = "served", "warning", "not served"
 
@@ -115,14 +116,11 @@ def check_file(
     path: Path, folder: str, *, reject_incomplete: bool = True, json_drops: bool = False
 ) -> tuple[FileReport, tuple[Entry, ...]]:
     """Read one file as the server does; its report and the entries it serves."""
-    from wlmserver.store.jsondrop import is_json_drop_name, read_json_drop
-
     report = FileReport(str(path), folder)
     try:
-        if json_drops and is_json_drop_name(path.name):
-            result = read_json_drop(path, reject_incomplete=reject_incomplete)
-        else:
-            result = read_worklist_file(path, reject_incomplete=reject_incomplete)
+        result = Formats.chosen(json_drops=json_drops).read(
+            path, reject_incomplete=reject_incomplete
+        )
     except WorklistFileError as exc:
         report.note(NOT_SERVED, str(exc))
         return report, ()
@@ -146,10 +144,7 @@ def check_file(
 
 def _files(target: Path, json_drops: bool = False) -> Iterator[tuple[Path, str]]:
     """``(file, AE folder)`` for a database root, one AE folder, or one file."""
-    from wlmserver.store.jsondrop import is_json_drop_name
-
-    def served(name: str) -> bool:
-        return is_worklist_name(name) or (json_drops and is_json_drop_name(name))
+    served = Formats.chosen(json_drops=json_drops).serves
 
     if not target.is_dir():  # a file, or whatever else was named (the reader says what)
         yield target, target.parent.name

@@ -195,7 +195,7 @@ def load_request(path: Path) -> Dataset:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    from wlmserver.tools.create import EntryError, entries_from_dump
+    from wlmserver.store.orders import EntryError, entries_from_dump
 
     try:
         data = path.read_bytes()

@@ -44,8 +44,9 @@ from wlmserver.matching.primitives import compile_value
 from wlmserver.matching.query import CompiledQuery, ItemQuery, Mismatch, QueryError, compile_query
 from wlmserver.matching.record import Record
 from wlmserver.store.dicomfile import parse
+from wlmserver.store.files import read_file_bytes
+from wlmserver.store.formats import JSON_DROP, Formats
 from wlmserver.store.index import FileState, FolderSnapshot, WorklistStore
-from wlmserver.store.wlfile import read_file_bytes
 from wlmserver.tools.client import UsageError, add_query_options, build_identifier
 
 _PATIENT_ID, _ACCESSION = 0x00100020, 0x00080050
@@ -156,7 +157,7 @@ def _ids_from_pydicom(data: bytes) -> list[tuple[Sequence[str], Sequence[str]]]:
 
 
 def _ids_from_json(data: bytes) -> list[tuple[Sequence[str], Sequence[str]]]:
-    from wlmserver.tools.create import entries_from_json
+    from wlmserver.store.orders import entries_from_json
 
     datasets = entries_from_json(data.decode("utf-8-sig"))
     return [(_values(ds.get("PatientID")), _values(ds.get("AccessionNumber"))) for ds in datasets]
@@ -179,7 +180,7 @@ def holds(path: Path, wanted: EntryFilter) -> bool | None:
     except Exception:  # a FIFO, a device, gone, unreadable: nothing to tell
         return False
     readers: list[Callable[[bytes], list[tuple[Sequence[str], Sequence[str]]]]]
-    if path.suffix.lower() == ".json":
+    if JSON_DROP.names(path.name):
         readers = [_ids_from_json]
     else:
         readers = [_ids_from_record, _ids_from_pydicom]
@@ -297,9 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _root_problem(root: Path) -> str | None:
     """Why ``root`` is not a database root, saying what to give instead; None if it is one."""
     if root.is_dir():
-        from wlmserver.cli import holds_worklist_files
-
-        if holds_worklist_files(root) and not any(p.is_dir() for p in root.iterdir()):
+        if Formats().holds_served_files(root) and not any(p.is_dir() for p in root.iterdir()):
             return (
                 f"{root} is an AE folder (it holds .wl files), not a database root: use "
                 f"wlmserver explain {root.parent} -aec {root.name}"

@@ -1,0 +1,83 @@
+"""Reading a dropped file safely, and what a reader of a drop format gives back.
+
+Every reader of dropped files (:mod:`wlmserver.store.formats`) reads through
+:func:`read_file_bytes`, so the rules for what is read at all live in one place, and every
+reader answers with a :class:`FileResult` or a :class:`WorklistFileError` whose message is the
+one log line that says why a file is not served.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from wlmserver.matching.entry import Entry
+
+
+class WorklistFileError(Exception):
+    """The file cannot be served at all; the message says why, for one log line."""
+
+
+class FileCutShort(WorklistFileError):
+    """The file is empty or ends before its structure does: perhaps still being written.
+
+    The store waits a settle time before it warns about such a file (a writer that writes in
+    several flushes is not a problem), and warns once if the file is still cut short then.
+    """
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What a worklist file yields.
+
+    Attributes
+    ----------
+    entries : tuple of Entry
+        The entries to serve, in item order.
+    problems : tuple of str
+        One reason per item not served (or served despite being incomplete).
+    """
+
+    entries: tuple[Entry, ...]
+    problems: tuple[str, ...]
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def read_file_bytes(path: str | Path) -> bytes:
+    """The bytes of a dropped file, read only if it is a regular file.
+
+    Every reader of dropped files reads through here. The file is opened without blocking
+    and checked on the open descriptor (after any symbolic link is followed), so a FIFO named
+    ``x.wl`` cannot block the reader, and a link to ``/dev/zero`` is not read until memory runs
+    out: both are refused, saying what they are.
+
+    Raises
+    ------
+    WorklistFileError
+        Not a regular file.
+    OSError
+        It cannot be opened or read.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise WorklistFileError(f"{kind}, not a regular file: not read")
+    with open(fd, "rb", closefd=True) as handle:
+        return handle.read()  # one read: what is checked is what is parsed
