@@ -93,14 +93,6 @@ def test_csv_rows_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ]  # fmt: skip
 
 
-def test_text_its_character_set_cannot_hold_is_refused() -> None:
-    order = dict(ORDER, SpecificCharacterSet="ISO_IR 100", PatientName="Δημητρίου^Ελένη")
-    with pytest.raises(orders.EntryError, match="PatientName: has characters ISO_IR 100 cannot"):
-        orders.complete(orders.from_flat(order))
-    latin1 = orders.complete(orders.from_flat(dict(ORDER, SpecificCharacterSet="ISO_IR 100")))
-    assert latin1.SpecificCharacterSet == "ISO_IR 100"  # Müller fits: kept as asked
-
-
 def test_a_file_the_server_would_not_read_is_never_left_behind(tmp_path: Path) -> None:
     ds = orders.complete(orders.from_flat(dict(ORDER)))
     ds.ScheduledProcedureStepSequence[0].Modality = ""  # made incomplete after the check
