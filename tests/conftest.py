@@ -43,6 +43,20 @@ SPS_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: One order as a RIS gives it, with keywords as keys (``wlmserver create``'s flat form).
+ORDER = {
+    "PatientName": "Müller^Jürgen",
+    "PatientID": "P100",
+    "AccessionNumber": "A100",
+    "RequestedProcedureDescription": "CT HEAD",
+    "ScheduledStationAETitle": ["CT01", "CT02"],
+    "Modality": "CT",
+    "ScheduledProcedureStepStartDate": "20261201",
+    "ScheduledProcedureStepStartTime": "0930",
+    "ScheduledProcedureStepDescription": "HEAD W/O",
+}
+
+
 def make_dataset(sps: list[dict[str, Any]] | None = None, **top: Any) -> Dataset:
     """A worklist entry: the defaults above, overridden by keyword; ``None`` removes a key."""
     ds = Dataset()

@@ -6,21 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import ORDER
 from pydicom.dataset import Dataset
 
 from wlmserver.store import orders
-
-ORDER = {
-    "PatientName": "Müller^Jürgen",
-    "PatientID": "P100",
-    "AccessionNumber": "A100",
-    "RequestedProcedureDescription": "CT HEAD",
-    "ScheduledStationAETitle": ["CT01", "CT02"],
-    "Modality": "CT",
-    "ScheduledProcedureStepStartDate": "20261201",
-    "ScheduledProcedureStepStartTime": "0930",
-    "ScheduledProcedureStepDescription": "HEAD W/O",
-}
 
 
 def test_text_its_character_set_cannot_hold_is_refused() -> None:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import ORDER
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
@@ -15,17 +16,6 @@ from wlmserver.store import orders
 from wlmserver.store.wlfile import read_worklist_file
 from wlmserver.tools import create
 
-ORDER = {
-    "PatientName": "Müller^Jürgen",
-    "PatientID": "P100",
-    "AccessionNumber": "A100",
-    "RequestedProcedureDescription": "CT HEAD",
-    "ScheduledStationAETitle": ["CT01", "CT02"],
-    "Modality": "CT",
-    "ScheduledProcedureStepStartDate": "20261201",
-    "ScheduledProcedureStepStartTime": "0930",
-    "ScheduledProcedureStepDescription": "HEAD W/O",
-}
 DUMP2DCM = Path("/usr/bin/dump2dcm")
 EXAMPLE_DUMPS = sorted(Path("/usr/share/doc/dcmtk/examples/wlistdb/OFFIS").glob("*.dump"))
 
