@@ -14,6 +14,7 @@ from typing import NoReturn
 from wlmserver import __version__
 from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT, Config, bundled_database
 from wlmserver.matching.answers import CharsetPolicy
+from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 from wlmserver.store.index import is_safe_ae_title
 
 LOG_LEVELS = {
@@ -24,6 +25,17 @@ LOG_LEVELS = {
     "debug": logging.DEBUG,
     "trace": logging.DEBUG,
 }
+
+
+def _mebibytes(text: str) -> int:
+    """A size in MiB (a positive number) as bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
+    if not 0 < value <= 4096:
+        raise argparse.ArgumentTypeError(f"{text} MiB: give a size from 0 to 4096 MiB")
+    return int(value * 1024 * 1024)
 
 
 def _seconds(text: str) -> float:
@@ -174,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve *.json drop files (the JSON 'wlmserver create' reads)",
     )
     g.add_argument(
+        "--max-file-size",
+        type=_mebibytes,
+        default=DEFAULT_MAX_FILE_SIZE,
+        metavar="MIB",
+        help="do not read dropped files larger than MIB mebibytes (default "
+        f"{DEFAULT_MAX_FILE_SIZE // (1024 * 1024)})",
+    )
+    g.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="serve files and AE folders whose symbolic links lead out of the database root "
+        "(by default they are not served)",
+    )
+    g.add_argument(
         "-rfp",
         "--request-file-path",
         type=Path,
@@ -311,6 +337,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         request_file_path=args.request_file_path,
         request_file_format=args.request_file_format,
         json_drops=args.json_drops,
+        max_file_size=args.max_file_size,
+        follow_links=args.follow_links,
     )
 
 

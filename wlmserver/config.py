@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wlmserver.matching.answers import CharsetPolicy
+from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 
 DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "WLMSERVER"
@@ -68,6 +69,11 @@ class Config:
         The request file names (``--request-file-format``; see :mod:`wlmserver.service.capture`).
     json_drops : bool
         Also serve ``*.json`` drop files (``--json-drops``; see :mod:`wlmserver.store.jsondrop`).
+    max_file_size : int
+        Dropped files larger than this many bytes are not read (``--max-file-size``, in MiB).
+    follow_links : bool
+        Serve files and AE folders whose symbolic links lead out of the database root
+        (``--follow-links``).
     """
 
     data_files_path: Path
@@ -90,3 +96,5 @@ class Config:
     request_file_path: Path | None = None
     request_file_format: str = "#t.dump"
     json_drops: bool = False
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    follow_links: bool = False

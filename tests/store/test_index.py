@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import write_wl
@@ -21,11 +22,11 @@ def _spying(reads: list[str], fail: str = "") -> Formats:
     """The default formats, recording each file read, and failing unexpectedly on ``fail``."""
 
     class Spy(Formats):
-        def read(self, path: Path, *, reject_incomplete: bool = True) -> FileResult:
+        def read(self, path: Path, **options: Any) -> FileResult:
             reads.append(path.name)
             if path.name == fail:
                 raise RecursionError("maximum recursion depth exceeded")
-            return super().read(path, reject_incomplete=reject_incomplete)
+            return super().read(path, **options)
 
     return Spy()
 
@@ -239,7 +240,7 @@ def test_hostile_files_are_each_one_skipped_file(
     (folder / "zero.wl").symlink_to("/dev/zero")
     (folder / "dir.wl").mkdir()
     _nested_file(folder / "deep.wl", 600)
-    store = WorklistStore(db)
+    store = WorklistStore(db, follow_links=True)  # /dev/zero is out of the root
     with caplog.at_level(logging.WARNING, logger="wlmserver"):
         _scan_in_a_thread(store)
         _scan_in_a_thread(store)
@@ -263,6 +264,13 @@ def test_hostile_files_are_each_one_skipped_file(
     store.update_file(folder / "fifo.wl")
     store.update_file(folder / "zero.wl")
     assert _ids(store) == ["GOOD"]
+    # by default, the link to /dev/zero is not even followed
+    strict = WorklistStore(db)
+    _scan_in_a_thread(strict)
+    snapshot = strict.folder("WLM")
+    assert snapshot is not None and "out of the database root" in str(
+        snapshot.files["zero.wl"].problem
+    )
 
 
 def test_a_reader_failing_unexpectedly_skips_one_file(
@@ -327,3 +335,53 @@ def test_a_fifo_named_lockfile_does_not_block(db: Path) -> None:
     store = WorklistStore(db, lock_timeout=0.1)
     _scan_in_a_thread(store)
     assert _ids(store) == ["A"]
+
+
+def test_a_file_over_the_size_limit_is_not_read(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 200 MB .wl cost 17 s of CPU under the write lock: now it is refused by its size,
+    before anything is read (a sparse file: nothing is written either)."""
+    write_wl(db / "WLM" / "good.wl", PatientID="GOOD")
+    with open(db / "WLM" / "huge.wl", "wb") as handle:
+        handle.truncate(200 * 1024 * 1024)
+    store = WorklistStore(db, max_file_size=1024 * 1024)
+    with caplog.at_level(logging.WARNING, logger="wlmserver"):
+        store.scan()
+    assert _ids(store) == ["GOOD"]
+    snapshot = store.folder("WLM")
+    assert snapshot is not None
+    problem = snapshot.files["huge.wl"].problem
+    assert problem == "200 MiB, more than the 1 MiB a file may have (--max-file-size): not read"
+
+
+def test_a_value_over_the_element_limit_refuses_the_file(db: Path) -> None:
+    from wlmserver.store.dicomfile import MAX_VALUE_LENGTH
+
+    write_wl(db / "WLM" / "big.wl", PatientComments="x" * (MAX_VALUE_LENGTH + 2))
+    store = WorklistStore(db)
+    store.scan()
+    snapshot = store.folder("WLM")
+    assert snapshot is not None and not snapshot.entries
+    assert "more than the 1048576 a worklist value may have" in str(
+        snapshot.files["big.wl"].problem
+    )
+
+
+def test_links_out_of_the_root_are_not_followed_unless_asked(db: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    write_wl(outside / "secret.wl", PatientID="OUTSIDE")
+    (db / "WLM" / "link.wl").symlink_to(outside / "secret.wl")
+    (db / "ROOTLINK").symlink_to(outside)  # a whole AE folder leading out
+    write_wl(db / "OTHER" / "inner.wl", PatientID="INNER")
+    (db / "WLM" / "inner.wl").symlink_to(db / "OTHER" / "inner.wl")  # inside: served
+    store = WorklistStore(db)
+    store.scan()
+    store.scan_folder("ROOTLINK")
+    assert _ids(store) == ["INNER"]
+    assert store.folder("ROOTLINK") is None
+    snapshot = store.folder("WLM")
+    assert snapshot is not None
+    assert "out of the database root" in str(snapshot.files["link.wl"].problem)
+    trusting = WorklistStore(db, follow_links=True)
+    trusting.scan()
+    assert sorted(_ids(trusting)) == ["INNER", "OUTSIDE"]
+    assert _ids(trusting, "ROOTLINK") == ["OUTSIDE"]

@@ -52,6 +52,8 @@ class WorklistServer:
             config.data_files_path,
             reject_incomplete=config.reject_incomplete,
             json_drops=config.json_drops,
+            max_file_size=config.max_file_size,
+            follow_links=config.follow_links,
         )
         self.watcher: Watcher | None = None
         self._server: Any = None

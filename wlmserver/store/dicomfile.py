@@ -59,6 +59,10 @@ _PN_DELIMITERS = {0x5E, 0x3D}
 #: (an SPS item, its protocol code, a code's context); a limit keeps a hostile file from
 #: exhausting the parser's recursion.
 MAX_NESTING = 32
+#: A value (other than a sequence) longer than this makes a file unreadable: a worklist value
+#: is at most a few kilobytes (LT: 10,240 characters), and a file with a 100 MB element kept
+#: 205 MB in memory while it was served.
+MAX_VALUE_LENGTH = 1024 * 1024
 _TEXT_DELIMITERS = {0x5C}
 
 
@@ -165,6 +169,11 @@ class _Parser:
             pos = value_pos + length
             if pos > size:
                 self.need(value_pos, length, f"the value of {_name(tag)}")
+            if length > MAX_VALUE_LENGTH and vr != "SQ":
+                raise Undecodable(
+                    f"{_name(tag)}: a value of {length} bytes, more than the "
+                    f"{MAX_VALUE_LENGTH} a worklist value may have"
+                )
             if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:
                 continue  # group lengths; file meta found inside a bare dataset
             if vr == "SQ":

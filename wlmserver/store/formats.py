@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wlmserver.store.files import FileResult, read_file_bytes
+from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE, FileResult, read_file_bytes
 from wlmserver.store.jsondrop import parse_json_drop
 from wlmserver.store.wlfile import parse_worklist
 
@@ -95,8 +95,14 @@ class Formats:
         """Whether a file name is served (by any of these formats)."""
         return self.format_of(file_name) is not None
 
-    def read(self, path: Path, *, reject_incomplete: bool = True) -> FileResult:
-        """Read a dropped file as the server does.
+    def read(
+        self,
+        path: Path,
+        *,
+        reject_incomplete: bool = True,
+        max_size: int = DEFAULT_MAX_FILE_SIZE,
+    ) -> FileResult:
+        """Read a dropped file as the server does (at most ``max_size`` bytes).
 
         Raises
         ------
@@ -106,7 +112,8 @@ class Formats:
             It cannot be read.
         """
         fmt = self.format_of(path.name) or WORKLIST
-        return fmt.parse(read_file_bytes(path), path, reject_incomplete=reject_incomplete)
+        data = read_file_bytes(path, max_size)
+        return fmt.parse(data, path, reject_incomplete=reject_incomplete)
 
     def holds_served_files(self, folder: Path) -> bool:
         """Whether a folder holds served files itself (an AE folder, not a database root)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from wlmserver.matching.entry import Entry
-from wlmserver.store.files import FileCutShort, WorklistFileError
+from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE, FileCutShort, WorklistFileError
 from wlmserver.store.formats import Formats
 from wlmserver.store.lookup import Lookup
 
@@ -148,6 +148,11 @@ class WorklistStore:
         Serve ``*.json`` drop files too (when ``formats`` is not given).
     formats : Formats, optional
         The drop formats served (:mod:`wlmserver.store.formats`).
+    max_file_size : int
+        Files larger than this many bytes are not read (``--max-file-size``).
+    follow_links : bool
+        Serve files and AE folders whose symbolic links lead out of the database root
+        (``--follow-links``); by default they are not served, saying why.
     settle_time : float
         How long a file found cut short (empty, or ending inside its structure) may stay so
         before a warning says it is not served: a writer that writes a file in several
@@ -163,9 +168,15 @@ class WorklistStore:
         json_drops: bool = False,
         settle_time: float = 3.0,
         formats: Formats | None = None,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        follow_links: bool = False,
     ) -> None:
         self.root = Path(root)
         self.settle_time = settle_time
+        self.max_file_size = max_file_size
+        self.follow_links = follow_links
+        self._real_root = os.path.realpath(self.root)
+        self._outside: set[str] = set()  # AE folders leading out of the root, logged once
         #: (AE folder, file name) of files found cut short and not warned about -> deadline
         self._settling: dict[tuple[str, str], float] = {}
         #: Called (from any thread) when a file starts settling; the watcher sets it to wake.
@@ -293,6 +304,8 @@ class WorklistStore:
         if not is_safe_ae_title(name):
             return 0
         folder_path = self.root / name
+        if not self._inside_root(folder_path, name):
+            return 0
         with self._write_lock:
             try:
                 listing = self._listing(folder_path)
@@ -425,6 +438,26 @@ class WorklistStore:
             return min(self._settling.values(), default=None)
 
     # ------------------------------------------------------------------ internals
+    def _is_inside(self, path: Path) -> bool:
+        """Whether a path, its links followed, lies inside the database root."""
+        return os.path.realpath(path).startswith(self._real_root + os.sep)
+
+    def _inside_root(self, folder_path: Path, name: str) -> bool:
+        """Whether an AE folder may be served: inside the root once its links are followed
+        (or ``follow_links``). A folder leading out is dropped, and logged once."""
+        if self.follow_links or self._is_inside(folder_path):
+            self._outside.discard(name)
+            return True
+        if name not in self._outside:
+            self._outside.add(name)
+            LOGGER.warning(
+                "AE folder %s not served: a symbolic link out of the database root, not "
+                "followed (--follow-links)",
+                name,
+            )
+        self.remove_folder(name)
+        return False
+
     def _listing(self, folder_path: Path) -> list[tuple[str, os.DirEntry[str]]]:
         """The served names in a folder, sorted, whatever their type: the reader refuses what
         is not a regular file, with a reason, so it is reported rather than silently skipped.
@@ -436,8 +469,14 @@ class WorklistStore:
         self, path: Path, signature: tuple[int, int, int], old: FileState | None
     ) -> FileState:
         rel = f"{path.parent.name}/{path.name}"
+        if not self.follow_links and not self._is_inside(path):
+            reason = "a symbolic link out of the database root: not followed (--follow-links)"
+            LOGGER.warning("%s not served: %s", rel, reason)
+            return FileState(signature, (), reason)
         try:
-            result = self.formats.read(path, reject_incomplete=self.reject_incomplete)
+            result = self.formats.read(
+                path, reject_incomplete=self.reject_incomplete, max_size=self.max_file_size
+            )
         except FileCutShort as exc:
             # perhaps still being written: warned about only if it stays so (see settle)
             LOGGER.debug("%s not served yet: %s", rel, exc)
