@@ -3,7 +3,9 @@ in a form ``wlmserver query --request`` and ``dump2dcm`` read back."""
 
 from __future__ import annotations
 
+import stat
 import subprocess
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -91,3 +93,27 @@ def test_an_unwritable_folder_does_not_break_the_query(
     server = start_server(request_file_path=blocker / "sub")
     assert find(server.port, _query("P1"))[-1][0] == 0
     assert "cannot write the request file" in caplog.text
+
+
+def test_simultaneous_captures_of_one_name_are_all_kept_and_private(tmp_path: Path) -> None:
+    """30 captures with the same name left 17-19 files (check, then write); and files holding
+    patient data were created 0644 in a 0755 folder."""
+    folder = tmp_path / "requests"
+    barrier = threading.Barrier(30)
+    paths: list[Path] = []
+
+    def capture_one() -> None:
+        barrier.wait()
+        paths.append(
+            capture.write_request(folder, "same.dump", _query("P1"), calling="A", called="B")
+        )
+
+    threads = [threading.Thread(target=capture_one) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(set(paths)) == 30
+    assert len(list(folder.iterdir())) == 30
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in paths} == {0o600}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import datetime
+from io import BytesIO
 from pathlib import Path
 
 from pydicom.charset import python_encoding
@@ -90,7 +91,7 @@ def write_request(
     OSError
         The folder cannot be written.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the requests hold patient data
     name = request_name(
         fmt,
         calling=calling,
@@ -98,29 +99,42 @@ def write_request(
         patient_id=str(identifier.get("PatientID", "") or ""),
         when=datetime.now(),
     )
+    data = _request_bytes(name, identifier)
     stem, dot, suffix = name.rpartition(".")
     if not dot:
         stem, suffix = name, ""
-    path = folder / name
-    n = 1
-    while path.exists():
-        n += 1
-        path = folder / (f"{stem}_{n}.{suffix}" if dot else f"{name}_{n}")
-    if suffix.lower() in ("dump", "txt"):
+    for n in range(1, _MAX_SAME_NAME + 1):
+        path = folder / (name if n == 1 else f"{stem}_{n}.{suffix}" if dot else f"{name}_{n}")
+        try:  # created exclusively: two captures of one name never overwrite each other
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        with open(fd, "wb") as handle:
+            handle.write(data)
+        return path
+    raise FileExistsError(f"{_MAX_SAME_NAME} request files named {name} already exist")
+
+
+_MAX_SAME_NAME = 10_000
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _request_bytes(name: str, identifier: Dataset) -> bytes:
+    """A request as ``dcmdump`` text (``.dump``, ``.txt`` names) or as a DICOM file."""
+    if name.lower().endswith((".dump", ".txt")):
         text = dump_text(identifier) + "\n"
         charset = identifier.get("SpecificCharacterSet", "") or ""
         first = charset if isinstance(charset, str) else (list(charset) or [""])[0]
         try:  # in the request's own character set, as dump2dcm expects
-            data = text.encode(python_encoding.get(str(first), "utf-8"))
+            return text.encode(python_encoding.get(str(first), "utf-8"))
         except (UnicodeError, LookupError):
-            data = text.encode("utf-8")
-        path.write_bytes(data)
-    else:
-        ds = Dataset()
-        ds.update(identifier)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.31")
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.save_as(path, enforce_file_format=True)
-    return path
+            return text.encode("utf-8")
+    ds = Dataset()
+    ds.update(identifier)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.31")
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
