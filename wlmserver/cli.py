@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from wlmserver import __version__
+from wlmserver import __version__, logs
 from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT, Config, bundled_database
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
@@ -357,6 +357,8 @@ def setup_logging(args: argparse.Namespace) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:  # one line per record, and no flood
+        logs.install(handler)
     # pydicom warns with the offending value ("Invalid value for VR PN: '...'"), through its
     # logger and the warnings module: patient data, so only shown at debug level.
     logging.captureWarnings(True)
