@@ -6,8 +6,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -206,7 +208,8 @@ def test_console_script_without_arguments_serves_the_bundled_database(tmp_path: 
         answers = [a for s, a in find(port, query, aet=first) if s == 0xFF00]
         assert answers and all(len(a.ScheduledProcedureStepSequence) == 1 for a in answers)
     finally:
-        _stop(process)
+        err = _stop(process)
+    assert "serving the bundled EXAMPLE database" in err and "fictional" in err
 
 
 @pytest.mark.parametrize("tool", ["create", "check", "query", "explain"])
@@ -217,3 +220,58 @@ def test_tools_are_subcommands(tool: str, capsys: pytest.CaptureFixture[str]) ->
         cli_main([tool, "--help"])
     assert exit_info.value.code == 0
     assert f"wlmserver {tool}" in capsys.readouterr().out
+
+
+def _served_ids(port: int) -> list[str]:
+    query = Dataset()
+    query.PatientID = ""
+    return [str(a.PatientID) for s, a in find(port, query) if s == 0xFF00]
+
+
+def test_sighup_rescans_the_database(db: Path) -> None:
+    """SIGHUP killed the server (rc 129); it now brings the index in line with the disk
+    (here the watcher polls once an hour, so only the rescan can see the new file)."""
+    write_wl(db / "WLM" / "a.wl", PatientID="BEFORE")
+    args = ["-dfp", str(db), "--bind", "127.0.0.1", "--poll", "3600", "--rescan-interval", "0"]
+    process, port, _ = _start([sys.executable, "-m", "wlmserver", *args, "0"])
+    try:
+        write_wl(db / "WLM" / "b.wl", PatientID="AFTER")
+        assert _served_ids(port) == ["BEFORE"]
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while _served_ids(port) != ["BEFORE", "AFTER"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(_served_ids(port)) == ["AFTER", "BEFORE"]
+        assert process.poll() is None
+    finally:
+        err = _stop(process)
+    assert "SIGHUP: rescan done, 1 files were out of date" in err
+
+
+def test_a_second_sigterm_exits_at_once(db: Path) -> None:
+    """A second SIGTERM waited for a stalled client although the docstring said it exits."""
+    process, port, _ = _start(
+        [sys.executable, "-m", "wlmserver", "-dfp", str(db), "--bind", "127.0.0.1", "0"]
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5):  # a peer that says nothing
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=15)
+    assert process.returncode in (130, 0), err  # 0 only if the first stop won the race
+    assert "Traceback" not in err
+
+
+def test_a_port_in_use_is_named(db: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "wlmserver", "-dfp", str(db), "--bind", "127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in result.stderr
+    assert "Traceback" not in result.stderr

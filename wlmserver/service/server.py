@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
+import os
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 
-from wlmserver.config import Config
+from wlmserver.config import Config, bundled_database
 from wlmserver.service import fastpath as encode
 from wlmserver.service import reactor
 from wlmserver.service.handlers import (
@@ -191,37 +194,78 @@ class WorklistServer:
 
 
 def run(config: Config, ready_message: str | None = None) -> int:
-    """Serve until SIGINT or SIGTERM; a second signal exits at once.
+    """Serve until SIGINT or SIGTERM; a second one exits at once. SIGHUP rescans the database.
+
+    On the first SIGINT or SIGTERM the server stops accepting, gives open associations a
+    moment to finish their answers, stops the watcher and returns 0; a second signal while
+    that runs ends the process at once (status 130), whatever a stalled peer is doing.
 
     Returns
     -------
     int
-        The process exit status.
+        The process exit status: 0 after a signal, 1 when the server cannot start.
     """
+    if _is_bundled(config.data_files_path):
+        LOGGER.warning(
+            "serving the bundled EXAMPLE database %s: its patients are fictional; give "
+            "-dfp ROOT to serve real worklists",
+            config.data_files_path,
+        )
     server = WorklistServer(config)
     try:
         server.start(wait=False)
     except OSError as exc:
-        LOGGER.error("cannot start: %s", exc)
+        LOGGER.error("cannot start: %s", _start_failure(exc, config))
         return 1
     LOGGER.info("listening on port %d; indexing %s", server.port, config.data_files_path)
-    server.wait_indexed()
-    if ready_message:
-        print(ready_message.format(port=server.port), flush=True)
     stop = threading.Event()
+    rescan = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_stop(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
-            raise SystemExit(130)
+            LOGGER.warning("signal %d again: exiting at once", signum)
+            logging.shutdown()
+            os._exit(130)  # not SystemExit: that would wait for association threads
         LOGGER.info("signal %d: shutting down", signum)
         stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        rescan.set()  # the loop below checks it twice a second
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hangup)
+    server.wait_indexed()
+    if ready_message:
+        print(ready_message.format(port=server.port), flush=True)
     try:
         while not stop.wait(0.5):
-            pass
+            if rescan.is_set():
+                rescan.clear()
+                LOGGER.info("SIGHUP: rescanning %s", config.data_files_path)
+                corrected = server.store.verify()
+                LOGGER.info("SIGHUP: rescan done, %d files were out of date", corrected)
     finally:
         server.stop()
     LOGGER.info("stopped")
     return 0
+
+
+def _is_bundled(root: Path) -> bool:
+    try:
+        return bool(root.resolve() == bundled_database().resolve())
+    except OSError:
+        return False
+
+
+def _start_failure(exc: OSError, config: Config) -> str:
+    """What stopped the server from starting, in words that say what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        where = f"{config.bind}:{config.port}" if config.bind else f"port {config.port}"
+        return f"{where} is already in use (another wlmserver or wlmscpfs?); choose another port"
+    if exc.errno == errno.EACCES and config.port < 1024:
+        return f"port {config.port} needs privileges (ports below 1024): choose one above 1023"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"--bind {config.bind}: no such address on this machine"
+    return str(exc)
