@@ -175,6 +175,9 @@ class WorklistServer:
             self._server = None
             deadline = time.monotonic() + grace
             for assoc in associations:
+                if not assoc.is_established:
+                    assoc.kill()  # a peer that never asked for an association: just close
+                    continue  # (an A-ABORT is not valid before the association request)
                 assoc.join(max(0.0, deadline - time.monotonic()))
                 if assoc.is_alive():
                     assoc.abort()
