@@ -36,7 +36,6 @@ MATCHES = [
     # single value matching (C.2.2.2.1), case-sensitive
     ("CS", "CT", ("CT",), True),
     ("CS", "CT", ("MR",), False),
-    ("CS", "ct", ("CT",), False),
     ("LO", "PID001", ("PID001",), True),
     ("LO", "PID001", ("PID0011",), False),
     ("PN", "DOE^JANE", ("DOE^JANE",), True),
@@ -157,6 +156,7 @@ def test_fold_is_only_for_person_names() -> None:
 
 
 INVALID = [
+    ("CS", "ct"),  # a code string is upper case (as wlmscpfs, which refuses it too)
     ("DA", "2026-11-22"),
     ("DA", "20261322"),
     ("DA", "20260230"),
@@ -223,12 +223,11 @@ NIGHT = [
     ("20231231-20240101", "2200-0600", "20240101", "0300", True),
     ("20231231-20240101", "2200-0600", "20231231", "2100", False),
     ("20231231-20240101", "2200-0600", "20240101", "0700", False),
-    # a single day: the night that starts on that day
-    ("20231231", "2200-0600", "20231231", "2300", True),
-    ("20231231", "2200-0600", "20240101", "0500", True),
-    ("20231231", "2200-0600", "20231231", "0500", False),
-    ("20231231", "2200-0600", "20240101", "2300", False),
+    # a one-day range: the night that starts on that day
+    ("20231231-20231231", "2200-0600", "20231231", "2300", True),
     ("20231231-20231231", "2200-0600", "20240101", "0500", True),
+    ("20231231-20231231", "2200-0600", "20231231", "0500", False),
+    ("20231231-20231231", "2200-0600", "20240101", "2300", False),
     # open date ranges: the open end is open whatever the time
     ("20231231-", "2200-0600", "20240105", "1200", True),
     ("-20240101", "2200-0600", "20240101", "0700", False),
@@ -249,6 +248,8 @@ RULES = [
     ("DT", "2026112210x", "YYYYMMDDHHMM"),
     ("UI", "1.2.*", "no wildcards"),
     ("IS", "seven", "number"),
+    ("CS", "dx", "A-Z, 0-9, space and _"),
+    ("CS", "CT\\mr", "A-Z, 0-9, space and _"),
 ]
 
 

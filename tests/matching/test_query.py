@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.query import QueryError, compile_query
+from wlmserver.matching.record import Record
 from wlmserver.matching.status import Status
 from wlmserver.store.wlfile import read_worklist_file
 
@@ -214,3 +215,41 @@ def test_empty_sps_item_is_expanded_unless_disabled() -> None:
 
 def test_query_without_sps_asks_for_no_sps() -> None:
     assert compile_query(_query(PatientName="")).sps_keys is None
+
+
+def _step_at(day: str, time: str) -> Entry:
+    sps = Record([(0x00400002, "DA", (day,)), (0x00400003, "TM", (time,))])
+    return Entry("x.wl", 0, Record([]), sps, (), ("", "x.wl", 0))
+
+
+# C.2.2.2.5.4: a date and a time are one date-time range when both have the same form of range
+# matching (or the date is a single day); otherwise each is matched on its own.
+FORMS = [
+    # both ranges: one date-time range, across midnight too
+    ("20231231-20240101", "2200-0600", "20231231", "2330", True),
+    ("20231231-20240101", "2200-0600", "20240101", "0300", True),
+    ("20231231-20240101", "2200-0600", "20231231", "0300", False),
+    # a date range with a single time: those days, at that time
+    ("20231226-20231230", "2115", "20231228", "2115", True),
+    ("20231226-20231230", "2115", "20231228", "1200", False),
+    # a single day with a time range: that day's window; crossing midnight, the night that
+    # starts that day
+    ("20231231", "2200-0600", "20231231", "2300", True),
+    ("20231231", "2200-0600", "20240101", "0500", True),
+    ("20231231", "2200-0600", "20231231", "0500", False),
+    ("20231231", "1000-1800", "20231231", "1200", True),
+    # open ends of different forms: each on its own
+    ("20231231-", "-1300", "20240105", "1200", True),
+    ("20231231-", "-1300", "20240105", "1400", False),
+    # the same open form: one range from the first instant
+    ("20231231-", "2200-", "20240105", "0100", True),
+    ("20231231-", "2200-", "20231231", "2100", False),
+]
+
+
+@pytest.mark.parametrize(("dq", "tq", "day", "time", "expected"), FORMS)
+def test_date_and_time_combine_only_in_the_same_form(
+    dq: str, tq: str, day: str, time: str, expected: bool
+) -> None:
+    query = _query({"ScheduledProcedureStepStartDate": dq, "ScheduledProcedureStepStartTime": tq})
+    assert compile_query(query).matches(_step_at(day, time)) is expected

@@ -380,6 +380,11 @@ class AnyMatcher:
         return any(m(values) for m in self.matchers)
 
 
+#: A CS value (PS3.5 Table 6.2-1: upper case letters, digits, space, underscore), with the
+#: wildcards of C.2.2.2.4. wlmscpfs refuses others too (``Modality=us``).
+_CODE_STRING = re.compile(r"[A-Z0-9 _*?]*")
+
+
 def split_query_value(vr: str, text: str) -> list[str]:
     """Split a query value into its backslash-separated alternatives (not for LT/ST/UT/UR)."""
     if vr in SINGLE_VALUED_TEXT_VRS:
@@ -434,6 +439,8 @@ def compile_value(vr: str, text: str, *, pn_fold: bool = False) -> Matcher | Non
     if vr in _BOUNDS:
         ranges = tuple(Range(vr, *parse_range(vr, a)) for a in alternatives if a)
         return ranges[0] if len(ranges) == 1 else AnyMatcher(ranges)
+    if vr == "CS" and not all(_CODE_STRING.fullmatch(a) for a in alternatives):
+        raise QueryValueError("not a code string: use A-Z, 0-9, space and _")
     if vr in WILDCARD_VRS:
         if any(a and a.strip("*") == "" for a in alternatives):
             return None  # '*', '**', ...: any value, a zero-length one and none at all
@@ -454,6 +461,30 @@ def compile_value(vr: str, text: str, *, pn_fold: bool = False) -> Matcher | Non
             if not re.fullmatch(r"[0-9.]+", a):
                 raise QueryValueError("not a UID list (digits and dots, no wildcards)")
     return AnyOf(frozenset(alternatives))
+
+
+def range_form(text: str) -> str | None:
+    r"""The form of range matching of a DA or TM query value, for C.2.2.2.5.4: ``"single"``,
+    ``"a-b"``, ``"-b"`` or ``"a-"``; None for a universal value or a list.
+
+    A date and a time are combined into one date-time range when both have the same form, or
+    the date is a single day: ``20231231-20240101`` with ``2200-0600`` is one range from the
+    evening of the first day to the morning of the second, and ``20231231`` with ``2200-0600``
+    the night that starts that day; ``20231226-20231230`` with ``2115`` is matched as two keys
+    (those days, at 21:15), as are open ends of different forms.
+
+    Examples
+    --------
+    >>> [range_form(t) for t in ("20231231", "20231231-20240101", "-1300", "2200-", "", "1\\2")]
+    ['single', 'a-b', '-b', 'a-', None, None]
+    """
+    text = text.strip(" \x00")
+    if not text or "\\" in text:
+        return None
+    if "-" not in text:
+        return "single"
+    start, _, end = text.partition("-")
+    return "a-b" if start.strip() and end.strip() else "-b" if end.strip() else "a-"
 
 
 @dataclass(frozen=True)
@@ -490,10 +521,11 @@ def combined_date_time(date_text: str, time_text: str) -> CombinedDateTime:
     ``20061001`` with ``1000-1800`` is 1 October from 10:00 to 18:00; an open time end is the
     start or end of its day (C.2.2.2.5.1).
 
-    A time range that crosses midnight (``2200-0600``) is read the same way: with the dates
-    ``20231231-20240101`` it runs from 31 December 22:00 to 1 January 06:00. With a single day
-    (``20231231``, or ``20231231-20231231``) it is the night that starts on that day: 22:00 to
-    06:00 the next morning.
+    The query compiler combines a date and a time when both have the same form of range
+    matching (C.2.2.2.5.4), or the date is a single day (:func:`range_form`). A time range that
+    crosses midnight (``2200-0600``) is read the same way: with the dates
+    ``20231231-20240101`` it runs from 31 December 22:00 to 1 January 06:00; with a single day
+    (``20231231``, or ``20231231-20231231``) it is the night that starts on that day.
 
     Raises
     ------

@@ -63,6 +63,9 @@ MAX_NESTING = 32
 #: is at most a few kilobytes (LT: 10,240 characters), and a file with a 100 MB element kept
 #: 205 MB in memory while it was served.
 MAX_VALUE_LENGTH = 1024 * 1024
+#: A deflated file is inflated to at most this many bytes: a worklist entry is a few
+#: kilobytes, and a 64 KiB deflate bomb once asked for 128 MiB.
+MAX_INFLATED = 4 * 1024 * 1024
 _TEXT_DELIMITERS = {0x5C}
 
 
@@ -182,7 +185,10 @@ class _Parser:
                 continue
             raw = data[value_pos:pos]
             if tag == _SPECIFIC_CHARACTER_SET:
-                encodings = charset_encodings(_split(raw.decode("latin-1"), "CS"))
+                names = charset_values(raw)
+                encodings = charset_encodings(names)
+                append((tag, vr, names))
+                continue
             append((tag, vr, value_of(tag, vr, raw, encodings)))
         return Record(elements), pos, encodings
 
@@ -243,6 +249,24 @@ def _split(text: str, vr: str) -> Values:
         value = normalise_text(vr, text)
         return share((value,)) if value else ()
     return share(tuple(v for v in (normalise_text(vr, p) for p in text.split("\\")) if v))
+
+
+def charset_values(raw: bytes) -> Values:
+    """The values of a Specific Character Set, keeping an empty first value.
+
+    ``\\ISO 2022 IR 87`` means "the default repertoire first, IR 87 by code extension": the
+    empty value is what tells an encoder to switch back to ASCII before delimiters, so it is
+    kept (other empty values are dropped; a wholly empty value is the default repertoire).
+
+    Examples
+    --------
+    >>> charset_values(b"\\ISO 2022 IR 87"), charset_values(b"ISO_IR 100 "), charset_values(b"")
+    (('', 'ISO 2022 IR 87'), ('ISO_IR 100',), ())
+    """
+    values = [v.strip(" \x00") for v in raw.decode("latin-1").split("\\")]
+    if not any(values):
+        return ()
+    return share((values[0], *(v for v in values[1:] if v)))
 
 
 def charset_encodings(names: Values) -> list[str]:
@@ -322,10 +346,14 @@ def parse(data: bytes) -> tuple[Record, tuple[str, ...]]:
         # a bare dataset: explicit VR if a VR follows the first tag, else implicit
         syntax = _IMPLICIT_LE if data[pos + 4 : pos + 6].decode("latin-1") not in _ALL_VRS else ""
     if syntax == _DEFLATED:
-        try:
-            data = data[:pos] + zlib.decompress(data[pos:], -zlib.MAX_WBITS)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:  # bounded: a small deflated file can claim gigabytes (a deflate bomb)
+            body = inflater.decompress(data[pos:], MAX_INFLATED)
         except zlib.error as exc:
             raise Incomplete(f"the deflated data does not inflate ({exc})") from None
+        if inflater.unconsumed_tail:
+            raise Undecodable(f"the deflated data inflates to more than {MAX_INFLATED} bytes")
+        data = data[:pos] + body
     parser = _Parser(data, syntax == _IMPLICIT_LE, syntax != _EXPLICIT_BE)
     if not part10 and pos == 0 and len(data) >= 8:
         first = parser.header(0, parser.implicit, parser.e)[0]
