@@ -45,6 +45,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive whole number")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or a positive whole number")
+    return value
+
+
 #: ``wlmserver <tool> ...``: the tools beside the server, by name -> module with ``main(argv)``.
 TOOLS = {
     "check": "wlmserver.tools.check",
@@ -138,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="debug: also each query identifier (patient data) and DICOM traffic",
     )
     g.add_argument("-ll", "--log-level", choices=sorted(LOG_LEVELS), help="set the level")
+    g.add_argument(
+        "--log-json",
+        action="store_true",
+        help="log one JSON object per line (with the fields of each query and association)",
+    )
     g = p.add_argument_group("database")
     g.add_argument(
         "-dfp",
@@ -294,6 +313,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="parallel associations at most (default 50)",
     )
     g.add_argument(
+        "--max-associations-per-peer",
+        type=_positive,
+        default=10,
+        metavar="N",
+        help="parallel associations of one peer host at most, and its connections still "
+        "waiting for their association request (default 10)",
+    )
+    g.add_argument(
+        "--max-identifier-size",
+        type=_positive,
+        default=65536,
+        metavar="BYTES",
+        help="refuse a C-FIND identifier longer than BYTES (status 0xC000; default 65536)",
+    )
+    g.add_argument(
+        "--max-value-length",
+        type=_positive,
+        default=1024,
+        metavar="CHARS",
+        help="refuse a query value longer than CHARS characters (status 0xC000; default 1024)",
+    )
+    g.add_argument(
+        "--max-answers",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="answers per query at most, then status 0xA700 Out of Resources (default 0: no limit)",
+    )
+    g.add_argument(
         "-pdu",
         "--max-pdu",
         type=int,
@@ -331,6 +379,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         acse_timeout=args.acse_timeout,
         dimse_timeout=args.dimse_timeout,
         max_associations=args.max_associations,
+        max_associations_per_peer=args.max_associations_per_peer,
+        max_identifier_size=args.max_identifier_size,
+        max_value_length=args.max_value_length,
+        max_answers=args.max_answers,
+        log_json=args.log_json,
         max_pdu=args.max_pdu,
         poll=args.poll,
         rescan_interval=args.rescan_interval,
@@ -359,6 +412,8 @@ def setup_logging(args: argparse.Namespace) -> None:
     )
     for handler in logging.getLogger().handlers:  # one line per record, and no flood
         logs.install(handler)
+        if args.log_json:
+            handler.setFormatter(logs.JsonFormatter())
     # pydicom warns with the offending value ("Invalid value for VR PN: '...'"), through its
     # logger and the warnings module: patient data, so only shown at debug level.
     logging.captureWarnings(True)

@@ -56,7 +56,23 @@ class Config:
     acse_timeout, dimse_timeout, network_timeout : float or None
         Timeouts in seconds (``-ta``, ``-td``); None waits forever.
     max_associations : int
-        Parallel associations at most (``--max-associations``).
+        Parallel associations at most (``--max-associations``): connections that sent an
+        A-ASSOCIATE-RQ; more are rejected (transient, local limit exceeded).
+    max_associations_per_peer : int
+        Parallel associations of one peer host (IP address) at most
+        (``--max-associations-per-peer``), and connections of one host still waiting for
+        their A-ASSOCIATE-RQ at most, so that one host cannot take every slot.
+    max_identifier_size : int
+        A C-FIND identifier longer than this many bytes is refused (status 0xC000) before it
+        is decoded (``--max-identifier-size``).
+    max_value_length : int
+        A query value longer than this many characters is refused (status 0xC000)
+        (``--max-value-length``).
+    max_answers : int
+        Answers per C-FIND at most; after that many, the query ends with 0xA700 Refused: Out
+        of Resources (``--max-answers``; 0: no limit).
+    log_json : bool
+        Log one JSON object per line (``--log-json``); read by the command line only.
     max_pdu : int
         Maximum PDU size received (``-pdu``).
     poll : float or None
@@ -90,6 +106,11 @@ class Config:
     dimse_timeout: float | None = None
     network_timeout: float | None = 60.0
     max_associations: int = 50
+    max_associations_per_peer: int = 10
+    max_identifier_size: int = 65536
+    max_value_length: int = 1024
+    max_answers: int = 0
+    log_json: bool = False
     max_pdu: int = 16384
     poll: float | None = None
     rescan_interval: float = 60.0

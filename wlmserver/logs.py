@@ -11,6 +11,7 @@ application embedding :class:`~wlmserver.WorklistServer` can install them on its
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -96,3 +97,31 @@ def install(handler: logging.Handler, *, burst: int = 20, period: float = 60.0) 
     """Put :class:`RateLimit` and :class:`OneLine` on a log handler."""
     handler.addFilter(RateLimit(burst, period))
     handler.addFilter(OneLine())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message``, and the
+    structured fields a record carries (``extra={"fields": {...}}``: the per-query and
+    per-association lines have calling and called AE title, peer, duration, outcome).
+
+    Examples
+    --------
+    >>> record = logging.LogRecord("x", logging.INFO, "", 0, "a\\nb", None, None)
+    >>> record.fields = {"answers": 2}
+    >>> json.loads(JsonFormatter().format(record))["answers"]
+    2
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update({k: v for k, v in fields.items() if k not in out})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)

@@ -92,7 +92,7 @@ def test_an_unwritable_folder_does_not_break_the_query(
     blocker.write_text("not a folder")
     server = start_server(request_file_path=blocker / "sub")
     assert find(server.port, _query("P1"))[-1][0] == 0
-    assert "cannot write the request file" in caplog.text
+    assert "cannot write a request file" in caplog.text
 
 
 def test_simultaneous_captures_of_one_name_are_all_kept_and_private(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from wlmserver.matching.primitives import (
     QueryValueError,
     combined_date_time,
     compile_value,
+    range_form,
 )
 from wlmserver.matching.record import Record
 from wlmserver.matching.status import Status
@@ -232,7 +233,9 @@ def _is_ignored(tag: int, top: bool) -> bool:
     return top and tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL)
 
 
-def _compile_level(ds: Dataset, *, top: bool, pn_fold: bool) -> ItemQuery:
+def _compile_level(
+    ds: Dataset, *, top: bool, pn_fold: bool, max_value_length: int | None = None
+) -> ItemQuery:
     texts: dict[int, tuple[str, str]] = {}
     sequences: list[tuple[int, ItemQuery]] = []
     for elem in ds:
@@ -248,17 +251,37 @@ def _compile_level(ds: Dataset, *, top: bool, pn_fold: bool) -> ItemQuery:
                     (tag,),
                 )
             if items:
-                nested = _compile_level(items[0], top=False, pn_fold=pn_fold)
+                nested = _compile_level(
+                    items[0], top=False, pn_fold=pn_fold, max_value_length=max_value_length
+                )
                 if not nested.is_universal:
                     sequences.append((tag, nested))
             continue
-        texts[tag] = (vr, _text(elem.value))
+        text = _text(elem.value)
+        if max_value_length is not None and len(text) > max_value_length:
+            raise QueryError(
+                f"{_keyword(tag)}: longer than {max_value_length} characters",
+                (tag,),
+                Status.UNABLE_TO_PROCESS,
+            )
+        if "\ufffd" in text:  # pydicom replaced bytes not valid in the character set
+            raise QueryError(
+                f"{_keyword(tag)}: not valid in the Specific Character Set",
+                (tag,),
+                Status.UNABLE_TO_PROCESS,
+            )
+        texts[tag] = (vr, text)
 
     date_times: list[tuple[int, int, CombinedDateTime]] = []
     for date_tag, time_tag in COMBINED_DATE_TIME:
         if date_tag in texts and time_tag in texts:
             date_text, time_text = texts[date_tag][1], texts[time_tag][1]
-            if date_text.strip() and time_text.strip():
+            date_form, time_form = range_form(date_text), range_form(time_text)
+            if (
+                date_form is not None
+                and time_form is not None
+                and date_form in (time_form, "single")
+            ):
                 try:
                     window = combined_date_time(date_text, time_text)
                 except QueryValueError as exc:
@@ -304,6 +327,7 @@ def compile_query(
     *,
     pn_fold: bool = False,
     expand_empty_sps: bool = True,
+    max_value_length: int | None = None,
 ) -> CompiledQuery:
     """Compile a C-FIND identifier of the Modality Worklist Information Model.
 
@@ -316,6 +340,10 @@ def compile_query(
     expand_empty_sps : bool
         An empty Scheduled Procedure Step item asks for all Table K.6-1 SPS keys (wlmscpfs's
         default; ``-nse`` turns it off).
+    max_value_length : int or None
+        Refuse a value longer than this many characters (status 0xC000): matching cost and
+        memory grow with it, and no worklist attribute needs more (LO holds 64, LT 10240
+        but is not a key anyone matches on).
 
     Raises
     ------
@@ -337,7 +365,12 @@ def compile_query(
         if name and name.strip() not in python_encoding:
             raise QueryError(f"unknown Specific Character Set {name!r}", (SPECIFIC_CHARACTER_SET,))
 
-    top = _guarded(identifier, lambda: _compile_level(identifier, top=True, pn_fold=pn_fold))
+    top = _guarded(
+        identifier,
+        lambda: _compile_level(
+            identifier, top=True, pn_fold=pn_fold, max_value_length=max_value_length
+        ),
+    )
     sps = ItemQuery()
     sps_keys: Dataset | None = None
     if SPS_SEQUENCE_TAG in identifier:
@@ -349,7 +382,12 @@ def compile_query(
                 (SPS_SEQUENCE_TAG,),
             )
         item = items[0] if items else Dataset()
-        sps = _guarded(item, lambda: _compile_level(item, top=False, pn_fold=pn_fold))
+        sps = _guarded(
+            item,
+            lambda: _compile_level(
+                item, top=False, pn_fold=pn_fold, max_value_length=max_value_length
+            ),
+        )
         sps_keys = item
         if len(item) == 0 and expand_empty_sps:
             sps_keys = Dataset()

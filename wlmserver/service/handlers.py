@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import struct
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from wlmserver.config import Config
@@ -21,7 +25,7 @@ from wlmserver.matching.answers import build_answer, build_encoded
 from wlmserver.matching.keys import describe_tag
 from wlmserver.matching.query import QueryError, compile_query, fit_comment
 from wlmserver.matching.status import Status
-from wlmserver.service import capture
+from wlmserver.service import capture, reactor
 from wlmserver.service import fastpath as encode
 from wlmserver.store.index import FolderSnapshot, WorklistStore, is_safe_ae_title
 
@@ -29,6 +33,9 @@ LOGGER = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ: rejected permanent, by the service user, "called AE title not recognized"
 _REJECT_CALLED_AET = (0x01, 0x01, 0x07)
+# A-ASSOCIATE-RJ: rejected transient, by the service provider (presentation related),
+# "local limit exceeded" (PS3.8 9.3.4)
+_REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
 FindResponse = tuple[int | Dataset, Dataset | None]
 
@@ -71,26 +78,198 @@ def is_served(store: WorklistStore, config: Config, aet: str) -> bool:
     )
 
 
-def handle_requested(event: Any, store: WorklistStore, config: Config) -> None:
-    """EVT_REQUESTED: refuse an association whose called AE title has no folder."""
-    aet = called_ae_title(event.assoc)
+class Admission:
+    """Who may hold a connection or an association (one per server).
+
+    pynetdicom counts, against its ``maximum_associations``, every connection, also those that
+    have not sent an A-ASSOCIATE-RQ (yet, or ever): a few silent sockets from one host locked
+    every modality out. Here the limits are checked by the handlers instead:
+
+    - ``--max-associations`` counts associations (connections whose A-ASSOCIATE-RQ was
+      accepted by these checks); one more is rejected, transient, "local limit exceeded";
+    - ``--max-associations-per-peer`` bounds, per peer IP address, both the associations
+      (rejected the same way) and the connections still waiting for their A-ASSOCIATE-RQ
+      (closed at once: there is no request to reject yet, PS3.8 9.1.1 leaves accepting the
+      transport connection to the acceptor); those wait at most the ACSE timeout.
+
+    Counts are taken over the live association threads, so a slot is free as soon as its
+    thread ends, whatever ended it.
+
+    Parameters
+    ----------
+    config : Config
+        The limits.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._open: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def _live(self, exclude: Any) -> list[Any]:
+        return [
+            a for a in list(self._open) if a is not exclude and (a.ident is None or a.is_alive())
+        ]
+
+    def connection_opened(self, assoc: Any) -> int | None:
+        """Register a new connection; the number of waiting connections of its host if that
+        is already the limit (the connection must then be closed), else None."""
+        address = assoc.requestor.address
+        with self._lock:
+            waiting = [
+                a for a in self._live(assoc) if a.requestor.address == address and not _admitted(a)
+            ]
+            if len(waiting) >= self.config.max_associations_per_peer:
+                return len(waiting)
+            self._open.add(assoc)
+        return None
+
+    def admit(self, assoc: Any) -> str | None:
+        """Admit an association whose A-ASSOCIATE-RQ arrived; why not, or None."""
+        address = assoc.requestor.address
+        with self._lock:
+            admitted = [a for a in self._live(assoc) if _admitted(a)]
+            if len(admitted) >= self.config.max_associations:
+                return f"{len(admitted)} associations open (--max-associations)"
+            mine = sum(1 for a in admitted if a.requestor.address == address)
+            if mine >= self.config.max_associations_per_peer:
+                return f"{mine} associations open from {address} (--max-associations-per-peer)"
+            assoc.__dict__["_wlmserver_admitted"] = True
+            self._open.add(assoc)
+        return None
+
+
+def _admitted(assoc: Any) -> bool:
+    return bool(assoc.__dict__.get("_wlmserver_admitted"))
+
+
+def handle_requested(
+    event: Any, store: WorklistStore, config: Config, admission: Admission | None = None
+) -> None:
+    """EVT_REQUESTED: refuse an association whose called AE title has no folder, or one over
+    the association limits (see :class:`Admission`)."""
+    assoc = event.assoc
+    aet = called_ae_title(assoc)
     if not is_served(store, config, aet):
         LOGGER.info(
             "association from %s rejected: called AE title %r not recognized (no folder %s)",
-            _peer(event.assoc),
+            _peer(assoc),
             aet,
             store.root / aet if is_safe_ae_title(aet) else "(unsafe title)",
         )
-        event.assoc.acse.send_reject(*_REJECT_CALLED_AET)
-        event.assoc.kill()  # as pynetdicom's own rejections do: lets the RJ PDU go out first
+        assoc.__dict__["_wlmserver_end"] = "rejected: called AE title not recognized"
+        assoc.acse.send_reject(*_REJECT_CALLED_AET)
+        assoc.kill()  # as pynetdicom's own rejections do: lets the RJ PDU go out first
+        return
+    refusal = admission.admit(assoc) if admission is not None else None
+    if refusal is not None:
+        LOGGER.warning(
+            "association from %s to %s rejected (transient, local limit exceeded): %s",
+            _peer(assoc),
+            aet,
+            refusal,
+        )
+        assoc.__dict__["_wlmserver_end"] = "rejected: local limit exceeded"
+        assoc.acse.send_reject(*_REJECT_LOCAL_LIMIT)
+        assoc.kill()
 
 
-def handle_connection_open(event: Any) -> None:
-    """EVT_CONN_OPEN: disable Nagle's algorithm, which otherwise stalls each exchange."""
-    sock = getattr(event.assoc.dul.socket, "socket", None)
+def _first(*seconds: float | None) -> float | None:
+    return next((s for s in seconds if s is not None), None)
+
+
+def handle_connection_open(
+    event: Any, config: Config | None = None, admission: Admission | None = None
+) -> None:
+    """EVT_CONN_OPEN: bound what the connection may hold, disable Nagle's algorithm (which
+    otherwise stalls each exchange), and close it at once when its host already has
+    ``--max-associations-per-peer`` connections waiting for their A-ASSOCIATE-RQ.
+
+    pynetdicom's accepted sockets have no timeout: a peer that stopped reading held the thread
+    writing to it (and its slot) forever. The socket gets the network timeout (else the DIMSE,
+    else the ACSE timeout) for its writes, direct ones (:mod:`~wlmserver.service.fastpath`)
+    included; reads are bounded per PDU by :func:`~wlmserver.service.reactor.read_pdu`.
+    """
+    assoc = event.assoc
+    assoc.__dict__["_wlmserver_started"] = time.monotonic()
+    sock = getattr(assoc.dul.socket, "socket", None)
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if config is None:
+        return
+    if sock is not None:
+        sock.settimeout(_first(config.network_timeout, config.dimse_timeout, config.acse_timeout))
+    reactor.set_limits(
+        assoc,
+        reactor.Limits(
+            associate_rq=reactor.DEFAULT_LIMITS.associate_rq,
+            command=reactor.DEFAULT_LIMITS.command,
+            data_set=config.max_identifier_size * IDENTIFIER_ABORT_FACTOR,
+        ),
+    )
+    reactor.on_end(assoc, lambda a: association_ended(a, config))
+    waiting = admission.connection_opened(assoc) if admission is not None else None
+    if waiting is not None and sock is not None:
+        LOGGER.warning(
+            "connection from %s:%s closed: %d connections from this host are waiting for "
+            "their association request (--max-associations-per-peer)",
+            assoc.requestor.address,
+            assoc.requestor.port,
+            waiting,
+        )
+        assoc.__dict__["_wlmserver_end"] = "closed: too many connections from this host"
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # the DUL reads the end: Evt17, the thread ends
+
+
+#: A data set this many times ``--max-identifier-size`` aborts the association while it
+#: arrives (up to that size it is received and answered with a failure status naming the
+#: limit): memory per association stays bounded whatever a peer sends.
+IDENTIFIER_ABORT_FACTOR = 16
+
+
+def _how_it_ended(assoc: Any) -> str:
+    reason = reactor.end_reason(assoc)
+    if reason:
+        return str(reason)
+    if assoc.is_released:
+        return "released"
+    if assoc.is_aborted:
+        return "aborted"
+    if assoc.is_rejected:
+        return "rejected"
+    if getattr(assoc.requestor, "primitive", None) is None:
+        return "closed before an association request"
+    return "connection closed"
+
+
+def association_ended(assoc: Any, config: Config) -> None:
+    """One line per association: calling and called AE title, peer, duration, queries, how
+    it ended (no patient data)."""
+    started = assoc.__dict__.get("_wlmserver_started", time.monotonic())
+    primitive = getattr(assoc.requestor, "primitive", None)
+    calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+    called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+    fields = {
+        "event": "association",
+        "calling_aet": calling,
+        "called_aet": called,
+        "peer": f"{assoc.requestor.address}:{assoc.requestor.port}",
+        "seconds": round(time.monotonic() - started, 3),
+        "queries": int(assoc.__dict__.get("_wlmserver_queries", 0)),
+        "ended": _how_it_ended(assoc),
+    }
+    LOGGER.info(
+        "association %s -> %s from %s: %s after %.1f s, %d queries",
+        calling or "-",
+        called or "-",
+        fields["peer"],
+        fields["ended"],
+        fields["seconds"],
+        fields["queries"],
+        extra={"fields": fields},
+    )
 
 
 def handle_echo(event: Any) -> int:
@@ -161,20 +340,211 @@ def _capture(assoc: Any, config: Config, identifier: Dataset, aet: str, peer: st
             called=aet,
         )
     except (OSError, ValueError, TypeError) as exc:
-        LOGGER.warning("C-FIND from %s: cannot write the request file: %s", peer, exc)
+        # the file's name may hold the patient ID (#p): say why, and where, not which file
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        LOGGER.warning(
+            "C-FIND from %s: cannot write a request file into %s: %s",
+            peer,
+            config.request_file_path,
+            reason,
+        )
         return
     LOGGER.debug("C-FIND from %s: request written to %s", peer, path)  # #p: patient data
+
+
+_SQ_OR_LONG_VR = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+
+
+def encoding_problem(data: bytes, implicit: bool, little: bool) -> str | None:
+    """What makes an encoded data set unreadable, or None (PS3.5 7.1, 7.5).
+
+    pydicom reads a data set leniently: an element whose length runs past the end is read
+    short, random bytes are read as implicit VR; the query then matched what was left. This
+    walks the elements, items and sequences and checks that every length fits.
+
+    Examples
+    --------
+    >>> encoding_problem(bytes.fromhex("10002000") + b"LO" + bytes.fromhex("0200") + b"P1",
+    ...                  False, True) is None
+    True
+    >>> encoding_problem(bytes.fromhex("10002000") + b"LO" + bytes.fromhex("4000") + b"P1",
+    ...                  False, True)
+    'element (0010,0020) runs past the end'
+    """
+    order = "<" if little else ">"
+    u16, u32 = struct.Struct(order + "H"), struct.Struct(order + "L")
+
+    def walk(pos: int, end: int, in_item: bool, depth: int) -> tuple[int, str | None]:
+        if depth > 16:
+            return pos, "sequences nested too deep"
+        while pos < end:
+            if end - pos < 8:
+                return pos, "an element header is cut short"
+            tag = (u16.unpack_from(data, pos)[0] << 16) | u16.unpack_from(data, pos + 2)[0]
+            where = f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+            if tag == _ITEM_END and in_item:
+                return pos + 8, None
+            if tag in (_ITEM, _ITEM_END, _SEQUENCE_END):
+                return pos, f"{where} out of place"
+            vr = b""
+            if implicit:
+                length, pos = u32.unpack_from(data, pos + 4)[0], pos + 8
+                with contextlib.suppress(KeyError):
+                    vr = dictionary_VR(tag).encode()
+            else:
+                vr = data[pos + 4 : pos + 6]
+                if not (vr.isalpha() and vr.isupper()):
+                    return pos, f"{where} has no valid VR"
+                if vr in _SQ_OR_LONG_VR:
+                    if end - pos < 12:
+                        return pos, "an element header is cut short"
+                    length, pos = u32.unpack_from(data, pos + 8)[0], pos + 12
+                else:
+                    length, pos = u16.unpack_from(data, pos + 6)[0], pos + 8
+            if vr == b"SQ" or (length == _UNDEFINED and vr in (b"UN", b"")):
+                pos, problem = items(
+                    pos, end if length == _UNDEFINED else pos + length, length, depth
+                )
+                if problem:
+                    return pos, problem
+                continue
+            if length == _UNDEFINED:
+                return pos, f"{where} has an undefined length"
+            if pos + length > end:
+                return pos, f"{where} runs past the end"
+            pos += length
+        return pos, ("an item has no end" if in_item else None)
+
+    def items(pos: int, end: int, length: int, depth: int) -> tuple[int, str | None]:
+        if length != _UNDEFINED and end > len(data):
+            return pos, "a sequence runs past the end"
+        while pos < end:
+            if end - pos < 8:
+                return pos, "an item header is cut short"
+            tag = (u16.unpack_from(data, pos)[0] << 16) | u16.unpack_from(data, pos + 2)[0]
+            item_length = u32.unpack_from(data, pos + 4)[0]
+            pos += 8
+            if tag == _SEQUENCE_END and length == _UNDEFINED:
+                return pos, None
+            if tag != _ITEM:
+                return pos, "a sequence holds a non-item"
+            if item_length == _UNDEFINED:
+                pos, problem = walk(pos, end, True, depth + 1)
+            elif pos + item_length > end:
+                return pos, "an item runs past its sequence"
+            else:
+                _, problem = walk(pos, pos + item_length, False, depth + 1)
+                pos += item_length
+            if problem:
+                return pos, problem
+        if length == _UNDEFINED:
+            return pos, "a sequence has no end"
+        return pos, None
+
+    return walk(0, len(data), False, 0)[1]
+
+
+def _identifier_bytes(event: Any) -> tuple[bytes, Any] | None:
+    """The encoded identifier of a C-FIND request and its transfer syntax, or None (a
+    stand-in event)."""
+    try:
+        identifier = event.request.Identifier
+        syntax = event.context.transfer_syntax
+    except AttributeError:
+        return None
+    getvalue = getattr(identifier, "getvalue", None)
+    return None if getvalue is None else (bytes(getvalue()), syntax)
+
+
+def _refusal(event: Any, config: Config) -> tuple[Status, str] | None:
+    """A status and comment for an identifier refused before it is decoded, or None."""
+    encoded = _identifier_bytes(event)
+    if encoded is None:
+        return None
+    data, syntax = encoded
+    if len(data) > config.max_identifier_size:
+        return (
+            Status.UNABLE_TO_PROCESS,
+            f"identifier over {config.max_identifier_size} bytes (--max-identifier-size)",
+        )
+    from pydicom.uid import UID
+
+    uid = UID(syntax)
+    if uid.is_deflated or not uid.is_transfer_syntax:
+        return None
+    problem = encoding_problem(data, bool(uid.is_implicit_VR), bool(uid.is_little_endian))
+    if problem:
+        return Status.UNABLE_TO_PROCESS, f"undecodable identifier: {problem}"
+    return None
+
+
+def _log_query(
+    event: Any,
+    peer: str,
+    aet: str,
+    answers: int,
+    started: float,
+    status: int,
+    text: str,
+    *args: Any,
+    level: int = logging.INFO,
+) -> None:
+    """The one line per query, with its fields for ``--log-json``."""
+    assoc = event.assoc
+    primitive = getattr(assoc.requestor, "primitive", None)
+    fields = {
+        "event": "query",
+        "calling_aet": str(getattr(primitive, "calling_ae_title", "") or "").strip(),
+        "called_aet": aet,
+        "peer": f"{assoc.requestor.address}:{assoc.requestor.port}",
+        "answers": answers,
+        "ms": round((time.perf_counter() - started) * 1000, 1),
+        "status": f"0x{status:04X}",
+    }
+    LOGGER.log(level, text, *args, extra={"fields": fields})
 
 
 def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[FindResponse]:
     """EVT_C_FIND: one Pending answer per matching scheduled procedure step, then Success.
 
     Invalid identifiers get a failure status naming the offending element; a C-CANCEL between
-    answers ends the operation with Cancel.
+    answers ends the operation with Cancel. An identifier over ``--max-identifier-size``
+    bytes, one that does not decode (a length past its end, bytes not valid in its character
+    set) or a value over ``--max-value-length`` characters gets 0xC000 (Unable to process)
+    with an ErrorComment naming the limit or the problem. After ``--max-answers`` answers
+    the operation ends with 0xA700 (Refused: Out of Resources, PS3.4 K.4.1.1.4): the answers
+    sent are not the whole worklist, which Success would claim.
     """
     started = time.perf_counter()
     aet = called_ae_title(event.assoc)
     peer = _peer(event.assoc)
+    with contextlib.suppress(AttributeError, TypeError):
+        event.assoc.__dict__["_wlmserver_queries"] = (
+            event.assoc.__dict__.get("_wlmserver_queries", 0) + 1
+        )
+    refused = _refusal(event, config)
+    if refused is not None:
+        status, comment = refused
+        _log_query(
+            event,
+            peer,
+            aet,
+            0,
+            started,
+            status,
+            "C-FIND from %s to %s refused: %s; status 0x%04X",
+            peer,
+            aet,
+            comment,
+            int(status),
+            level=logging.WARNING,
+        )
+        yield failure(status, comment), None
+        return
     try:
         identifier = event.identifier
     except Exception as exc:  # pynetdicom decodes lazily and may fail here
@@ -189,6 +559,7 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
             identifier,
             pn_fold=config.pn_case_insensitive,
             expand_empty_sps=config.expand_empty_sps,
+            max_value_length=config.max_value_length,
         )
     except QueryError as exc:
         # the message names the attribute and the rule it breaks, never the value
@@ -229,8 +600,42 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         if count % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1:
             _let_the_peer_speak(event.assoc)
         if event.is_cancelled:
-            LOGGER.info("C-FIND from %s to %s: cancelled after %d answers", peer, aet, count)
+            _log_query(
+                event,
+                peer,
+                aet,
+                count,
+                started,
+                Status.CANCEL,
+                "C-FIND from %s to %s: cancelled after %d answers",
+                peer,
+                aet,
+                count,
+            )
             yield int(Status.CANCEL), None
+            return
+        if config.max_answers and count >= config.max_answers:
+            _log_query(
+                event,
+                peer,
+                aet,
+                count,
+                started,
+                Status.OUT_OF_RESOURCES,
+                "C-FIND from %s to %s: more than %d matches, stopped (--max-answers); "
+                "status 0xA700",
+                peer,
+                aet,
+                count,
+                level=logging.WARNING,
+            )
+            yield (
+                failure(
+                    Status.OUT_OF_RESOURCES,
+                    f"more than {count} matches (--max-answers): narrow the query",
+                ),
+                None,
+            )
             return
         try:
             answer = build(query, entry, config.charset_policy)
@@ -244,7 +649,13 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         elif not stream.send(answer) or not event.assoc.is_established:  # type: ignore[arg-type]
             LOGGER.info("C-FIND from %s to %s: peer gone after %d answers", peer, aet, count)
             return
-    LOGGER.info(
+    _log_query(
+        event,
+        peer,
+        aet,
+        count,
+        started,
+        Status.SUCCESS,
         "C-FIND from %s to %s: %d answers in %.1f ms",
         peer,
         aet,

@@ -18,8 +18,27 @@ while an *accepted* association is established (state Sta6; PS3.8 9.2):
   (its network-timeout checks have that resolution).
 
 Everything else (negotiation, release, abort, the requestor side, other sleeps) keeps
-pynetdicom's own timing. If this pynetdicom lacks the internals it relies on, nothing is
-changed and a warning is logged.
+pynetdicom's own timing.
+
+It also bounds what a peer of an accepted association can hold (:func:`read_pdu`, which
+replaces pynetdicom's ``_read_pdu_data`` for acceptors):
+
+- a PDU must arrive whole within a deadline (the ACSE timeout before the association is
+  established, then the DIMSE or network timeout): pynetdicom's accepted sockets have no
+  timeout, so a peer that sent part of a PDU held its thread and its association slot forever;
+- a PDU longer than the receiver accepts is refused before its body is read: before the
+  association, :attr:`Limits.associate_rq` bytes; after it, the maximum length this server
+  announced in its A-ASSOCIATE-AC (PS3.8 D.1: a P-DATA-TF PDU's variable field shall not
+  exceed it); pynetdicom buffered whatever followed a header claiming 4 GB;
+- the command set and the data set of one DIMSE message are bounded (:class:`Limits`),
+  counted from the P-DATA-TF PDVs as they arrive (PS3.8 E.2), before pynetdicom reassembles
+  them;
+- a connection closed before its A-ASSOCIATE-RQ ends its association thread at once (it
+  waited for the ACSE timeout, holding a slot).
+
+A refused PDU is answered with an A-ABORT (source: service provider, PS3.8 9.3.8) and the
+connection closed; each refusal is logged in one line. If this pynetdicom lacks the
+internals all this relies on, nothing is changed and a warning is logged.
 """
 
 from __future__ import annotations
@@ -28,9 +47,11 @@ import contextlib
 import logging
 import select
 import socket
+import struct
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 LOGGER = logging.getLogger(__name__)
@@ -41,6 +62,60 @@ DUL_IDLE = 0.1
 ASSOCIATION_IDLE = 0.05
 
 _installed = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one accepted connection may send (see the module docstring).
+
+    Attributes
+    ----------
+    associate_rq : int
+        Longest PDU accepted before the association is established, bytes. 64 KiB holds an
+        A-ASSOCIATE-RQ with the 128 presentation contexts PS3.8 allows (odd IDs 1-255), each
+        with three 64-character transfer syntax UIDs (about 36 KB), and a user identity
+        item: a worklist SCU proposes a handful.
+    command : int
+        Longest command set of one DIMSE message, bytes (a C-FIND-RQ's is about 100).
+    data_set : int or None
+        Longest data set of one DIMSE message, bytes; None: unbounded (but every PDU is
+        still bounded by the maximum length announced).
+    """
+
+    associate_rq: int = 65536
+    command: int = 65536
+    data_set: int | None = None
+
+
+#: The limits of an accepted association whose server set none (:func:`set_limits`).
+DEFAULT_LIMITS = Limits()
+
+#: A-ABORT PDUs sent when a PDU is refused (PS3.8 9.3.8: source 2, the service provider;
+#: reason 6, invalid PDU parameter value, or 0, not specified, for a message too long).
+_ABORT_INVALID = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
+_ABORT_UNSPECIFIED = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x00])
+
+_PDU_HEADER = struct.Struct(">BBL")
+#: States before an A-ASSOCIATE-RQ was received (PS3.8 9.2: Sta2 awaits it; the DUL may read
+#: before it has processed the transport connection event, still in Sta1).
+_BEFORE_REQUEST = frozenset({"Sta1", "Sta2"})
+_PDV_HEADER = struct.Struct(">LBB")
+
+
+def set_limits(assoc: Any, limits: Limits) -> None:
+    """Set what an accepted association's peer may send (call it on ``EVT_CONN_OPEN``)."""
+    assoc.__dict__["_wlmserver_limits"] = limits
+
+
+def on_end(assoc: Any, report: Any) -> None:
+    """Call ``report(assoc)`` in the association's thread when it ends, however it ends
+    (set it on ``EVT_CONN_OPEN``, before the thread starts)."""
+    assoc.__dict__["_wlmserver_on_end"] = report
+
+
+def end_reason(assoc: Any) -> str | None:
+    """Why :func:`read_pdu` closed an association's connection, if it did."""
+    return assoc.__dict__.get("_wlmserver_end")  # type: ignore[no-any-return]
 
 
 class _Waker:
@@ -102,6 +177,8 @@ def _dul_wait(dul: Any, seconds: float) -> None:
     if assoc is None or not assoc.is_acceptor:
         time.sleep(seconds)
         return
+    if dul.state_machine.current_state == "Sta1" and dul.event_queue.empty():
+        _wake_request_wait(dul)  # the connection closed before an association was made
     _association_event(assoc).set()  # what arrived has been handled: let it look
     sock = getattr(getattr(dul, "socket", None), "socket", None)
     if (
@@ -123,6 +200,182 @@ def _dul_wait(dul: Any, seconds: float) -> None:
         time.sleep(seconds)
         return
     waker.drain()
+
+
+def _wake_request_wait(dul: Any) -> None:
+    """End an acceptor's wait for the A-ASSOCIATE-RQ of a connection that is gone.
+
+    pynetdicom's association thread waits for it with ``receive_pdu(wait=True,
+    timeout=acse_timeout)``; when the peer closes first nothing is queued, so the thread (and
+    its association slot) stayed for the whole ACSE timeout. ``None`` is what that call returns
+    on a timeout: the thread then closes the connection and ends. Only queued when nothing
+    else was delivered, so an association's own primitives are never preceded by it.
+    """
+    assoc = dul.assoc
+    if (
+        dul.__dict__.get("_wlmserver_woken")
+        or assoc.is_established
+        or getattr(assoc.requestor, "primitive", None) is not None
+        or not dul.to_user_queue.empty()
+    ):
+        return
+    dul.__dict__["_wlmserver_woken"] = True
+    dul.to_user_queue.put(None)
+
+
+def _peer_of(dul: Any) -> str:
+    requestor = dul.assoc.requestor
+    return f"{requestor.address}:{requestor.port}"
+
+
+def _timeout(dul: Any) -> tuple[float | None, str]:
+    """How long a PDU that starts arriving now may take, seconds, and that timeout's name:
+    the ACSE timeout before the association (PS3.8 9.1.5, the ARTIM timer's), then the DIMSE
+    timeout, else the network timeout."""
+    assoc = dul.assoc
+    if dul.state_machine.current_state in _BEFORE_REQUEST:
+        candidates = (
+            ("ACSE timeout", assoc.acse_timeout),
+            ("network timeout", assoc.network_timeout),
+        )
+    else:
+        candidates = (
+            ("DIMSE timeout", assoc.dimse_timeout),
+            ("network timeout", assoc.network_timeout),
+        )
+    for name, seconds in candidates:
+        if seconds is not None:
+            return float(seconds), name
+    return None, "no timeout"
+
+
+def _recv_exactly(sock: Any, count: int, deadline: float | None) -> bytes:
+    """``count`` bytes from a socket, fewer if the peer closed; TimeoutError past the deadline.
+
+    The wait is bounded by ``select`` so the socket's own timeout (which bounds sends) is left
+    as it is; the socket may be written to by another thread meanwhile (the fast path).
+    """
+    buffer = bytearray()
+    while len(buffer) < count:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            pending = getattr(sock, "pending", None)  # TLS: buffered data select cannot see
+            if not (pending and pending()):
+                readable, _, _ = select.select([sock], [], [], remaining)
+                if not readable:
+                    raise TimeoutError
+        chunk = sock.recv(min(count - len(buffer), 65536))
+        if not chunk:
+            break
+        buffer += chunk
+    return bytes(buffer)
+
+
+def _refuse(dul: Any, abort: bytes | None, message: str, *args: Any) -> None:
+    """Log one line, send an A-ABORT (when given) and close: Evt17, the transport closed."""
+    LOGGER.warning("connection from %s: " + message, _peer_of(dul), *args)
+    dul.assoc.__dict__["_wlmserver_end"] = (message % args).partition(";")[0]
+    sock = getattr(dul.socket, "socket", None)
+    if abort is not None and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.sendall(abort)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    dul.event_queue.put("Evt17")
+
+
+def _check_message_sizes(dul: Any, body: bytes, limits: Limits) -> str | None:
+    """Count the command and data set bytes of the DIMSE message being received (PS3.8 E.2:
+    each PDV's message control header says which it is and whether it is the last
+    fragment); what is too long, or None."""
+    counts = dul.__dict__.setdefault("_wlmserver_message", [0, 0])  # command, data set
+    offset = 0
+    while offset + _PDV_HEADER.size <= len(body):
+        length, _, control = _PDV_HEADER.unpack_from(body, offset)
+        fragment = max(length - 2, 0)
+        offset += 4 + length
+        which = 0 if control & 0x01 else 1
+        counts[which] += fragment
+        limit = limits.command if which == 0 else limits.data_set
+        if limit is not None and counts[which] > limit:
+            part = "command set" if which == 0 else "data set"
+            return f"a DIMSE {part} longer than {limit} bytes"
+        if control & 0x02:
+            counts[which] = 0
+    return None
+
+
+def read_pdu(dul: Any, original: Any) -> None:
+    """Read one PDU of an accepted association, within bounds (see the module docstring).
+
+    Emits what pynetdicom's ``_read_pdu_data`` emits (PS3.8 9.2: Evt6, Evt10, Evt12, Evt16,
+    Evt17 transport closed, Evt19 invalid PDU); refused PDUs become Evt17 after an A-ABORT.
+    """
+    assoc = dul.assoc
+    sock = getattr(dul.socket, "socket", None)
+    if not assoc.is_acceptor or sock is None:
+        original(dul)
+        return
+    limits: Limits = assoc.__dict__.get("_wlmserver_limits", DEFAULT_LIMITS)
+    seconds, timeout_name = _timeout(dul)
+    deadline = None if seconds is None else time.monotonic() + seconds
+    try:
+        header = _recv_exactly(sock, 6, deadline)
+        if len(header) < 6:
+            dul.event_queue.put("Evt17")  # closed by the peer
+            return
+        pdu_type, _, length = _PDU_HEADER.unpack(header)
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            dul.event_queue.put("Evt19")  # as pynetdicom: unrecognised PDU
+            return
+        limit: int | None
+        if dul.state_machine.current_state in _BEFORE_REQUEST:
+            limit = limits.associate_rq
+        elif pdu_type == 0x04:
+            limit = assoc.acceptor.maximum_length or None
+        else:
+            limit = limits.associate_rq
+        if limit is not None and length > limit:
+            _refuse(
+                dul,
+                _ABORT_INVALID,
+                "PDU type 0x%02X of %d bytes refused (at most %d accepted here)",
+                pdu_type,
+                length,
+                limit,
+            )
+            return
+        body = _recv_exactly(sock, length, deadline)
+    except TimeoutError:
+        _refuse(dul, None, "no complete PDU within %g s (%s); closed", seconds, timeout_name)
+        return
+    except OSError:
+        dul.event_queue.put("Evt17")
+        return
+    if len(body) < length:
+        dul.event_queue.put("Evt17")  # closed in the middle of a PDU
+        return
+    if pdu_type == 0x04:
+        too_long = _check_message_sizes(dul, body, limits)
+        if too_long:
+            _refuse(dul, _ABORT_UNSPECIFIED, "%s refused; association aborted", too_long)
+            return
+    try:
+        pdu, event = dul._decode_pdu(bytearray(header + body))
+    except Exception as exc:  # as pynetdicom: any decoding failure is Evt19
+        LOGGER.warning(
+            "connection from %s: invalid PDU type 0x%02X (%s)",
+            _peer_of(dul),
+            pdu_type,
+            type(exc).__name__,
+        )
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
 
 
 def _association_wait(assoc: Any, seconds: float) -> None:
@@ -158,17 +411,20 @@ def install() -> bool:
 
         dul_loop = DULServiceProvider.run_reactor.__code__
         association_loop = Association._run_reactor.__code__
+        run_association = Association.run_reactor
         originals = (
             DULServiceProvider.run_reactor,
             DULServiceProvider.send_pdu,
             DULServiceProvider.kill_dul,
+            DULServiceProvider._read_pdu_data,
         )
+        DULServiceProvider._decode_pdu  # noqa: B018 - read_pdu decodes with it
         if getattr(dul, "time", None) is not time or getattr(association, "time", None) is not time:
             raise AttributeError("pynetdicom's modules do not use the time module")
     except (ImportError, AttributeError) as exc:
         LOGGER.warning("pynetdicom's reactors keep polling (%s)", exc)
         return False
-    run_reactor, send_pdu, kill_dul = originals
+    run_reactor, send_pdu, kill_dul, read_pdu_data = originals
 
     def run_reactor_closing(self: Any) -> None:
         try:
@@ -180,6 +436,22 @@ def install() -> bool:
             assoc = getattr(self, "assoc", None)
             if assoc is not None:
                 _association_event(assoc).set()
+                if assoc.is_acceptor:
+                    _wake_request_wait(self)
+
+    def read_pdu_data_bounded(self: Any) -> None:
+        read_pdu(self, read_pdu_data)
+
+    def run_association_reporting(self: Any) -> None:
+        try:
+            run_association(self)
+        finally:
+            report = self.__dict__.get("_wlmserver_on_end")
+            if report is not None:
+                try:
+                    report(self)
+                except Exception:
+                    LOGGER.exception("cannot report the end of an association")
 
     def send_pdu_waking(self: Any, primitive: Any) -> None:
         send_pdu(self, primitive)
@@ -193,9 +465,11 @@ def install() -> bool:
         if waker is not None:
             waker.wake()
 
+    Association.run_reactor = run_association_reporting  # type: ignore[method-assign]
     DULServiceProvider.run_reactor = run_reactor_closing  # type: ignore[method-assign]
     DULServiceProvider.send_pdu = send_pdu_waking  # type: ignore[method-assign]
     DULServiceProvider.kill_dul = kill_dul_waking  # type: ignore[method-assign]
+    DULServiceProvider._read_pdu_data = read_pdu_data_bounded  # type: ignore[method-assign]
     setattr(dul, "time", _Clock(dul_loop, _dul_wait))  # noqa: B010 - its module global
     setattr(association, "time", _Clock(association_loop, _association_wait))  # noqa: B010
     _installed = True

@@ -20,6 +20,7 @@ from wlmserver.config import Config, bundled_database
 from wlmserver.service import fastpath as encode
 from wlmserver.service import reactor
 from wlmserver.service.handlers import (
+    Admission,
     handle_connection_open,
     handle_echo,
     handle_find,
@@ -78,7 +79,13 @@ class WorklistServer:
         ae.acse_timeout = config.acse_timeout
         ae.dimse_timeout = config.dimse_timeout
         ae.network_timeout = config.network_timeout
-        ae.maximum_associations = config.max_associations
+        # the association limits are the handlers' (see handlers.Admission): pynetdicom's own
+        # count includes connections that never send a request, so its limit is only a
+        # safety net here
+        ae.maximum_associations = max(
+            config.max_associations * 4,
+            config.max_associations + 4 * config.max_associations_per_peer,
+        )
         ae.maximum_pdu_size = config.max_pdu
         return ae
 
@@ -102,9 +109,10 @@ class WorklistServer:
             self.store, poll=self.config.poll, rescan_interval=self.config.rescan_interval
         )
         self.watcher.start()
+        admission = Admission(self.config)
         handlers = [
-            (evt.EVT_CONN_OPEN, handle_connection_open),
-            (evt.EVT_REQUESTED, handle_requested, [self.store, self.config]),
+            (evt.EVT_CONN_OPEN, handle_connection_open, [self.config, admission]),
+            (evt.EVT_REQUESTED, handle_requested, [self.store, self.config, admission]),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_FIND, handle_find, [self.store, self.config]),
         ]

@@ -110,7 +110,11 @@ def read_file_bytes(path: str | Path, max_size: int = DEFAULT_MAX_FILE_SIZE) -> 
         os.close(fd)
         raise _too_large(st.st_size, max_size)
     with open(fd, "rb", closefd=True) as handle:
-        data = handle.read(max_size + 1)  # one read: what is checked is what is parsed
+        # one read of what fstat said (a read of max_size would allocate all of it at once);
+        # the rest, bounded, only if the file grew meanwhile: what is checked is what is parsed
+        data = handle.read(st.st_size + 1)
+        if len(data) > st.st_size:
+            data += handle.read(max_size + 1 - len(data))
     if len(data) > max_size:
         raise _too_large(len(data), max_size)
     return data
