@@ -1,0 +1,959 @@
+"""Fuzzing wlmserver: hypothesis strategies and the checks they feed, in one place.
+
+The CI suite (``tests/*/test_fuzz_*.py``, through ``conftest.load_tool("fuzzing")``) runs a
+short, derandomized form of every target; ``tools/fuzz.py`` runs the same targets with many
+more examples. Each target is a strategy and a check; a check raises :class:`Finding` when the
+code under test does something it must never do:
+
+- ``compile_query``: C-FIND identifiers (every VR, wrong VRs, huge and deep values, bad
+  character sets, garbage bytes, mutated encodings), decoded as pynetdicom does, compiled,
+  matched against sample entries and answered: only :class:`QueryError` may come out;
+- ``parse``: worklist file bytes (generated, truncated, wrong lengths, deep nesting, random
+  bytes, mutated valid files) through :func:`wlmserver.store.dicomfile.parse`: only
+  ``Incomplete`` or ``Undecodable``, within a time bound;
+- ``formats_read``: the same bytes as a dropped file through ``Formats().read``: a
+  ``FileResult`` or a ``WorklistFileError``;
+- ``store_scan``: a folder of such files beside a good one, through ``WorklistStore.scan``:
+  every bad file a ``FileState`` with a problem, the good one served;
+- ``find``: identifiers sent in a C-FIND over a raw association to a real server: a final
+  status or an abort, never silence, and no traceback in the server's log;
+- ``raw_pdus``: raw PDU sequences (truncated, wrong lengths, huge length claims, garbage,
+  abrupt close mid-PDU, A-ABORT mid-stream) to a real server.
+
+After the server targets, :meth:`FuzzServer.check_healthy` asks the known query again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pynetdicom.dsutils import decode
+
+# this checkout's wlmserver (not an installed one), and leanfind beside this file
+for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+import leanfind  # noqa: E402
+
+from wlmserver.config import Config  # noqa: E402
+from wlmserver.matching.answers import CharsetPolicy, build_encoded  # noqa: E402
+from wlmserver.matching.entry import Entry  # noqa: E402
+from wlmserver.matching.keys import WORKLIST_KEYS  # noqa: E402
+from wlmserver.matching.query import QueryError, compile_query  # noqa: E402
+from wlmserver.service.server import WorklistServer  # noqa: E402
+from wlmserver.store.dicomfile import Incomplete, Undecodable, parse  # noqa: E402
+from wlmserver.store.files import WorklistFileError  # noqa: E402
+from wlmserver.store.formats import Formats  # noqa: E402
+from wlmserver.store.index import WorklistStore  # noqa: E402
+from wlmserver.store.wlfile import parse_worklist  # noqa: E402
+
+#: How long one local check (parse, read, scan) may take before it counts as a hang.
+LOCAL_BOUND_S = 10.0
+#: Socket timeout of the fuzzing client: a server that says nothing this long is a finding.
+SOCKET_TIMEOUT_S = 15.0
+
+
+#: Findings already reported (see the xfail tests in tests/service/test_fuzz_pdus.py): a
+#: fuzz run counts them rather than failing on them, so that it can look for new ones.
+KNOWN_FINDINGS = (
+    # two A-ASSOCIATE-RQs back to back (Evt7), or a release request followed by garbage
+    # (Evt14): the local answer comes after the peer's PDU moved pynetdicom's state machine to
+    # Sta13, and the DUL thread dies with InvalidEventError (a traceback on stderr, outside
+    # the log's filters)
+    "for the current state 'Sta13'",
+    # a P-DATA-TF whose PDVs make no DIMSE message (a data set fragment before any command):
+    # pynetdicom aborts the association, rightly, but logs the KeyError's traceback
+    "pynetdicom.dimse ERROR:",
+    # a command set without CommandField (or CommandDataSetType), or with two CommandField
+    # values: pynetdicom.fsm logs the AttributeError's (TypeError's) traceback and the DUL
+    # thread dies with it (the connection is closed without an A-ABORT)
+    "pynetdicom.fsm ERROR:",
+    "object has no attribute 'CommandField'",
+    "object has no attribute 'CommandDataSetType'",
+    "unhashable type: 'list'",
+    # an A-ABORT whose source byte is not 0, 1 or 2: its decoding raises ValueError in the
+    # DUL thread, which dies of it
+    "Invalid A-ABORT 'Source' value",
+    # a non-ASCII byte in a UID of an A-ASSOCIATE-RQ: pynetdicom.utils logs the
+    # UnicodeDecodeError's traceback before the association is aborted
+    "pynetdicom.utils ERROR:",
+)
+
+
+class Finding(AssertionError):
+    """The code under test did something it must never do (the message says what)."""
+
+
+# ---------------------------------------------------------------- DICOM encoding by hand
+_LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
+ALL_VRS = sorted(
+    _LONG_VRS
+    | {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "PN", "SH"}
+    | {"SL", "SS", "ST", "TM", "UI", "UL", "US"}
+)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM_START = struct.pack("<HHL", 0xFFFE, 0xE000, _UNDEFINED)
+
+
+def element(tag: int, vr: str, value: bytes, *, length: int | None = None) -> bytes:
+    """One explicit VR little endian element; ``length`` overrides the true length."""
+    size = len(value) if length is None else length
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("latin-1")[:2].ljust(2)
+    if vr in _LONG_VRS or size > 0xFFFF:
+        return head + struct.pack("<HL", 0, size & 0xFFFFFFFF) + value
+    return head + struct.pack("<H", size) + value
+
+
+def sequence(tag: int, items: list[bytes], *, undefined: bool) -> bytes:
+    """A sequence of items (each the bytes of a dataset), defined or undefined length."""
+    if undefined:
+        body = b"".join(
+            struct.pack("<HHL", 0xFFFE, 0xE000, _UNDEFINED)
+            + i
+            + struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+            for i in items
+        )
+        return element(tag, "SQ", body + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0), length=_UNDEFINED)
+    body = b"".join(struct.pack("<HHL", 0xFFFE, 0xE000, len(i)) + i for i in items)
+    return element(tag, "SQ", body)
+
+
+def nested(depth: int, *, undefined: bool, leaf: bytes = b"") -> bytes:
+    """Sequences nested ``depth`` deep (the ScheduledProtocolCodeSequence inside itself)."""
+    inner = leaf
+    for _ in range(depth):
+        inner = sequence(0x00400008, [inner], undefined=undefined)
+    return inner
+
+
+def part10(body: bytes, syntax: str = ExplicitVRLittleEndian) -> bytes:
+    """A Part 10 file: preamble, ``DICM``, a file meta group naming ``syntax``, ``body``."""
+    meta = element(0x00020001, "OB", b"\x00\x01") + element(
+        0x00020002, "UI", b"1.2.276.0.7230010.3.1.0.1\x00"
+    )
+    uid = syntax.encode("ascii")
+    meta += element(0x00020010, "UI", uid + b"\x00" * (len(uid) % 2))
+    group = element(0x00020000, "UL", struct.pack("<L", len(meta)))
+    return b"\x00" * 128 + b"DICM" + group + meta + body
+
+
+def _pad(raw: bytes, vr: str) -> bytes:
+    if len(raw) % 2 == 0:
+        return raw
+    return raw + (b"\x00" if vr in ("UI", "OB", "UN") else b" ")
+
+
+# ---------------------------------------------------------------- sample data
+_TOP = {
+    "PatientName": "DOE^JANE",
+    "PatientID": "PID001",
+    "PatientBirthDate": "19800101",
+    "PatientSex": "F",
+    "AccessionNumber": "ACC001",
+    "StudyInstanceUID": "1.2.826.0.1.3680043.10.9999.1",
+    "RequestedProcedureID": "RP001",
+    "RequestedProcedureDescription": "CT HEAD",
+    "ReferringPhysicianName": "HOUSE^GREGORY",
+}
+_SPS = {
+    "ScheduledStationAETitle": "CT01",
+    "ScheduledProcedureStepStartDate": "20261122",
+    "ScheduledProcedureStepStartTime": "101500",
+    "Modality": "CT",
+    "ScheduledPerformingPhysicianName": "WHO^JOHN",
+    "ScheduledProcedureStepDescription": "HEAD W/O CONTRAST",
+    "ScheduledProcedureStepID": "SPS001",
+}
+
+
+def worklist_dataset(n: int = 1, charset: str | None = None, **values: str) -> Dataset:
+    """A complete worklist entry (``n`` distinguishes files), ``values`` overriding keywords."""
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    top = {**_TOP, "PatientID": f"PID{n:03}", "AccessionNumber": f"ACC{n:03}"}
+    for keyword, value in {**top, **{k: v for k, v in values.items() if k not in _SPS}}.items():
+        setattr(ds, keyword, value)
+    item = Dataset()
+    for keyword, value in {**_SPS, **{k: v for k, v in values.items() if k in _SPS}}.items():
+        setattr(item, keyword, value)
+    ds.ScheduledProcedureStepSequence = [item]
+    return ds
+
+
+def dataset_file_bytes(ds: Dataset) -> bytes:
+    """A dataset as a Part 10 file, as ``dump2dcm`` writes it."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.276.0.7230010.3.1.0.1")
+    meta.MediaStorageSOPInstanceUID = UID("1.2.3.4")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+GOOD_FILES: dict[str, bytes] = {
+    "good1.wl": dataset_file_bytes(worklist_dataset(1)),
+    "good2.wl": dataset_file_bytes(
+        worklist_dataset(2, "ISO_IR 100", PatientName="MÜLLER^JÜRGEN", Modality="MR")
+    ),
+}
+
+
+def sample_entries() -> list[Entry]:
+    """The entries of :data:`GOOD_FILES`, for matching fuzzed queries against."""
+    entries: list[Entry] = []
+    for name, data in GOOD_FILES.items():
+        entries.extend(parse_worklist(data, Path(name)).entries)
+    return entries
+
+
+# ---------------------------------------------------------------- strategies
+_KEY_TAGS = [k.tag for k in WORKLIST_KEYS] + [
+    tag_for_keyword(k) or 0
+    for k in ("StudyDate", "StudyTime", "PatientWeight", "PatientAge", "QueryRetrieveLevel")
+]
+_OTHER_TAGS = [0x00080005, 0x00100000, 0x00020010, 0x00090010, 0x00091001, 0x7FE00010]
+_CHARSETS = [
+    "",
+    "ISO_IR 100",
+    "ISO_IR 192",
+    "ISO 2022 IR 87",
+    "ISO 2022 IR 6\\ISO 2022 IR 87",
+    "\\ISO 2022 IR 149",
+    "GB18030",
+    "ISO_IR 999",
+    "ISO_IR 100\\ISO_IR 192",
+    "\x1b$B",
+]
+_TEXT_ALPHABET = st.characters(codec="utf-8", exclude_categories=["Cs"])
+_SPECIAL_VALUES = [
+    "*",
+    "**",
+    "?",
+    "",
+    "\\",
+    "20261122",
+    "20261122-20261123",
+    "-20261122",
+    "20261122-",
+    "2026-11-22",
+    "20261123-20261122",
+    "101500",
+    "2200-0600",
+    "10",
+    "1015.123456",
+    "CT\\MR",
+    "1.2.3\\1.2.4",
+    "DOE^*",
+    "*Z" * 40,
+    "=^^=",
+    "A" * 65,
+]
+
+
+@st.composite
+def value_bytes(draw: st.DrawFn, vr: str) -> bytes:
+    """A value for an element: a typical one, arbitrary text, garbage or a huge one."""
+    kinds = ["special", "special", "special", "text", "text", "latin1", "binary", "number"]
+    kind = draw(st.sampled_from([*kinds, "huge"]))  # huge ones rarely: they end a query early
+    if kind == "special":
+        raw = draw(st.sampled_from(_SPECIAL_VALUES)).encode("latin-1")
+    elif kind == "text":
+        raw = draw(st.text(_TEXT_ALPHABET, max_size=40)).encode("utf-8")
+    elif kind == "latin1":
+        raw = draw(st.text(st.characters(max_codepoint=255), max_size=40)).encode("latin-1")
+    elif kind == "binary":
+        raw = draw(st.binary(max_size=64))
+    elif kind == "huge":
+        size = draw(st.sampled_from([1_100, 20_000, 70_000, 300_000]))
+        raw = draw(st.sampled_from([b"A", b"*", b"\\", b"\x1b"])) * size
+    else:
+        raw = struct.pack("<d", draw(st.floats(allow_nan=True)))
+    return _pad(raw, vr)
+
+
+@st.composite
+def elements(draw: st.DrawFn, depth: int) -> bytes:
+    """One element (sometimes a sequence, nesting further up to ``depth``)."""
+    kind = draw(st.sampled_from(["key", "key", "key", "wrong-vr", "other", "random", "sq", "deep"]))
+    if kind == "deep":
+        deep = draw(st.integers(1, 120))
+        return nested(deep, undefined=draw(st.booleans()))
+    if kind == "sq" and depth > 0:
+        tag = draw(st.sampled_from([0x00400100, 0x00400008, 0x00321064, 0x00081110]))
+        items = draw(st.lists(datasets(depth - 1), max_size=3))
+        return sequence(tag, items, undefined=draw(st.booleans()))
+    if kind in ("key", "wrong-vr", "sq"):
+        tag = draw(st.sampled_from(_KEY_TAGS))
+    elif kind == "other":
+        tag = draw(st.sampled_from(_OTHER_TAGS))
+    else:
+        tag = draw(st.integers(0, 0xFFFFFFFF))
+    try:
+        vr = dictionary_VR(tag).split(" or ")[0] if kind != "wrong-vr" else ""
+    except KeyError:
+        vr = ""
+    if not vr or (vr == "SQ" and kind != "key"):
+        vr = draw(st.sampled_from(ALL_VRS))
+    if tag == 0x00080005:
+        raw = _pad(draw(st.sampled_from(_CHARSETS)).encode("latin-1"), "CS")
+    else:
+        raw = draw(value_bytes(vr))
+    if vr == "SQ":  # a sequence element holding garbage rather than items
+        return element(tag, vr, raw)
+    return element(tag, vr, raw)
+
+
+@st.composite
+def datasets(draw: st.DrawFn, depth: int = 2) -> bytes:
+    """The bytes of a dataset (explicit VR little endian), tags sorted or not."""
+    parts = draw(st.lists(elements(depth), max_size=8))
+    if draw(st.booleans()):
+        parts.sort(key=lambda p: struct.unpack_from("<HH", p)[0:2] if len(p) >= 4 else (0, 0))
+    return b"".join(parts)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, original: bytes) -> bytes:
+    """``original`` truncated, with bytes flipped, inserted or removed, or a length overwritten."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 3))):
+        if not data:
+            break
+        how = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "length"]))
+        at = draw(st.integers(0, len(data) - 1))
+        if how == "truncate":
+            del data[at:]
+        elif how == "flip":
+            data[at] ^= draw(st.integers(1, 255))
+        elif how == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif how == "delete":
+            del data[at : at + draw(st.integers(1, 16))]
+        else:
+            claim = draw(st.sampled_from([0xFFFFFFFF, 0xFFFFFFFE, 0x7FFFFFFF, 0x10000, 0, 1, 3]))
+            data[at : at + 4] = struct.pack("<L", claim)
+    return bytes(data)
+
+
+def identifiers() -> st.SearchStrategy[bytes]:
+    """C-FIND identifiers as explicit VR little endian bytes: generated, or mutated."""
+    plain = datasets()
+    valid = st.builds(lambda ds: _encode_identifier(ds), st.sampled_from(_VALID_QUERIES))
+    return st.one_of(
+        plain,
+        plain.flatmap(mutated),
+        valid.flatmap(mutated),
+        st.binary(max_size=200),
+    )
+
+
+def _encode_identifier(ds: Dataset) -> bytes:
+    buffer = BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
+
+
+def _valid_queries() -> list[Dataset]:
+    full = Dataset()
+    for keyword in (*_TOP, "SpecificCharacterSet"):
+        setattr(full, keyword, "")
+    item = Dataset()
+    for keyword in _SPS:
+        setattr(item, keyword, "")
+    full.ScheduledProcedureStepSequence = [item]
+    dated = Dataset()
+    dated.PatientName = "DOE*"
+    step = Dataset()
+    step.ScheduledProcedureStepStartDate = "20261122-20261123"
+    step.ScheduledProcedureStepStartTime = "0800-1700"
+    step.Modality = "CT"
+    dated.ScheduledProcedureStepSequence = [step]
+    return [full, dated]
+
+
+_VALID_QUERIES = _valid_queries()
+
+
+def identifier_of(name: str) -> bytes:
+    """The encoded identifier of a known query: ``universal`` (both good files answer) or
+    ``ct`` (only the CT one does)."""
+    return _encode_identifier(_VALID_QUERIES[{"universal": 0, "ct": 1}[name]])
+
+
+def worklist_files() -> st.SearchStrategy[bytes]:
+    """Worklist file bytes: generated datasets, mutated valid files, deep nesting, garbage."""
+    good = st.sampled_from(list(GOOD_FILES.values()))
+    body = datasets()
+    syntaxes = st.sampled_from(
+        [
+            ExplicitVRLittleEndian,
+            "1.2.840.10008.1.2",
+            "1.2.840.10008.1.2.2",
+            "1.2.840.10008.1.2.1.99",
+            "1.2.3",
+            "",
+        ]
+    )
+    deep = st.builds(
+        lambda depth, undefined, wrapped: (part10 if wrapped else lambda b: b)(
+            nested(depth, undefined=undefined, leaf=element(0x00100010, "PN", b"DEEP"))
+        ),
+        st.integers(1, 3000),
+        st.booleans(),
+        st.booleans(),
+    )
+    return st.one_of(
+        good.flatmap(mutated),
+        good.flatmap(lambda d: st.integers(0, len(d)).map(lambda n: d[:n])),
+        body,
+        st.builds(part10, body, syntaxes),
+        st.builds(lambda b: part10(zlib.compress(b)[2:-4], "1.2.840.10008.1.2.1.99"), body),
+        st.builds(part10, body, syntaxes).flatmap(mutated),
+        deep,
+        st.binary(max_size=512),
+        st.builds(lambda b: b"\x00" * 128 + b"DICM" + b, st.binary(max_size=256)),
+    )
+
+
+# -- raw PDUs
+ASSOCIATE_RQ = leanfind.associate_rq("WLM", "FUZZ")
+RELEASE_RQ = leanfind.RELEASE_RQ
+ABORT = struct.pack(">BBI", 0x07, 0, 4) + bytes(4)
+
+
+#: Identifier bytes per P-DATA-TF PDU: within the server's maximum PDU (16 KiB by default).
+FRAGMENT = 16000
+
+
+def _find_pdus(identifier: bytes) -> bytes:
+    """A C-FIND-RQ: its command, then ``identifier`` in PDUs of at most :data:`FRAGMENT`."""
+    command = leanfind.find_request(Dataset())  # the command PDU, then an empty data PDU
+    (length,) = struct.unpack_from(">I", command, 2)
+    command_pdu = command[: 6 + length]
+    pdus = [command_pdu]
+    fragments = [identifier[i : i + FRAGMENT] for i in range(0, len(identifier), FRAGMENT)]
+    for n, fragment in enumerate(fragments or [b""]):
+        last = 0x02 if n == max(0, len(fragments) - 1) else 0x00
+        pdv = struct.pack(">IBB", len(fragment) + 2, leanfind.CONTEXT_ID, last) + fragment
+        pdus.append(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
+    return b"".join(pdus)
+
+
+_UNIVERSAL_FIND = _find_pdus(_encode_identifier(_VALID_QUERIES[0]))
+
+
+@st.composite
+def pdus(draw: st.DrawFn) -> bytes:
+    """One PDU, well-formed or not."""
+    kind = draw(
+        st.sampled_from(
+            ["associate", "find", "garbage", "huge-claim", "wrong-length", "pdata", "other"]
+        )
+    )
+    if kind == "associate":
+        return draw(mutated(ASSOCIATE_RQ)) if draw(st.booleans()) else ASSOCIATE_RQ
+    if kind == "find":
+        return draw(mutated(_UNIVERSAL_FIND)) if draw(st.booleans()) else _UNIVERSAL_FIND
+    if kind == "garbage":
+        return draw(st.binary(min_size=1, max_size=300))
+    if kind == "huge-claim":
+        pdu_type = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 0x55]))
+        claim = draw(st.sampled_from([0xFFFFFFFF, 0x7FFFFFFF, 0x01000000, 0x00100000]))
+        return struct.pack(">BBI", pdu_type, 0, claim) + draw(st.binary(max_size=64))
+    if kind == "wrong-length":
+        pdu_type = draw(st.sampled_from([1, 4, 5, 6, 7]))
+        body = draw(st.binary(max_size=64))
+        claim = max(0, len(body) + draw(st.integers(-8, 8)))
+        return struct.pack(">BBI", pdu_type, 0, claim) + body
+    if kind == "pdata":
+        pdvs = b""
+        for _ in range(draw(st.integers(1, 3))):
+            payload = draw(st.binary(max_size=64))
+            claim = max(0, len(payload) + 2 + draw(st.sampled_from([0, 0, -3, 5, 1 << 20])))
+            context = draw(st.sampled_from([1, 1, 3, 0, 255]))
+            pdvs += struct.pack(">IBB", claim, context, draw(st.integers(0, 3))) + payload
+        return struct.pack(">BBI", 0x04, 0, len(pdvs)) + pdvs
+    return draw(st.sampled_from([RELEASE_RQ, ABORT, struct.pack(">BBI", 0x06, 0, 4) + bytes(4)]))
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What a fuzzing peer does on one connection.
+
+    Attributes
+    ----------
+    associate : bool
+        Start with a valid association request (and wait for its answer).
+    chunks : tuple of bytes
+        Sent one after the other (each maybe split in two writes).
+    read : bool
+        Read whatever the server says before ending.
+    ending : str
+        ``close``, ``reset`` (RST), ``half`` (a partial PDU header, then close) or ``abort``.
+    """
+
+    associate: bool
+    chunks: tuple[bytes, ...]
+    read: bool
+    ending: str
+
+
+def conversations() -> st.SearchStrategy[Conversation]:
+    """Raw-PDU conversations with a server."""
+    return st.builds(
+        Conversation,
+        st.booleans(),
+        st.lists(pdus(), max_size=4).map(tuple),
+        st.booleans(),
+        st.sampled_from(["close", "reset", "half", "abort"]),
+    )
+
+
+# ---------------------------------------------------------------- running bounded
+def bounded(action: Callable[[], Any], seconds: float = LOCAL_BOUND_S) -> Any:
+    """Run ``action`` on a thread; its result, its exception, or a Finding if it hangs."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = action()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="fuzz-bounded", daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise Finding(f"still running after {seconds:.0f} s (a hang)")
+    outcome["seconds"] = time.monotonic() - started
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
+
+
+def _describe(data: bytes) -> str:
+    return f"{len(data)} bytes, starting {data[:48]!r}"
+
+
+# ---------------------------------------------------------------- checks
+_ENTRIES = sample_entries()
+
+
+def check_compile(data: bytes, tally: Counter[str]) -> None:
+    """Decode an identifier as pynetdicom does, compile, match and answer it."""
+    try:
+        ds = decode(BytesIO(data), False, True)
+    except Exception:  # the handler answers "cannot decode" (checked by the find target)
+        tally["compile_query: not decodable"] += 1
+        return
+    try:
+        query = compile_query(ds)
+    except QueryError:
+        tally["compile_query: QueryError"] += 1
+        return
+    except Exception as exc:
+        raise Finding(f"compile_query raised {type(exc).__name__}: {exc}") from exc
+    tally["compile_query: compiled"] += 1
+    for entry in _ENTRIES:
+        try:
+            if query.matches(entry):
+                for policy in CharsetPolicy:
+                    build_encoded(query, entry, policy)
+        except Exception as exc:
+            raise Finding(f"matching/answering raised {type(exc).__name__}: {exc}") from exc
+
+
+def check_parse(data: bytes, tally: Counter[str]) -> None:
+    """:func:`parse` answers a record or raises Incomplete / Undecodable."""
+    try:
+        bounded(lambda: parse(data))
+    except (Incomplete, Undecodable) as exc:
+        tally[f"parse: {type(exc).__name__}"] += 1
+        return
+    except Finding:
+        raise
+    except Exception as exc:
+        raise Finding(f"parse raised {type(exc).__name__}: {exc}; {_describe(data)}") from exc
+    tally["parse: parsed"] += 1
+
+
+def check_read(data: bytes, folder: Path, tally: Counter[str]) -> None:
+    """``Formats().read`` answers a FileResult or raises WorklistFileError."""
+    path = folder / "fuzz.wl"
+    path.write_bytes(data)
+    try:
+        result = bounded(lambda: Formats().read(path))
+    except WorklistFileError as exc:
+        tally[f"formats_read: {type(exc).__name__}"] += 1
+        return
+    except Finding:
+        raise
+    except Exception as exc:
+        raise Finding(f"Formats().read raised {type(exc).__name__}: {exc}") from exc
+    tally[f"formats_read: {'entries' if result.entries else 'no entries'}"] += 1
+
+
+def check_scan(files: list[bytes], root: Path, tally: Counter[str]) -> None:
+    """A folder of fuzzed files beside the good ones: every file has a state, the good ones
+    serve their entries, the bad ones say why they serve nothing."""
+    folder = root / "WLM"
+    if folder.exists():
+        for old in folder.iterdir():
+            old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in GOOD_FILES.items():
+        (folder / name).write_bytes(data)
+    for n, data in enumerate(files):
+        (folder / f"bad{n}.wl").write_bytes(data)
+    store = WorklistStore(root, settle_time=0)
+    try:
+        bounded(store.scan)
+    except Finding:
+        raise
+    except Exception as exc:
+        raise Finding(f"WorklistStore.scan raised {type(exc).__name__}: {exc}") from exc
+    snapshot = store.folder("WLM")
+    if snapshot is None:
+        raise Finding("the folder is not indexed")
+    for name in GOOD_FILES:
+        if not snapshot.files[name].entries:
+            raise Finding(f"{name} not served beside fuzzed files")
+    for n in range(len(files)):
+        state = snapshot.files.get(f"bad{n}.wl")
+        if state is None:
+            raise Finding(f"bad{n}.wl has no state")
+        if not state.entries and not state.problem:
+            raise Finding(f"bad{n}.wl serves nothing and says nothing")
+        tally[f"store_scan: {'served' if state.entries else 'not served'}"] += 1
+
+
+# ---------------------------------------------------------------- a real server
+class _Collector(logging.Handler):
+    """Keeps the records at WARNING and above of the loggers it is attached to."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass
+class FuzzServer:
+    """A real in-process server on a loopback port, with a known database and its log watched.
+
+    Attributes
+    ----------
+    server : WorklistServer
+    records : list of LogRecord
+        WARNING and above from ``wlmserver`` and ``pynetdicom``.
+    thread_errors : list of str
+        Exceptions that escaped a thread (``threading.excepthook``).
+    """
+
+    server: WorklistServer
+    collector: _Collector
+    thread_errors: list[str] = field(default_factory=list)
+    known: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def tracebacks(self, since: int = 0) -> list[str]:
+        """Log records since index ``since`` that carry a traceback, and exceptions that
+        escaped a thread, except :data:`KNOWN_FINDINGS` (counted in :attr:`known`)."""
+        found = [
+            f"{r.name} {r.levelname}: {r.getMessage()}"
+            + (f" [{r.exc_info[0].__name__}]" if r.exc_info and r.exc_info[0] else "")
+            for r in self.collector.records[since:]
+            if r.exc_info
+        ]
+        if since == 0:
+            found += self.thread_errors
+        unknown = []
+        for problem in found:
+            known = next((k for k in KNOWN_FINDINGS if k in problem), None)
+            if known is None:
+                unknown.append(problem)
+            else:
+                self.known[known] += 1
+        return unknown
+
+    def check_healthy(self) -> None:
+        """The known queries answer exactly as they should, and no traceback was logged."""
+        outcome = raw_find(self.port, identifier_of("universal"))
+        if outcome != ("status", 0, 2):
+            raise Finding(f"the universal query after fuzzing answered {outcome}, not 2 answers")
+        outcome = raw_find(self.port, identifier_of("ct"))
+        if outcome != ("status", 0, 1):
+            raise Finding(f"the CT query after fuzzing answered {outcome}, not 1 answer")
+        problems = self.tracebacks()
+        if problems:
+            raise Finding(f"{len(problems)} tracebacks/errors in the log, first: {problems[0]}")
+
+    def settle(self, timeout: float = 30.0) -> int:
+        """Wait until no association is open (bounded); how many are still open."""
+        deadline = time.monotonic() + timeout
+        while self.server.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self.server.ae.active_associations)
+
+
+@contextlib.contextmanager
+def fuzz_server(*, echo_thread_errors: bool = True, **overrides: Any) -> Iterator[FuzzServer]:
+    """Start a :class:`FuzzServer` on a temporary database; always stopped afterwards.
+
+    ``overrides`` are :class:`Config` fields; exceptions escaping a thread are recorded, and
+    passed on to the previous ``threading.excepthook`` with ``echo_thread_errors``.
+    """
+    with tempfile.TemporaryDirectory(prefix="wlm-fuzz-") as tmp:
+        folder = Path(tmp) / "WLM"
+        folder.mkdir()
+        for name, data in GOOD_FILES.items():
+            (folder / name).write_bytes(data)
+        overrides.setdefault("rescan_interval", 0)
+        overrides.setdefault("acse_timeout", 5.0)
+        overrides.setdefault("network_timeout", 5.0)
+        overrides.setdefault("dimse_timeout", 5.0)
+        config = Config(data_files_path=Path(tmp), port=0, bind="127.0.0.1", **overrides)
+        collector = _Collector()
+        loggers = [logging.getLogger("wlmserver"), logging.getLogger("pynetdicom")]
+        for logger in loggers:
+            logger.addHandler(collector)
+        previous_hook = threading.excepthook
+        errors: list[str] = []
+
+        def hook(args: threading.ExceptHookArgs) -> None:
+            name = getattr(args.thread, "name", "")
+            errors.append(f"{args.exc_type.__name__} in thread {name}: {args.exc_value}")
+            if echo_thread_errors:
+                previous_hook(args)
+
+        threading.excepthook = hook
+        server = WorklistServer(config)
+        server.start()
+        try:
+            yield FuzzServer(server, collector, errors)
+        finally:
+            server.stop()
+            threading.excepthook = previous_hook
+            for logger in loggers:
+                logger.removeHandler(collector)
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+Outcome = tuple[str, int, int]
+
+
+def raw_find(port: int, identifier: bytes) -> Outcome:
+    """One association, one C-FIND with ``identifier`` as its data set, release.
+
+    Returns
+    -------
+    tuple
+        ``("status", final status, answers)``, ``("aborted", -1, answers)`` (A-ABORT or the
+        connection closed) or ``("rejected", pdu type, 0)``.
+
+    Raises
+    ------
+    Finding
+        The server said nothing for :data:`SOCKET_TIMEOUT_S`.
+    """
+    with _connect(port) as sock:
+        reader = leanfind._Reader(sock)
+        try:
+            sock.sendall(ASSOCIATE_RQ)
+            pdu_type, _ = reader.pdu()
+            if pdu_type != 0x02:
+                return ("rejected", pdu_type, 0)
+            sock.sendall(_find_pdus(identifier))
+            counted = _Counting(reader)
+            answers, status = leanfind.LeanClient._responses(counted)  # type: ignore[arg-type]
+            with contextlib.suppress(OSError, leanfind.LeanError):
+                sock.sendall(RELEASE_RQ)
+                reader.pdu()
+            return ("status", status, answers)
+        except _Aborted as exc:
+            return ("aborted", -1, exc.answers)
+        except (leanfind.LeanError, ConnectionError):
+            return ("aborted", -1, 0)
+        except TimeoutError:
+            raise Finding(f"no answer within {SOCKET_TIMEOUT_S:.0f} s") from None
+
+
+class _Aborted(Exception):
+    def __init__(self, answers: int) -> None:
+        super().__init__(answers)
+        self.answers = answers
+
+
+class _Counting:
+    """A PDU reader that turns an A-ABORT into :class:`_Aborted`."""
+
+    def __init__(self, reader: leanfind._Reader) -> None:
+        self.reader = reader
+
+    def pdu(self) -> tuple[int, bytes]:
+        pdu_type, body = self.reader.pdu()
+        if pdu_type == 0x07:
+            raise _Aborted(0)
+        return pdu_type, body
+
+
+def check_find(data: bytes, fuzz: FuzzServer, tally: Counter[str]) -> None:
+    """A C-FIND with a fuzzed identifier gets a final status or an abort, and no traceback."""
+    before = len(fuzz.collector.records)
+    kind, status, _answers = raw_find(fuzz.port, data)
+    tally[f"find: {kind} 0x{status & 0xFFFF:04X}" if kind == "status" else f"find: {kind}"] += 1
+    # Success, Cancel, or a failure: 0xA700 out of resources, 0xA900 identifier does not
+    # match, 0xCxxx unable to process
+    final = status in (0x0000, 0xFE00, 0xA700, 0xA900) or 0xC000 <= status <= 0xCFFF
+    if kind == "status" and not final:
+        raise Finding(f"final status 0x{status:04X} for {_describe(data)}")
+    problems = fuzz.tracebacks(before)
+    if problems:
+        raise Finding(f"traceback in the log for {_describe(data)}: {problems[0]}")
+
+
+def check_conversation(talk: Conversation, fuzz: FuzzServer, tally: Counter[str]) -> None:
+    """Play one raw-PDU conversation; the server may answer anything, but must not log a
+    traceback."""
+    before = len(fuzz.collector.records)
+    try:
+        with _connect(fuzz.port) as sock:
+            reader = leanfind._Reader(sock)
+            if talk.associate:
+                sock.sendall(ASSOCIATE_RQ)
+                reader.pdu()
+            for chunk in talk.chunks:
+                half = len(chunk) // 2
+                sock.sendall(chunk[:half])
+                sock.sendall(chunk[half:])
+            if talk.read:
+                sock.settimeout(0.2)
+                with contextlib.suppress(OSError):
+                    sock.recv(65536)
+            if talk.ending == "half":
+                sock.sendall(b"\x04\x00\x00")
+            elif talk.ending == "abort":
+                sock.sendall(ABORT)
+            elif talk.ending == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        tally[f"raw_pdus: {talk.ending}"] += 1
+    except (OSError, leanfind.LeanError):  # the server closed on us: allowed
+        tally["raw_pdus: closed by the server"] += 1
+    problems = fuzz.tracebacks(before)
+    if problems:
+        raise Finding(f"traceback in the log after {talk}: {problems[0]}")
+
+
+# ---------------------------------------------------------------- running targets
+@dataclass
+class Target:
+    """One fuzz target: a strategy and a check of one example.
+
+    Attributes
+    ----------
+    name : str
+    strategy : SearchStrategy
+    needs_server : bool
+        The check takes a :class:`FuzzServer`.
+    """
+
+    name: str
+    strategy: st.SearchStrategy[Any]
+    check: Callable[..., None]
+    needs_server: bool = False
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("compile_query", identifiers(), check_compile),
+        Target("parse", worklist_files(), check_parse),
+        Target("formats_read", worklist_files(), check_read),
+        Target("store_scan", st.lists(worklist_files(), min_size=1, max_size=4), check_scan),
+        Target("find", identifiers(), check_find, needs_server=True),
+        Target("raw_pdus", conversations(), check_conversation, needs_server=True),
+    )
+}
+
+
+def run_target(
+    name: str,
+    examples: int,
+    tally: Counter[str],
+    *,
+    fuzz: FuzzServer | None = None,
+    workdir: Path | None = None,
+    random_seed: int | None = None,
+) -> None:
+    """Run one target for ``examples`` examples, counting outcomes into ``tally``.
+
+    Without ``random_seed`` the run is derandomized (the same examples every time, for CI);
+    the first finding is raised (shrunk) as hypothesis does.
+    """
+    target = TARGETS[name]
+    if target.needs_server and fuzz is None:
+        raise ValueError(f"{name} needs a server")
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wlm-fuzz-")))
+
+        def one(value: Any) -> None:
+            tally[f"{name}: cases"] += 1
+            if name in ("formats_read", "store_scan"):
+                target.check(value, workdir, tally)
+            elif target.needs_server:
+                target.check(value, fuzz, tally)
+            else:
+                target.check(value, tally)
+
+        test = given(target.strategy)(one)
+        test = settings(
+            max_examples=examples,
+            deadline=None,
+            derandomize=random_seed is None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate, Phase.shrink],
+            suppress_health_check=list(HealthCheck),
+            print_blob=False,
+        )(test)
+        if random_seed is not None:
+            test = seed(random_seed)(test)
+        test()
+
+
+def cases(tally: Counter[str], name: str) -> int:
+    """How many cases of a target ran."""
+    return tally[f"{name}: cases"]
