@@ -69,13 +69,10 @@ def test_stalled_peers_are_dropped_and_others_served_meanwhile() -> None:
         fuzz.check_healthy()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two A-ASSOCIATE-RQs back to back: pynetdicom's DUL thread (wrapped by "
-    "reactor.run_reactor_closing) dies with InvalidEventError Evt7 in Sta13, an uncaught "
-    "thread exception whose traceback goes to stderr, around the log's filters",
-)
 def test_two_association_requests_back_to_back() -> None:
+    """Found by fuzzing, now fixed: two A-ASSOCIATE-RQs back to back: pynetdicom's DUL thread
+    (wrapped by reactor.run_reactor_closing) dies with InvalidEventError Evt7 in Sta13, an
+    uncaught thread exception whose traceback goes to stderr, around the log's filters."""
     with fuzzing.fuzz_server(echo_thread_errors=False) as fuzz:
         for _ in range(30):
             with socket.create_connection(("127.0.0.1", fuzz.port), timeout=10) as sock:
@@ -86,13 +83,11 @@ def test_two_association_requests_back_to_back() -> None:
         assert not fuzz.thread_errors, f"{len(fuzz.thread_errors)}: {fuzz.thread_errors[0]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a P-DATA-TF with a data set fragment and no command: the association is aborted "
-    "(rightly), but pynetdicom.dimse logs 'Received an invalid DIMSE message' and a KeyError "
-    "traceback ('DIMSEMessag') at ERROR, a multi-line record a peer can provoke at will",
-)
 def test_a_data_set_without_a_command_is_aborted_without_a_traceback() -> None:
+    """Found by fuzzing, now fixed: a P-DATA-TF with a data set fragment and no command: the
+    association is aborted (rightly), but pynetdicom.dimse logs 'Received an invalid DIMSE
+    message' and a KeyError traceback ('DIMSEMessag') at ERROR, a multi-line record a peer can
+    provoke at will."""
     with fuzzing.fuzz_server(echo_thread_errors=False) as fuzz:
         with socket.create_connection(("127.0.0.1", fuzz.port), timeout=10) as sock:
             sock.sendall(fuzzing.ASSOCIATE_RQ)
@@ -111,13 +106,10 @@ def _p_data(header: int, payload: bytes) -> bytes:
     return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a command set without CommandField: pynetdicom.fsm logs an AttributeError "
-    "traceback and the DUL thread dies of it (uncaught in reactor.run_reactor_closing); the "
-    "connection is closed without an A-ABORT",
-)
 def test_a_command_without_command_field_is_aborted_without_a_traceback() -> None:
+    """Found by fuzzing, now fixed: a command set without CommandField: pynetdicom.fsm logs an
+    AttributeError traceback and the DUL thread dies of it (uncaught in
+    reactor.run_reactor_closing); the connection is closed without an A-ABORT."""
     with fuzzing.fuzz_server(echo_thread_errors=False) as fuzz:
         with socket.create_connection(("127.0.0.1", fuzz.port), timeout=10) as sock:
             sock.sendall(fuzzing.ASSOCIATE_RQ)
@@ -133,12 +125,10 @@ def test_a_command_without_command_field_is_aborted_without_a_traceback() -> Non
         assert reply[:1] == b"\x07"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a non-ASCII byte in a UID of an A-ASSOCIATE-RQ: pynetdicom.utils logs a "
-    "UnicodeDecodeError traceback at ERROR before the association is aborted",
-)
 def test_a_non_ascii_uid_in_an_association_request_is_refused_without_a_traceback() -> None:
+    """Found by fuzzing, now fixed: a non-ASCII byte in a UID of an A-ASSOCIATE-RQ:
+    pynetdicom.utils logs a UnicodeDecodeError traceback at ERROR before the association is
+    aborted."""
     request = fuzzing.ASSOCIATE_RQ.replace(b"1.2.840.10008.5.1.4.31", b"\xb1.2.840.10008.5.1.4.31")
     with fuzzing.fuzz_server(echo_thread_errors=False) as fuzz:
         with socket.create_connection(("127.0.0.1", fuzz.port), timeout=10) as sock:
@@ -150,13 +140,12 @@ def test_a_non_ascii_uid_in_an_association_request_is_refused_without_a_tracebac
         assert not tracebacks, f"{tracebacks[0].name}: {tracebacks[0].getMessage()}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a command set whose CommandField holds two values: pynetdicom looks the list up "
-    "in its message types, and the DUL thread dies of TypeError (unhashable type: 'list'), "
-    "uncaught, traceback logged by pynetdicom.fsm; the connection closes without an A-ABORT",
-)
 def test_a_command_field_with_two_values_is_aborted_without_a_traceback() -> None:
+    """Found by fuzzing, now fixed: a command set whose CommandField holds two values:
+    pynetdicom looks the list up in its message types, and the DUL thread dies of TypeError
+    (unhashable type: 'list'), uncaught, traceback logged by pynetdicom.fsm; the connection
+    closes without an A-ABORT."""
+
     def element(number: int, raw: bytes) -> bytes:
         return struct.pack("<HHI", 0, number, len(raw)) + raw
 
@@ -175,12 +164,10 @@ def test_a_command_field_with_two_values_is_aborted_without_a_traceback() -> Non
         assert reply[:1] == b"\x07"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an A-ABORT whose source byte is not 0, 1 or 2: pynetdicom raises ValueError "
-    "(Invalid A-ABORT 'Source' value) while decoding it and the DUL thread dies of it, uncaught",
-)
 def test_an_abort_with_an_invalid_source_ends_the_association_quietly() -> None:
+    """Found by fuzzing, now fixed: an A-ABORT whose source byte is not 0, 1 or 2: pynetdicom
+    raises ValueError (Invalid A-ABORT 'Source' value) while decoding it and the DUL thread
+    dies of it, uncaught."""
     with fuzzing.fuzz_server(echo_thread_errors=False) as fuzz:
         with socket.create_connection(("127.0.0.1", fuzz.port), timeout=10) as sock:
             sock.sendall(fuzzing.ASSOCIATE_RQ)

@@ -388,6 +388,29 @@ def _association_wait(assoc: Any, seconds: float) -> None:
     event.clear()
 
 
+class OneLineFromPynetdicom(logging.Filter):
+    """Drop the traceback pynetdicom logs when a peer's bytes make one of its decoders or its
+    state machine fail: a peer can provoke it at will, and the log line above it already says
+    what happened (the traceback is kept when pynetdicom's debug log is shown)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+            kind = record.exc_info[0].__name__ if record.exc_info[0] else "error"
+            record.msg, record.args = f"{record.getMessage()} ({kind})", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_peer_tracebacks() -> None:
+    """Put :class:`OneLineFromPynetdicom` on every pynetdicom logger (a filter on a logger
+    applies to its own records only, so each module's logger gets one)."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "pynetdicom"]
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OneLineFromPynetdicom) for f in logger.filters):
+            logger.addFilter(OneLineFromPynetdicom())
+
+
 def installed() -> bool:
     """Whether :func:`install` is in effect."""
     return _installed
@@ -402,6 +425,7 @@ def install() -> bool:
         Whether it is in effect (False with a pynetdicom whose internals differ).
     """
     global _installed
+    quiet_peer_tracebacks()
     if _installed:
         return True
     try:
@@ -429,6 +453,18 @@ def install() -> bool:
     def run_reactor_closing(self: Any) -> None:
         try:
             run_reactor(self)
+        except Exception as exc:  # bytes from a peer that pynetdicom's state machine or
+            # decoders cannot handle (a second A-ASSOCIATE-RQ, a command without its field,
+            # an invalid A-ABORT source ...): one line, an A-ABORT, and this association ends,
+            # instead of a dead thread and a traceback on stderr
+            _refuse(
+                self,
+                _ABORT_UNSPECIFIED,
+                "the peer sent what the DICOM upper layer cannot handle (%s); association aborted",
+                type(exc).__name__,
+            )
+            # the association thread sees this thread end and ends too (never kill() here:
+            # it waits for this very thread)
         finally:
             waker = self.__dict__.pop("_wlmserver_waker", None)
             if waker is not None:
