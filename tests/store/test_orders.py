@@ -11,6 +11,8 @@ from pydicom.dataset import Dataset
 
 from wlmserver.store import orders
 
+NAME = orders.order_file_name
+
 
 def test_text_its_character_set_cannot_hold_is_refused() -> None:
     order = dict(ORDER, SpecificCharacterSet="ISO_IR 100", PatientName="Δημητρίου^Ελένη")
@@ -29,8 +31,8 @@ def test_entries_of_one_requested_procedure_are_one_order_with_a_step_each() -> 
         [_entry(1), _entry(2, Modality="MR"), _entry(3, AccessionNumber="A2")]
     )
     assert [(o.name, o.steps, o.problems) for o in planned] == [
-        ("A100_A100.wl", 2, []),
-        ("A2_A2.wl", 1, []),
+        (NAME("A100"), 2, []),
+        (NAME("A2"), 1, []),
     ]
     first = planned[0].dataset
     assert first is not None
@@ -67,3 +69,12 @@ def test_csv_and_json_give_the_same_dataset() -> None:
     (from_json,) = orders.entries_from_json(json.dumps(flat))
     assert isinstance(from_csv, Dataset) and from_csv == from_json
     assert from_csv.ScheduledProcedureStepSequence[0].Modality == "CT"  # SPS keys at the top
+
+
+def test_file_names_are_stable_and_do_not_name_the_accession() -> None:
+    """Files were named <Accession>_<RPID>.wl, and file names reach the log at INFO."""
+    name = orders.order_file_name("ACC-SECRET-77", "RP9")
+    assert name == orders.order_file_name("ACC-SECRET-77", "RP9")  # the same order, one file
+    assert name != orders.order_file_name("ACC-SECRET-77", "RP8")
+    assert "SECRET" not in name and "RP9" not in name
+    assert name.startswith("order-") and name.endswith(".wl")

@@ -16,6 +16,7 @@ from wlmserver.store import orders
 from wlmserver.store.wlfile import read_worklist_file
 from wlmserver.tools import create
 
+NAME = orders.order_file_name
 DUMP2DCM = Path("/usr/bin/dump2dcm")
 EXAMPLE_DUMPS = sorted(Path("/usr/share/doc/dcmtk/examples/wlistdb/OFFIS").glob("*.dump"))
 
@@ -25,7 +26,7 @@ def test_flat_json_is_completed_and_served(tmp_path: Path) -> None:
     source.write_text(json.dumps([ORDER]), encoding="utf-8")
     assert main(["create", "-o", str(tmp_path / "CT01"), str(source)]) == 0
     (path,) = (tmp_path / "CT01").iterdir()
-    assert path.name == "A100_A100.wl"
+    assert path.name == NAME("A100")
     ds = dcmread(path)
     assert ds.SpecificCharacterSet == "ISO_IR 192" and ds.PatientName == "Müller^Jürgen"
     assert ds.RequestedProcedureID == "A100" and ds.StudyInstanceUID.startswith("2.25.")
@@ -35,7 +36,7 @@ def test_flat_json_is_completed_and_served(tmp_path: Path) -> None:
     assert len(read_worklist_file(path).entries) == 1
     uid = ds.StudyInstanceUID
     assert main(["create", "-o", str(tmp_path / "CT01"), str(source)]) == 0  # the same order
-    assert [p.name for p in (tmp_path / "CT01").iterdir()] == ["A100_A100.wl"]
+    assert [p.name for p in (tmp_path / "CT01").iterdir()] == [NAME("A100")]
     assert dcmread(path).StudyInstanceUID == uid  # kept stable
 
 
@@ -60,7 +61,7 @@ def test_incomplete_and_invalid_entries_are_refused_by_name(
     assert "REFUSED" in err and "entry 2" in err and "Modality missing" in err
     assert "ScheduledProcedureStepStartDate: not a valid DA value" in err
     assert "2026-12-01" not in err  # names the attribute, not the value
-    assert [p.name for p in (tmp_path / "CT01").iterdir()] == ["A100_A100.wl"]  # the good one
+    assert [p.name for p in (tmp_path / "CT01").iterdir()] == [NAME("A100")]  # the good one
 
 
 def test_csv_rows_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,9 +79,9 @@ def test_csv_rows_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert not (tmp_path / "CT01").exists()
     assert "3 files checked (3 steps from 3 entries), 0 entries refused" in capsys.readouterr().err
     assert main(["create", "-o", str(tmp_path / "CT01"), str(source)]) == 0
-    assert sorted(p.name for p in (tmp_path / "CT01").iterdir()) == [
-        "A0_A0.wl", "A1_A1.wl", "A2_A2.wl"
-    ]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "CT01").iterdir()) == sorted(
+        NAME(a) for a in ("A0", "A1", "A2")
+    )
 
 
 def test_a_file_the_server_would_not_read_is_never_left_behind(tmp_path: Path) -> None:
@@ -138,20 +139,20 @@ def test_rows_of_one_order_become_one_file_with_a_step_per_row(
     out = Path("CT01")
     assert main(["create", "--dry-run", "-o", str(out), str(source)]) == 0
     err = capsys.readouterr().err
-    assert "A100_A100.wl: 2 steps from orders.csv rows 1, 2" in err
+    assert f"{NAME('A100')}: 2 steps from orders.csv rows 1, 2" in err
     assert "2 files checked (3 steps from 3 entries), 0 entries refused" in err
     assert not out.exists()
     assert main(["create", "-o", str(out), str(source)]) == 0
     assert "2 files written (3 steps from 3 entries), 0 entries refused" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["A100_A100.wl", "A101_A101.wl"]
-    steps = dcmread(out / "A100_A100.wl").ScheduledProcedureStepSequence
+    assert sorted(p.name for p in out.iterdir()) == sorted([NAME("A100"), NAME("A101")])
+    steps = dcmread(out / NAME("A100")).ScheduledProcedureStepSequence
     assert [s.Modality for s in steps] == ["CT", "MR"]  # in input order, none lost
     assert [s.ScheduledProcedureStepID for s in steps] == ["A100.1", "A100.2"]
-    assert len(read_worklist_file(out / "A100_A100.wl").entries) == 2
+    assert len(read_worklist_file(out / NAME("A100")).entries) == 2
     # merging is within one run: writing the order again replaces its file
     _csv(source, [{**ORDER, **MR_STEP}])
     assert main(["create", "-o", str(out), str(source)]) == 0
-    (step,) = dcmread(out / "A100_A100.wl").ScheduledProcedureStepSequence
+    (step,) = dcmread(out / NAME("A100")).ScheduledProcedureStepSequence
     assert step.Modality == "MR" and step.ScheduledProcedureStepID == "A100.1"
 
 
@@ -169,7 +170,7 @@ def test_rows_that_differ_in_the_order_are_refused_naming_attributes_not_values(
     assert "differ in PatientName, PatientID;" in refusal  # not the UID derived from them
     assert "P999" not in err and "P100" not in err and "MULLER" not in err
     assert "1 files written (1 steps from 1 entries), 2 entries refused" in err
-    assert [p.name for p in out.iterdir()] == ["A7_A7.wl"]
+    assert [p.name for p in out.iterdir()] == [NAME("A7")]
     uids = [{**ORDER, "StudyInstanceUID": f"1.2.3.{n}"} for n in (1, 2)]
     assert main(["create", "-o", str(out), str(_csv(source, uids))]) == 1
     assert "but differ in StudyInstanceUID;" in capsys.readouterr().err
@@ -205,13 +206,13 @@ def test_json_entries_and_inputs_of_one_order_merge(
     second.write_text(json.dumps(dicom_json.to_json_dict()), "utf-8")
     out = tmp_path / "WLM"
     assert main(["create", "-o", str(out), str(first), str(second)]) == 0
-    assert "A100_A100.wl: 3 steps from a.json entry 1 and b.json" in capsys.readouterr().err
-    ds = dcmread(out / "A100_A100.wl")
+    assert f"{NAME('A100')}: 3 steps from a.json entry 1 and b.json" in capsys.readouterr().err
+    ds = dcmread(out / NAME("A100"))
     assert [s.Modality for s in ds.ScheduledProcedureStepSequence] == ["CT", "MR", "US"]
     assert [s.ScheduledProcedureStepID for s in ds.ScheduledProcedureStepSequence] == [
         "A100.1", "A100.2", "A100.3"
     ]  # fmt: skip
-    assert sorted(p.name for p in out.iterdir()) == ["A100_A100.wl", "A9_A9.wl"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([NAME("A100"), NAME("A9")])
 
 
 def test_dump_files_of_one_order_merge(tmp_path: Path) -> None:

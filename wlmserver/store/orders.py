@@ -29,7 +29,8 @@ attribute, or has a value that is not valid for its VR, is refused with a messag
 attribute, never its value.
 
 One file holds one requested procedure (:func:`plan_orders`): the entries that name the same
-``<AccessionNumber>_<RequestedProcedureID>`` are merged, one SPS item per step, in input order.
+accession number and requested procedure ID
+(:func:`order_file_name`) are merged, one SPS item per step, in input order.
 Their top-level attributes must agree, or the whole order is refused, naming the attributes
 that differ; an order with a refused entry is refused whole.
 """
@@ -37,6 +38,7 @@ that differ; an order with a refused entry is refused whole.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -360,13 +362,32 @@ def complete(ds: Dataset) -> Dataset:
 
 
 # ------------------------------------------------------------------------------ one file per order
+def order_file_name(accession: str, procedure: str = "") -> str:
+    """The file of a requested procedure: ``order-<key>.wl``, the key a hash of its accession
+    number and requested procedure ID (the accession number when there is none).
+
+    Stable, so that writing an order again replaces its file, and not identifying: file names
+    reach the log at INFO, and an accession number is patient data.
+
+    Examples
+    --------
+    >>> order_file_name("A100") == order_file_name("A100", "A100")
+    True
+    >>> order_file_name("A100"), order_file_name("A100", "RP2") != order_file_name("A100")
+    ('order-a84ba212b9efdbf04033.wl', True)
+    """
+    key = "\0".join(("wlmserver order", accession, procedure or accession))
+    return f"order-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:20]}.wl"
+
+
 def file_name(ds: Dataset) -> str:
-    """``<AccessionNumber>_<RequestedProcedureID>.wl``, reduced to safe characters."""
-    stem = "_".join(
-        p for p in (_text(ds, "AccessionNumber"), _text(ds, "RequestedProcedureID")) if p
-    )
-    stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem or _text(ds, "PatientID") or "entry")
-    return f"{stem.lstrip('.')[:100] or 'entry'}.wl"
+    """The file an entry goes to (:func:`order_file_name`; without an accession number and
+    requested procedure ID, a key from the patient ID)."""
+    accession = _text(ds, "AccessionNumber")
+    procedure = _text(ds, "RequestedProcedureID")
+    if not accession and not procedure:
+        accession = "patient\0" + (_text(ds, "PatientID") or "entry")
+    return order_file_name(accession, procedure)
 
 
 READERS = {"json": entries_from_json, "csv": entries_from_csv, "dump": entries_from_dump}

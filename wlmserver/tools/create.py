@@ -3,7 +3,8 @@
 Reading the input forms, completing entries and merging the entries of one requested procedure
 is :mod:`wlmserver.store.orders` (the store's JSON drops share it). This tool writes each
 order's file to a temporary name in the AE folder, reads it back exactly as the server reads
-it, and only then renames it to ``<AccessionNumber>_<RequestedProcedureID>.wl`` (so writing the
+it, and only then renames it to ``order-<key>.wl``
+(:func:`~wlmserver.store.orders.order_file_name`; so writing the
 same order again, in a later run, replaces its file). Merging happens within one run. Exit
 status: 0 when every entry was written, 1 when any was refused (the others are still
 written), 2 for usage errors.
