@@ -493,7 +493,8 @@ def _log_query(
     *args: Any,
     level: int = logging.INFO,
 ) -> None:
-    """The one line per query, with its fields for ``--log-json``."""
+    """The one line per query, ``C-FIND from <peer> to <aet>`` and ``text``, with its fields
+    for ``--log-json``."""
     assoc = event.assoc
     primitive = getattr(assoc.requestor, "primitive", None)
     fields = {
@@ -505,7 +506,7 @@ def _log_query(
         "ms": round((time.perf_counter() - started) * 1000, 1),
         "status": f"0x{status:04X}",
     }
-    LOGGER.log(level, text, *args, extra={"fields": fields})
+    LOGGER.log(level, "C-FIND from %s to %s" + text, peer, aet, *args, extra={"fields": fields})
 
 
 def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[FindResponse]:
@@ -536,9 +537,7 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
             0,
             started,
             status,
-            "C-FIND from %s to %s refused: %s; status 0x%04X",
-            peer,
-            aet,
+            " refused: %s; status 0x%04X",
             comment,
             int(status),
             level=logging.WARNING,
@@ -607,9 +606,7 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
                 count,
                 started,
                 Status.CANCEL,
-                "C-FIND from %s to %s: cancelled after %d answers",
-                peer,
-                aet,
+                ": cancelled after %d answers",
                 count,
             )
             yield int(Status.CANCEL), None
@@ -622,10 +619,7 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
                 count,
                 started,
                 Status.OUT_OF_RESOURCES,
-                "C-FIND from %s to %s: more than %d matches, stopped (--max-answers); "
-                "status 0xA700",
-                peer,
-                aet,
+                ": more than %d matches, stopped (--max-answers); status 0xA700",
                 count,
                 level=logging.WARNING,
             )
@@ -656,9 +650,7 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         count,
         started,
         Status.SUCCESS,
-        "C-FIND from %s to %s: %d answers in %.1f ms",
-        peer,
-        aet,
+        ": %d answers in %.1f ms",
         count,
         (time.perf_counter() - started) * 1000,
     )
