@@ -13,6 +13,10 @@ from typing import NoReturn
 
 from wlmserver import __version__, logs
 from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT, Config, bundled_database
+from wlmserver.config.access import Access, AllowList, parse_network, valid_ae_pattern
+from wlmserver.config.file import ConfigFile, ConfigFileError
+from wlmserver.config.file import load as load_config_file
+from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 from wlmserver.store.index import is_safe_ae_title
@@ -57,6 +61,20 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or a positive whole number")
     return value
+
+
+def _ae_pattern(text: str) -> str:
+    if not valid_ae_pattern(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an AE title (1 to 16 characters)")
+    return text.strip()
+
+
+def _network(text: str) -> str:
+    try:
+        parse_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
 
 
 #: ``wlmserver <tool> ...``: the tools beside the server, by name -> module with ``main(argv)``.
@@ -142,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"TCP port to listen on (default {DEFAULT_PORT}; 0 picks a free port)",
     )
     p.add_argument("--version", action="version", version=f"wlmserver {__version__}")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="read options, allow-lists and modality profiles from this TOML file "
+        "(command-line options override its [server] table)",
+    )
     g = p.add_argument_group("logging")
     g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     g.add_argument("-v", "--verbose", action="store_true", help="one line per query (default)")
@@ -277,6 +302,22 @@ def build_parser() -> argparse.ArgumentParser:
         const=CharsetPolicy.LATIN1,
         help="non-ASCII answers in ISO_IR 100 when it can encode them",
     )
+    g = p.add_argument_group("access control (the configuration file has per-AE-title lists)")
+    g.add_argument(
+        "--allow-calling-aet",
+        action="append",
+        type=_ae_pattern,
+        metavar="AET",
+        help="accept associations only from this calling AE title (* and ? wildcards; "
+        "repeat for more); others are rejected, 'calling AE title not recognized'",
+    )
+    g.add_argument(
+        "--allow-host",
+        action="append",
+        type=_network,
+        metavar="ADDRESS[/BITS]",
+        help="accept associations only from this address or network (repeat for more)",
+    )
     g = p.add_argument_group("network")
     g.add_argument(
         "--bind",
@@ -363,8 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Turn parsed arguments into the server's configuration."""
+def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -> Config:
+    """Turn parsed arguments (and the configuration file's tables) into the server's
+    configuration."""
+    titles = tuple(args.allow_calling_aet) if args.allow_calling_aet is not None else None
+    hosts = (
+        tuple(parse_network(h) for h in args.allow_host) if args.allow_host is not None else None
+    )
+    access = Access(
+        AllowList(titles, hosts), file.access.called if file is not None else Access().called
+    )
     return Config(
         data_files_path=(args.data_files_path or bundled_database()).resolve(),
         port=args.port,
@@ -392,7 +441,90 @@ def config_from_args(args: argparse.Namespace) -> Config:
         json_drops=args.json_drops,
         max_file_size=args.max_file_size,
         follow_links=args.follow_links,
+        access=access,
+        profiles=file.profiles if file is not None else Profiles(),
+        config_file=file.path if file is not None else None,
     )
+
+
+def apply_config_file(parser: argparse.ArgumentParser, file: ConfigFile) -> None:
+    """Make the file's ``[server]`` keys (command-line long option names) and its global
+    ``[access]`` lists the parser's defaults, so that the command line overrides them.
+
+    Raises
+    ------
+    ConfigFileError
+        A key that is not an option, or a value the option does not take; it names the line.
+    """
+    actions = {
+        opt[2:]: action
+        for action in parser._actions
+        for opt in action.option_strings
+        if opt.startswith("--")
+    }
+    actions.update({a.dest: a for a in parser._actions if not a.option_strings})  # the port
+    for name in ("help", "version", "config"):
+        actions.pop(name, None)
+    defaults: dict[str, object] = {}
+    for option in file.server:
+        key = option.name.replace("_", "-")
+        action = actions.get(key)
+        dotted = f"server.{option.name}"
+        if action is None:
+            close = difflib.get_close_matches(key, actions, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise file.error(
+                dotted, f"not a command-line option; {hint}(see wlmserver --help: long names)"
+            )
+        try:
+            defaults[action.dest] = _option_value(parser, action, option.value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            raise file.error(dotted, str(exc) or "invalid value") from None
+    allow = file.access.everyone  # [access] and [server] lists add up
+    if allow.calling_ae_titles is not None:
+        before = defaults.get("allow_calling_aet") or []
+        defaults["allow_calling_aet"] = [*before, *allow.calling_ae_titles]  # type: ignore[misc]
+    if allow.hosts is not None:
+        before = defaults.get("allow_host") or []
+        defaults["allow_host"] = [*before, *(str(h) for h in allow.hosts)]  # type: ignore[misc]
+    parser.set_defaults(**defaults)
+
+
+def _option_value(
+    parser: argparse.ArgumentParser, action: argparse.Action, value: object
+) -> object:
+    """A configuration-file value as the option would have parsed it."""
+    if action.nargs == 0:  # a flag: true sets it; false leaves the default
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false (a flag)")
+        return action.const if value else action.default
+    many = isinstance(action, argparse._AppendAction) or action.nargs not in (None, "?")
+    if many:
+        values = value if isinstance(value, list) else [value]
+        converted = [_scalar(action, v) for v in values]
+        if isinstance(action.nargs, int) and len(converted) != action.nargs:
+            raise ValueError(f"must be a list of {action.nargs} values")
+        return converted
+    if isinstance(value, list):
+        raise ValueError("must be a single value, not a list")
+    return _scalar(action, value)
+
+
+def _scalar(action: argparse.Action, value: object) -> object:
+    if isinstance(value, (bool, dict, list)):
+        raise ValueError("must be a value (a number or a string)")
+    converted: object = action.type(str(value)) if callable(action.type) else str(value)
+    if action.choices is not None and converted not in action.choices:
+        raise ValueError(f"must be one of {', '.join(map(str, action.choices))}")
+    return converted
+
+
+def read_config_file(argv: list[str]) -> ConfigFile | None:
+    """The configuration file named by ``--config`` in ``argv``, read and checked, or None."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    return None if known.config is None else load_config_file(known.config)
 
 
 def setup_logging(args: argparse.Namespace) -> None:
@@ -454,6 +586,12 @@ def main(argv: list[str] | None = None) -> int:
     from wlmserver.service.server import run
 
     parser = build_parser()
+    try:
+        file = read_config_file(argv)
+        if file is not None:
+            apply_config_file(parser, file)
+    except ConfigFileError as exc:
+        parser.error(f"--config {exc}")
     args, extra = parser.parse_known_args(argv)
     if any(word.startswith("-") for word in extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -465,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("-pdu must be between 4096 and 131072")
     if args.any_aet is not None and not is_safe_ae_title(args.any_aet):
         parser.error(f"--any-aet {args.any_aet!r} is not a valid AE title folder name")
-    config = config_from_args(args)
+    config = config_from_args(args, file)
     root = config.data_files_path
     if not root.is_dir():
         parser.error(f"the database root {root} is not a folder")

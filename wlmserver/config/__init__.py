@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from wlmserver.config.access import Access
+from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 
@@ -18,7 +20,7 @@ def bundled_database() -> Path:
     In a source checkout (or an editable install) that is the checkout's ``wlistdb/``; in an
     installed wheel, the copy packaged inside ``wlmserver/``.
     """
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # wlmserver/
     checkout = package.parent / "wlistdb"
     if checkout.is_dir():
         return checkout
@@ -90,6 +92,13 @@ class Config:
     follow_links : bool
         Serve files and AE folders whose symbolic links lead out of the database root
         (``--follow-links``).
+    access : Access
+        Who may ask: calling AE title and address allow-lists (``--allow-calling-aet``,
+        ``--allow-host`` and the configuration file's ``[access]``).
+    profiles : Profiles
+        Modality profiles by calling AE title (the configuration file's ``[profiles]``).
+    config_file : Path or None
+        The configuration file read (``--config``), for logs.
     """
 
     data_files_path: Path
@@ -119,3 +128,7 @@ class Config:
     json_drops: bool = False
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     follow_links: bool = False
+    # access control and modality profiles
+    access: Access = field(default_factory=Access)
+    profiles: Profiles = field(default_factory=Profiles)
+    config_file: Path | None = None

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 
 from wlmserver.matching.encoding import AnswerItem, AnswerValue, EncodedAnswer
 from wlmserver.matching.entry import Entry
-from wlmserver.matching.keys import CHARSET_VRS, SPS_SEQUENCE_TAG
+from wlmserver.matching.keys import CHARSET_VRS, MANDATORY_RETURN_TAGS, SPS_SEQUENCE_TAG
 from wlmserver.matching.query import SPECIFIC_CHARACTER_SET, CompiledQuery, ItemQuery
 from wlmserver.matching.record import Record
 
@@ -83,7 +83,19 @@ def _plans(query: CompiledQuery) -> tuple[Plan, Plan | None]:
     return cached
 
 
-def _fill(plan: Plan, source: Record) -> AnswerItem:
+def _fill(plan: Plan, source: Record, omit_empty: bool = False) -> AnswerItem:
+    out: AnswerItem = _fill_all(plan, source)
+    if omit_empty:
+        out = [e for e in out if e[0] in MANDATORY_RETURN_TAGS or not _is_empty(e)]
+    return out
+
+
+def _is_empty(element: tuple[int, str, AnswerValue]) -> bool:
+    value = element[2]
+    return not value or (element[1] != "SQ" and all(v == "" for v in value))
+
+
+def _fill_all(plan: Plan, source: Record) -> AnswerItem:
     out: AnswerItem = []
     for tag, empty_vr, sub, item_query, whole in plan:
         vr = source.vr(tag)
@@ -122,7 +134,10 @@ def full_item(record: Record) -> AnswerItem:
 
 
 def build_encoded(
-    query: CompiledQuery, entry: Entry, policy: CharsetPolicy = CharsetPolicy.FILE
+    query: CompiledQuery,
+    entry: Entry,
+    policy: CharsetPolicy = CharsetPolicy.FILE,
+    omit_empty_optional: bool = False,
 ) -> EncodedAnswer:
     """Build the C-FIND answer of one matching entry, ready to be sent.
 
@@ -134,6 +149,10 @@ def build_encoded(
         A matching entry.
     policy : CharsetPolicy
         Which character set to prefer for non-ASCII answers.
+    omit_empty_optional : bool
+        Leave out requested keys that are empty in the answer, except the Type 1 and 2 return
+        keys of Table K.6-1 (PS3.4 K.6.1.2 requires those, zero-length when unknown); for
+        stacks that choke on zero-length values (a modality profile's choice).
 
     Returns
     -------
@@ -141,9 +160,9 @@ def build_encoded(
         The requested keys, filled from the entry, with at most one SPS item, in tag order.
     """
     top_plan, sps_plan = _plans(query)
-    elements = _fill(top_plan, entry.top)
+    elements = _fill(top_plan, entry.top, omit_empty_optional)
     if sps_plan is not None:
-        elements.append((SPS_SEQUENCE_TAG, "SQ", [_fill(sps_plan, entry.sps)]))
+        elements.append((SPS_SEQUENCE_TAG, "SQ", [_fill(sps_plan, entry.sps, omit_empty_optional)]))
     charset = choose_charset(_texts(elements), entry.charset, policy)
     if charset:
         elements.append((SPECIFIC_CHARACTER_SET, "CS", charset))
@@ -152,10 +171,13 @@ def build_encoded(
 
 
 def build_answer(
-    query: CompiledQuery, entry: Entry, policy: CharsetPolicy = CharsetPolicy.FILE
+    query: CompiledQuery,
+    entry: Entry,
+    policy: CharsetPolicy = CharsetPolicy.FILE,
+    omit_empty_optional: bool = False,
 ) -> Dataset:
     """The same answer as :func:`build_encoded`, as a pydicom dataset."""
-    return as_dataset(build_encoded(query, entry, policy).answer_elements)
+    return as_dataset(build_encoded(query, entry, policy, omit_empty_optional).answer_elements)
 
 
 _INTEGER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})

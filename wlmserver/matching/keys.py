@@ -118,6 +118,12 @@ SPS_SEQUENCE_TAG: int = KEYS_BY_KEYWORD["ScheduledProcedureStepSequence"].tag
 #: list (with SPS end date and time, without Scheduled Protocol Code Sequence).
 SPS_EXPANSION_TAGS: tuple[int, ...] = tuple(k.tag for k in WORKLIST_KEYS if k.level is Level.SPS)
 
+#: Return keys the SCP must return even when empty (Type 1, 1C, 2 and 2C in Table K.6-1); a
+#: profile's ``omit-empty-optional`` leaves out only the others when they are empty.
+MANDATORY_RETURN_TAGS: frozenset[int] = frozenset(
+    k.tag for k in WORKLIST_KEYS if k.return_type != "3"
+)
+
 #: Date and time attributes matched as one combined date-time range (PS3.4 C.2.2.2.5.1),
 #: as ``(date tag, time tag)`` pairs.
 COMBINED_DATE_TIME: tuple[tuple[int, int], ...] = tuple(

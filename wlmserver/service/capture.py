@@ -82,9 +82,19 @@ def dump_text(ds: Dataset, indent: int = 0) -> str:
 
 
 def write_request(
-    folder: Path, fmt: str, identifier: Dataset, *, calling: str, called: str
+    folder: Path,
+    fmt: str,
+    identifier: Dataset,
+    *,
+    calling: str,
+    called: str,
+    notes: tuple[str, ...] = (),
 ) -> Path:
     """Write one request; returns its path.
+
+    ``notes`` (the modality profile that applied, and what it added to the query) head a text
+    dump as ``#`` comment lines, which ``dump2dcm`` skips; a DICOM-format capture holds the
+    identifier only.
 
     Raises
     ------
@@ -99,7 +109,7 @@ def write_request(
         patient_id=str(identifier.get("PatientID", "") or ""),
         when=datetime.now(),
     )
-    data = _request_bytes(name, identifier)
+    data = _request_bytes(name, identifier, notes)
     stem, dot, suffix = name.rpartition(".")
     if not dot:
         stem, suffix = name, ""
@@ -119,10 +129,11 @@ _MAX_SAME_NAME = 10_000
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def _request_bytes(name: str, identifier: Dataset) -> bytes:
+def _request_bytes(name: str, identifier: Dataset, notes: tuple[str, ...] = ()) -> bytes:
     """A request as ``dcmdump`` text (``.dump``, ``.txt`` names) or as a DICOM file."""
     if name.lower().endswith((".dump", ".txt")):
-        text = dump_text(identifier) + "\n"
+        comments = "".join(f"# {' '.join(note.split())}\n" for note in notes)
+        text = comments + dump_text(identifier) + "\n"
         charset = identifier.get("SpecificCharacterSet", "") or ""
         first = charset if isinstance(charset, str) else (list(charset) or [""])[0]
         try:  # in the request's own character set, as dump2dcm expects

@@ -21,8 +21,10 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from wlmserver.config import Config
+from wlmserver.config.profiles import Profile
 from wlmserver.matching.answers import build_answer, build_encoded
 from wlmserver.matching.keys import describe_tag
+from wlmserver.matching.narrow import narrow
 from wlmserver.matching.query import QueryError, compile_query, fit_comment
 from wlmserver.matching.status import Status
 from wlmserver.service import capture, reactor
@@ -146,10 +148,22 @@ def _admitted(assoc: Any) -> bool:
 def handle_requested(
     event: Any, store: WorklistStore, config: Config, admission: Admission | None = None
 ) -> None:
-    """EVT_REQUESTED: refuse an association whose called AE title has no folder, or one over
-    the association limits (see :class:`Admission`)."""
+    """EVT_REQUESTED: refuse an association that the allow-lists do not allow
+    (:class:`~wlmserver.config.access.Access`), one whose called AE title has no folder, or
+    one over the association limits (see :class:`Admission`).
+
+    The allow-lists are checked first, so that a peer they refuse learns nothing of which
+    AE titles are served."""
     assoc = event.assoc
     aet = called_ae_title(assoc)
+    calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
+    refused = config.access.refusal(calling, aet, str(assoc.requestor.address))
+    if refused is not None:
+        LOGGER.warning("association from %s to %s rejected: %s", _peer(assoc), aet, refused.reason)
+        assoc.__dict__["_wlmserver_end"] = f"rejected: {refused.reason}"
+        assoc.acse.send_reject(*refused.reject)
+        assoc.kill()
+        return
     if not is_served(store, config, aet):
         LOGGER.info(
             "association from %s rejected: called AE title %r not recognized (no folder %s)",
@@ -327,7 +341,14 @@ def _rule(exc: QueryError) -> str:
     return rule if colon and exc.tags and " " not in subject else exc.message
 
 
-def _capture(assoc: Any, config: Config, identifier: Dataset, aet: str, peer: str) -> None:
+def _capture(
+    assoc: Any,
+    config: Config,
+    identifier: Dataset,
+    aet: str,
+    peer: str,
+    notes: tuple[str, ...] = (),
+) -> None:
     """Write the request to ``--request-file-path``; a failure is logged, the query goes on."""
     assert config.request_file_path is not None
     calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
@@ -338,6 +359,7 @@ def _capture(assoc: Any, config: Config, identifier: Dataset, aet: str, peer: st
             identifier,
             calling=calling,
             called=aet,
+            notes=notes,
         )
     except (OSError, ValueError, TypeError) as exc:
         # the file's name may hold the patient ID (#p): say why, and where, not which file
@@ -492,9 +514,10 @@ def _log_query(
     text: str,
     *args: Any,
     level: int = logging.INFO,
+    profile: Profile | None = None,
 ) -> None:
     """The one line per query, ``C-FIND from <peer> to <aet>`` and ``text``, with its fields
-    for ``--log-json``."""
+    for ``--log-json``; ``[profile NAME]`` ends it when a modality profile applied."""
     assoc = event.assoc
     primitive = getattr(assoc.requestor, "primitive", None)
     fields = {
@@ -506,7 +529,20 @@ def _log_query(
         "ms": round((time.perf_counter() - started) * 1000, 1),
         "status": f"0x{status:04X}",
     }
+    if profile is not None and not profile.is_neutral:
+        fields["profile"] = profile.name
+        text += " [profile %s]"
+        args = (*args, profile.name)
     LOGGER.log(level, "C-FIND from %s to %s" + text, peer, aet, *args, extra={"fields": fields})
+
+
+def profile_notes(profile: Profile, narrowed: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """What a request capture says of the modality profile that applied (nothing when no
+    profile changes anything)."""
+    if profile.is_neutral:
+        return ()
+    added = f"; added {'; '.join(narrowed)}" if narrowed else ""
+    return (f"wlmserver profile: {profile.name}{added}",)
 
 
 def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[FindResponse]:
@@ -551,16 +587,26 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         yield failure(Status.UNABLE_TO_PROCESS, f"cannot decode the identifier: {exc}"), None
         return
     LOGGER.debug("C-FIND from %s to %s, identifier:\n%s", peer, aet, identifier)
-    if config.request_file_path is not None:
-        _capture(event.assoc, config, identifier, aet, peer)
+    calling = str(getattr(event.assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
+    profile = config.profiles.for_calling(calling)
+    expand = (
+        config.expand_empty_sps if profile.expand_empty_sps is None else profile.expand_empty_sps
+    )
     try:
         query = compile_query(
             identifier,
             pn_fold=config.pn_case_insensitive,
-            expand_empty_sps=config.expand_empty_sps,
+            expand_empty_sps=expand,
             max_value_length=config.max_value_length,
         )
+        query, narrowed = narrow(
+            query,
+            station=calling if profile.station_filter else None,
+            dates=profile.dates(),
+        )
     except QueryError as exc:
+        if config.request_file_path is not None:
+            _capture(event.assoc, config, identifier, aet, peer, profile_notes(profile))
         # the message names the attribute and the rule it breaks, never the value
         if not config.fail_invalid_query:
             LOGGER.warning(
@@ -580,6 +626,12 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         )
         yield failure(exc.status, exc.message, exc.tags), None
         return
+    if narrowed:
+        LOGGER.debug("C-FIND from %s: profile %s added %s", peer, profile.name, "; ".join(narrowed))
+    if config.request_file_path is not None:
+        _capture(event.assoc, config, identifier, aet, peer, profile_notes(profile, narrowed))
+    policy = profile.charset_policy or config.charset_policy
+    omit_empty = profile.omit_empty_optional
     if not store.ready.wait(INDEX_WAIT_SECONDS):
         LOGGER.warning("C-FIND from %s: the database is still being indexed", peer)
         yield failure(Status.OUT_OF_RESOURCES, "still indexing the worklist database"), None
@@ -608,6 +660,7 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
                 Status.CANCEL,
                 ": cancelled after %d answers",
                 count,
+                profile=profile,
             )
             yield int(Status.CANCEL), None
             return
@@ -622,6 +675,7 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
                 ": more than %d matches, stopped (--max-answers); status 0xA700",
                 count,
                 level=logging.WARNING,
+                profile=profile,
             )
             yield (
                 failure(
@@ -632,7 +686,7 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
             )
             return
         try:
-            answer = build(query, entry, config.charset_policy)
+            answer = build(query, entry, policy, omit_empty)
         except Exception:
             LOGGER.exception("C-FIND from %s: cannot build an answer from %s", peer, entry.path)
             yield failure(Status.UNABLE_TO_PROCESS, "cannot build an answer"), None
@@ -653,5 +707,6 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         ": %d answers in %.1f ms",
         count,
         (time.perf_counter() - started) * 1000,
+        profile=profile,
     )
     yield int(Status.SUCCESS), None

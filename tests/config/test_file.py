@@ -1,0 +1,183 @@
+"""The configuration file: what it holds, and errors that name the file, line and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wlmserver.cli import apply_config_file, build_parser, config_from_args
+from wlmserver.config.access import REJECT_CALLING_AET, REJECT_NO_REASON
+from wlmserver.config.file import ConfigFileError, key_lines, load
+from wlmserver.matching.answers import CharsetPolicy
+
+GOOD = """\
+# a site's configuration
+[server]
+port = 4242
+aetitle = "WLM_MAIN"
+no-sq-expansion = true
+max-associations = 20
+return-iso-ir-100 = true
+allow-host = ["10.1.0.0/16"]
+
+[access]
+calling-ae-titles = ["CT*", "MR01"]
+hosts = ["192.168.7.0/24", "127.0.0.1"]
+
+[access.called.WLM]
+calling-ae-titles = ["CT01"]
+
+[profiles.ct]
+calling-ae-titles = ["CT*"]
+station-filter = true
+date-window = [-1, 1]
+charset = "latin1"
+sq-expansion = false
+omit-empty-optional = true
+
+[profiles.default]
+date-window = [0, 0]
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "wlmserver.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _config(tmp_path: Path, text: str, *argv: str):  # type: ignore[no-untyped-def]
+    path = _write(tmp_path, text)
+    parser = build_parser()
+    file = load(path)
+    apply_config_file(parser, file)
+    return config_from_args(parser.parse_args(["-dfp", str(tmp_path), *argv]), file)
+
+
+def test_a_file_sets_options_access_and_profiles(tmp_path: Path) -> None:
+    config = _config(tmp_path, GOOD)
+    assert config.port == 4242
+    assert config.ae_title == "WLM_MAIN"
+    assert config.expand_empty_sps is False
+    assert config.max_associations == 20
+    assert config.charset_policy is CharsetPolicy.LATIN1
+    # [server] allow-host and [access] hosts add up
+    assert config.access.everyone.calling_ae_titles == ("CT*", "MR01")
+    assert [str(h) for h in config.access.everyone.hosts or ()] == [
+        "10.1.0.0/16",
+        "192.168.7.0/24",
+        "127.0.0.1/32",
+    ]
+    assert config.access.refusal("CT05", "OTHER", "127.0.0.1") is None
+    assert config.access.refusal("CT05", "WLM", "127.0.0.1").reject == REJECT_CALLING_AET  # type: ignore[union-attr]
+    assert config.access.refusal("CT01", "WLM", "10.9.9.9").reject == REJECT_NO_REASON  # type: ignore[union-attr]
+    ct = config.profiles.for_calling("CT07")
+    assert (ct.name, ct.station_filter, ct.date_window) == ("ct", True, (-1, 1))
+    assert ct.charset_policy is CharsetPolicy.LATIN1 and ct.expand_empty_sps is False
+    assert ct.omit_empty_optional
+    assert config.profiles.for_calling("US01").name == "default"
+    assert config.config_file == tmp_path / "wlmserver.toml"
+
+
+def test_the_command_line_overrides_the_file(tmp_path: Path) -> None:
+    config = _config(tmp_path, GOOD, "5151", "-aet", "OTHER", "--allow-calling-aet", "US01")
+    assert (config.port, config.ae_title) == (5151, "OTHER")
+    # a list option given on the command line adds to the file's list
+    assert config.access.everyone.calling_ae_titles == ("CT*", "MR01", "US01")
+
+
+def test_without_a_file_nothing_is_refused(tmp_path: Path) -> None:
+    config = config_from_args(build_parser().parse_args(["-dfp", str(tmp_path)]))
+    assert config.access.is_open
+    assert config.profiles.for_calling("CT01").is_neutral
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "words"),
+    [
+        ("[server]\nport = 1\n[acess]\nhosts = []\n", 3, "acess", "did you mean 'access'"),
+        ("[server]\n\nmax-asociations = 3\n", 3, "server.max-asociations", "max-associations"),
+        ("[server]\nport = \"abc\"\n", 2, "server.port", "not a port"),
+        ("[server]\nport = 70000\n", 2, "server.port", "0 to 65535"),
+        ("[server]\nno-sq-expansion = \"yes\"\n", 2, "server.no-sq-expansion", "true or false"),
+        ("[server]\nlog-level = \"loud\"\n", 2, "server.log-level", "must be one of"),
+        ("[server]\nconfig = \"x.toml\"\n", 2, "server.config", "not a command-line option"),
+        ("[access]\nhosts = [\"ct-room.local\"]\n", 2, "access.hosts", "host names"),
+        ("[access]\nhosts = \"10.0.0.0/8\"\n", 2, "access.hosts", "list of strings"),
+        ("[access]\ncalling-aets = []\n", 2, "access.calling-aets", "calling-ae-titles"),
+        (
+            "[access.called.WLM]\ncalling-ae-titles = [\"A_TITLE_LONGER_THAN_16\"]\n",
+            2,
+            "access.called.WLM.calling-ae-titles",
+            "not an AE title",
+        ),
+        ("[profiles.ct]\nstation-filter = true\n", 1, "profiles.ct", "calling-ae-titles"),
+        (
+            "[profiles.ct]\ncalling-ae-titles = [\"CT*\"]\ndate-window = [1, -1]\n",
+            3,
+            "profiles.ct.date-window",
+            "days before",
+        ),
+        (
+            "[profiles.default]\ncharset = \"utf8\"\n",
+            2,
+            "profiles.default.charset",
+            "'file', 'latin1'",
+        ),
+        (
+            "[profiles.default]\nstation_filter = true\n",
+            2,
+            "profiles.default.station_filter",
+            "did you mean 'station-filter'",
+        ),
+    ],
+)
+def test_errors_name_the_file_line_and_key(
+    tmp_path: Path, text: str, line: int, key: str, words: str
+) -> None:
+    with pytest.raises(ConfigFileError) as caught:
+        _config(tmp_path, text)
+    error = caught.value
+    assert (error.line, error.key) == (line, key)
+    assert words in str(error)
+    assert str(error).startswith(f"{tmp_path / 'wlmserver.toml'}:{line}: {key}: ")
+
+
+def test_toml_syntax_errors_name_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError) as caught:
+        load(_write(tmp_path, "[server]\nport = 11112\naetitle = WLM\n"))
+    assert caught.value.line == 3
+    assert "not valid TOML" in str(caught.value)
+
+
+def test_an_unreadable_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="cannot read it"):
+        load(tmp_path / "missing.toml")
+
+
+def test_key_lines_follow_tables_and_quoted_keys() -> None:
+    text = (
+        '[server]\n"port" = 1\n\n[access.called."CT 1"]\nhosts = []\n'
+        '[profiles.a]\nx = """\n[y]\n"""\nz = 1\n'
+    )
+    lines = key_lines(text)
+    assert lines["server.port"] == 2
+    assert lines["access.called.CT 1.hosts"] == 5
+    assert lines["profiles.a.z"] == 10
+    assert "y" not in lines
+
+
+def test_the_server_refuses_to_start_on_a_bad_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[access]\nhosts = [\"10.0.0.0/33\"]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "wlmserver", "--config", str(path), "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"--config {path}:2: access.hosts: '10.0.0.0/33' is not an IP address" in result.stderr
+    assert "Traceback" not in result.stderr
