@@ -100,29 +100,29 @@ def test_without_a_file_nothing_is_refused(tmp_path: Path) -> None:
     [
         ("[server]\nport = 1\n[acess]\nhosts = []\n", 3, "acess", "did you mean 'access'"),
         ("[server]\n\nmax-asociations = 3\n", 3, "server.max-asociations", "max-associations"),
-        ("[server]\nport = \"abc\"\n", 2, "server.port", "not a port"),
+        ('[server]\nport = "abc"\n', 2, "server.port", "not a port"),
         ("[server]\nport = 70000\n", 2, "server.port", "0 to 65535"),
-        ("[server]\nno-sq-expansion = \"yes\"\n", 2, "server.no-sq-expansion", "true or false"),
-        ("[server]\nlog-level = \"loud\"\n", 2, "server.log-level", "must be one of"),
-        ("[server]\nconfig = \"x.toml\"\n", 2, "server.config", "not a command-line option"),
-        ("[access]\nhosts = [\"ct-room.local\"]\n", 2, "access.hosts", "host names"),
-        ("[access]\nhosts = \"10.0.0.0/8\"\n", 2, "access.hosts", "list of strings"),
+        ('[server]\nno-sq-expansion = "yes"\n', 2, "server.no-sq-expansion", "true or false"),
+        ('[server]\nlog-level = "loud"\n', 2, "server.log-level", "must be one of"),
+        ('[server]\nconfig = "x.toml"\n', 2, "server.config", "not a command-line option"),
+        ('[access]\nhosts = ["ct-room.local"]\n', 2, "access.hosts", "host names"),
+        ('[access]\nhosts = "10.0.0.0/8"\n', 2, "access.hosts", "list of strings"),
         ("[access]\ncalling-aets = []\n", 2, "access.calling-aets", "calling-ae-titles"),
         (
-            "[access.called.WLM]\ncalling-ae-titles = [\"A_TITLE_LONGER_THAN_16\"]\n",
+            '[access.called.WLM]\ncalling-ae-titles = ["A_TITLE_LONGER_THAN_16"]\n',
             2,
             "access.called.WLM.calling-ae-titles",
             "not an AE title",
         ),
         ("[profiles.ct]\nstation-filter = true\n", 1, "profiles.ct", "calling-ae-titles"),
         (
-            "[profiles.ct]\ncalling-ae-titles = [\"CT*\"]\ndate-window = [1, -1]\n",
+            '[profiles.ct]\ncalling-ae-titles = ["CT*"]\ndate-window = [1, -1]\n',
             3,
             "profiles.ct.date-window",
             "days before",
         ),
         (
-            "[profiles.default]\ncharset = \"utf8\"\n",
+            '[profiles.default]\ncharset = "utf8"\n',
             2,
             "profiles.default.charset",
             "'file', 'latin1'",
@@ -171,7 +171,7 @@ def test_key_lines_follow_tables_and_quoted_keys() -> None:
 
 
 def test_the_server_refuses_to_start_on_a_bad_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, "[access]\nhosts = [\"10.0.0.0/33\"]\n")
+    path = _write(tmp_path, '[access]\nhosts = ["10.0.0.0/33"]\n')
     result = subprocess.run(
         [sys.executable, "-m", "wlmserver", "--config", str(path), "0"],
         capture_output=True,

@@ -197,3 +197,47 @@ def test_an_ae_folder_or_file_given_as_the_root(
         main(["explain", str(store / where)])
     assert info.value.code == 2
     assert message.format(root=store) in capsys.readouterr().err
+
+
+def test_the_profile_of_the_calling_ae_title_applies(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "wlmserver.toml"
+    config.write_text(
+        '[profiles.ct]\ncalling-ae-titles = ["CT0*"]\nstation-filter = true\n'
+        "[profiles.default]\ndate-window = [-1, 1]\n"
+    )
+    status, lines = _run(store, capsys, "--config", str(config), "-aet", "CT01")
+    assert lines[0] == (
+        "PROFILE ct (calling AE title 'CT01'); it adds ScheduledStationAETitle (0040,0001) = CT01"
+    )
+    by_where = {line.split()[1].rstrip(":"): line for line in lines[1:]}
+    assert by_where["WLM/ct.wl#2"] == "MATCH  WLM/ct.wl#2"
+    assert by_where["WLM/ct.wl#1"].endswith(
+        "ScheduledStationAETitle (0040,0001): entry has CT1, not the calling station "
+        "(profile ct: station-filter)"
+    )
+    assert status == 0
+    # another calling AE title gets the default profile: the date window around today
+    status, lines = _run(store, capsys, "--config", str(config), "-aet", "MR01")
+    assert lines[0].startswith("PROFILE default (calling AE title 'MR01'); it adds ")
+    assert "(profile default: date-window [-1, 1])" in lines[1]
+    assert status == 1  # the entries are not scheduled around today
+    # a query that names the date is the query's choice
+    status, lines = _run(
+        store, capsys, "--config", str(config), "-aet", "MR01", "--date", "20261121"
+    )
+    assert "it adds no constraint" in lines[0] and status == 0
+
+
+def test_a_bad_config_file_is_a_usage_error(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[profiles.ct]\nstation-filter = 1\n")
+    with pytest.raises(SystemExit) as caught:
+        main(["explain", str(store), "--config", str(config)])
+    assert caught.value.code == 2
+    assert f"{config}:2: profiles.ct.station-filter: must be true or false" in (
+        capsys.readouterr().err
+    )

@@ -38,8 +38,12 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from wlmserver.config import bundled_database
+from wlmserver.config.file import ConfigFileError
+from wlmserver.config.file import load as load_config_file
+from wlmserver.config.profiles import Profile, Profiles
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import SPS_SEQUENCE_TAG, describe_tag
+from wlmserver.matching.narrow import SPS_START_DATE, STATION_AET, narrow
 from wlmserver.matching.primitives import compile_value
 from wlmserver.matching.query import CompiledQuery, ItemQuery, Mismatch, QueryError, compile_query
 from wlmserver.matching.record import Record
@@ -104,11 +108,43 @@ def _is_sequence(query: CompiledQuery, tag: int, sps: bool) -> bool:
     return level.sequence(tag) is not None
 
 
-def explain_entry(entry: Entry, query: CompiledQuery, pn_fold: bool) -> list[str]:
-    """The reasons an entry does not match (empty: it matches)."""
+def explain_entry(
+    entry: Entry, query: CompiledQuery, pn_fold: bool, profile: Profile | None = None
+) -> list[str]:
+    """The reasons an entry does not match (empty: it matches).
+
+    With ``profile``, the constraints it added (:func:`~wlmserver.matching.narrow.narrow`)
+    are named as the profile's, not the query's.
+    """
     reasons = [describe(m, query, False, pn_fold) for m in query.top.mismatches(entry.top)]
-    reasons += [describe(m, query, True, pn_fold) for m in query.sps.mismatches(entry.sps)]
+    for mismatch in query.sps.mismatches(entry.sps):
+        added = _added_by_profile(query, mismatch, profile)
+        reasons.append(added or describe(mismatch, query, True, pn_fold))
     return reasons
+
+
+def _added_by_profile(
+    query: CompiledQuery, mismatch: Mismatch, profile: Profile | None
+) -> str | None:
+    """The reason for a mismatch on a constraint the profile added, or None."""
+    if profile is None or len(mismatch.tags) != 1:
+        return None
+    (tag,) = mismatch.tags
+    if _query_text(query.identifier, tag, True):
+        return None  # the query's own constraint
+    entry = _shown(mismatch.entry_values)
+    if tag == STATION_AET and profile.station_filter:
+        return (
+            f"{describe_tag(tag)}: entry has {entry}, not the calling station "
+            f"(profile {profile.name}: station-filter)"
+        )
+    window = profile.dates()
+    if tag == SPS_START_DATE and window is not None:
+        return (
+            f"{describe_tag(tag)}: entry {entry} outside {window[0]}-{window[1]} "
+            f"(profile {profile.name}: date-window {list(profile.date_window or ())})"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -221,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
         "database", nargs="?", type=Path, help="the database root (default: the bundled one)"
     )
     p.add_argument("-aec", "--call", help="the called AE title (default: every AE folder)")
+    p.add_argument(
+        "-aet",
+        "--calling-aet",
+        default="",
+        help="the modality's calling AE title, which chooses the modality profile of --config",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the server's configuration file: its modality profiles apply",
+    )
     add_query_options(p)
     p.add_argument("--pn-case-insensitive", action="store_true", help="as the server's option")
     p.add_argument("--json-drops", action="store_true", help="as the server's option")
@@ -247,8 +295,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             identifier = build_identifier(args)
     except UsageError as exc:
         parser.error(str(exc))
+    profiles = Profiles()
+    if args.config is not None:
+        try:
+            profiles = load_config_file(args.config).profiles
+        except ConfigFileError as exc:
+            parser.error(f"--config {exc}")
+    profile = profiles.for_calling(args.calling_aet)
+    expand = True if profile.expand_empty_sps is None else profile.expand_empty_sps
     try:
-        query = compile_query(identifier, pn_fold=args.pn_case_insensitive)
+        query = compile_query(identifier, pn_fold=args.pn_case_insensitive, expand_empty_sps=expand)
+        query, narrowed = narrow(
+            query,
+            station=args.calling_aet if profile.station_filter else None,
+            dates=profile.dates(),
+        )
     except QueryError as exc:
         print(f"the server answers this query with status 0x{int(exc.status):04X}: {exc.message}")
         return 1
@@ -270,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"no AE folder {args.call!r} in {root}: the association would be rejected")
         return 1
+    if not profile.is_neutral:
+        calling = f"calling AE title {args.calling_aet!r}" if args.calling_aet else "no -aet"
+        added = f"; it adds {'; '.join(narrowed)}" if narrowed else "; it adds no constraint"
+        print(f"PROFILE {profile.name} ({calling}){added}")
     wanted = EntryFilter(args.entry_patient_id, args.entry_accession)
     matched = shown = unserved = 0
     for folder in folders:
@@ -278,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             shown += 1
             where = f"{folder.name}/{Path(entry.path).name}#{entry.item + 1}"
-            reasons = explain_entry(entry, query, args.pn_case_insensitive)
+            reasons = explain_entry(entry, query, args.pn_case_insensitive, profile)
             if not reasons:
                 matched += 1
                 print(f"MATCH  {where}")
