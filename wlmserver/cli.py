@@ -451,6 +451,8 @@ def apply_config_file(parser: argparse.ArgumentParser, file: ConfigFile) -> None
     """Make the file's ``[server]`` keys (command-line long option names) and its global
     ``[access]`` lists the parser's defaults, so that the command line overrides them.
 
+    A relative folder or file path is relative to the configuration file's folder.
+
     Raises
     ------
     ConfigFileError
@@ -477,9 +479,12 @@ def apply_config_file(parser: argparse.ArgumentParser, file: ConfigFile) -> None
                 dotted, f"not a command-line option; {hint}(see wlmserver --help: long names)"
             )
         try:
-            defaults[action.dest] = _option_value(parser, action, option.value)
+            value = _option_value(parser, action, option.value)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
             raise file.error(dotted, str(exc) or "invalid value") from None
+        if isinstance(value, Path) and not value.is_absolute():
+            value = file.path.parent / value  # relative to the file, not to where it runs
+        defaults[action.dest] = value
     allow = file.access.everyone  # [access] and [server] lists add up
     if allow.calling_ae_titles is not None:
         before = defaults.get("allow_calling_aet") or []

@@ -82,6 +82,16 @@ def test_a_file_sets_options_access_and_profiles(tmp_path: Path) -> None:
     assert config.config_file == tmp_path / "wlmserver.toml"
 
 
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[server]\ndata-files-path = "db"\nrequest-file-path = "/abs"\n')
+    parser = build_parser()
+    file = load(path)
+    apply_config_file(parser, file)
+    args = parser.parse_args([])
+    assert args.data_files_path == tmp_path / "db"
+    assert args.request_file_path == Path("/abs")
+
+
 def test_the_command_line_overrides_the_file(tmp_path: Path) -> None:
     config = _config(tmp_path, GOOD, "5151", "-aet", "OTHER", "--allow-calling-aet", "US01")
     assert (config.port, config.ae_title) == (5151, "OTHER")
