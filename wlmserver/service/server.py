@@ -229,6 +229,8 @@ def run(config: Config, ready_message: str | None = None) -> int:
         LOGGER.error("cannot start: %s", _start_failure(exc, config))
         return 1
     LOGGER.info("listening on port %d; indexing %s", server.port, config.data_files_path)
+    for line in policy_lines(config):
+        LOGGER.info("%s", line)
     stop = threading.Event()
     rescan = threading.Event()
 
@@ -261,6 +263,43 @@ def run(config: Config, ready_message: str | None = None) -> int:
         server.stop()
     LOGGER.info("stopped")
     return 0
+
+
+def policy_lines(config: Config) -> list[str]:
+    """What the start-up log says of the configuration file, the allow-lists and the
+    modality profiles (AE titles and networks only: no patient data).
+
+    Examples
+    --------
+    >>> from wlmserver.config.access import Access, AllowList
+    >>> policy_lines(Config(Path("."), access=Access(AllowList(("CT*",)))))
+    ['access: calling AE titles CT*; any address']
+    """
+    lines = []
+    if config.config_file is not None:
+        lines.append(f"configuration file {config.config_file}")
+    access = config.access
+    if access.is_open:
+        if config.config_file is not None:
+            lines.append("access: anyone who reaches the port (no allow-list)")
+    else:
+        for where, allow in (("access", access.everyone), *access.called.items()):
+            titles = allow.calling_ae_titles
+            hosts = allow.hosts
+            said = [
+                "any calling AE title"
+                if titles is None
+                else f"calling AE titles {', '.join(titles) or '(none)'}",
+                "any address"
+                if hosts is None
+                else f"addresses {', '.join(map(str, hosts)) or '(none)'}",
+            ]
+            prefix = where if where == "access" else f"access to {where}"
+            lines.append(f"{prefix}: {'; '.join(said)}")
+    for profile in config.profiles.profiles:
+        names = ", ".join(profile.calling_ae_titles) or "every other calling AE title"
+        lines.append(f"profile {profile.name}: {names}")
+    return lines
 
 
 def _is_bundled(root: Path) -> bool:
