@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from wlmserver.matching.answers import CharsetPolicy
+from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 
 DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "WLMSERVER"
+
+#: wlmscpfs's preferred network transfer syntaxes (``+x=``, ``+xe``, ``+xb``, ``+xd``, ``+xi``).
+TransferSyntaxPreference = Literal["uncompr", "little", "big", "deflated", "implicit"]
 
 
 def bundled_database() -> Path:
@@ -90,6 +95,24 @@ class Config:
     follow_links : bool
         Serve files and AE folders whose symbolic links lead out of the database root
         (``--follow-links``).
+    refuse_associations : bool
+        Refuse every association: A-ASSOCIATE-RJ rejected-permanent, service-user, no reason
+        given (``--refuse``; PS3.8 9.3.4), to test SCUs.
+    reject_without_implementation_uid : bool
+        Reject an association whose A-ASSOCIATE-RQ carries no Implementation Class UID,
+        which PS3.7 D.3.3.2 requires (``--reject``), the same way.
+    sleep_before_find, sleep_during_find, sleep_after_find : float
+        Seconds a C-FIND waits on purpose, to test SCUs' timeouts (``--sleep-before``,
+        ``--sleep-during``, ``--sleep-after``; 0: not at all): before the query is matched,
+        before each response, and after the final response (before the association's next
+        message, a release or another request is handled).
+    transfer_syntax_preference : TransferSyntaxPreference
+        Which transfer syntax of those a requestor proposes is accepted
+        (``+x=``, ``+xe``, ``+xb``, ``+xd``, ``+xi``; see
+        :data:`wlmserver.service.server.TRANSFER_SYNTAX_PREFERENCES`).
+    compression_level : int
+        zlib level of deflated answers, 0-9 (``+cl``, with ``+xd`` only; default 6, as
+        DCMTK's).
     """
 
     data_files_path: Path
@@ -119,3 +142,11 @@ class Config:
     json_drops: bool = False
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     follow_links: bool = False
+    # wlmscpfs parity
+    refuse_associations: bool = False
+    reject_without_implementation_uid: bool = False
+    sleep_before_find: float = 0.0
+    sleep_during_find: float = 0.0
+    sleep_after_find: float = 0.0
+    transfer_syntax_preference: TransferSyntaxPreference = "uncompr"
+    compression_level: int = DEFAULT_DEFLATE_LEVEL
