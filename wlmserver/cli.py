@@ -4,8 +4,13 @@ set up logging, and forward to :func:`wlmserver.service.server.run`."""
 from __future__ import annotations
 
 import argparse
+import configparser
 import difflib
+import itertools
+import json
 import logging
+import logging.config
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -18,6 +23,7 @@ from wlmserver.config.file import ConfigFile, ConfigFileError
 from wlmserver.config.file import load as load_config_file
 from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
+from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 from wlmserver.store.index import is_safe_ae_title
 
@@ -151,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(the wlmscpfs layout) from a live, watched index.",
         epilog="tools: wlmserver create | check | query | explain (each with --help)",
         allow_abbrev=False,
+        prefix_chars="-+",  # wlmscpfs's +x... options
     )
     p.add_argument(
         "port",
@@ -401,7 +408,269 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accepted for wlmscpfs compatibility (associations run in threads)",
     )
+    add_wlmscpfs_parity_options(p)
     return p
+
+
+# -- wlmscpfs parity: the options of wlmscpfs not covered above (README: "wlmscpfs options")
+
+
+def _sleep_seconds(text: str) -> float:
+    """Seconds to sleep: 0 or more (wlmscpfs takes whole seconds; fractions are fine here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and 0 <= value <= 86400):
+        raise argparse.ArgumentTypeError(f"{text}: give 0 to 86400 seconds")
+    return value
+
+
+def _compression_level(text: str) -> int:
+    if not (text.isdigit() and 0 <= int(text) <= 9):
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (uncompressed) to 9 (best compression)")
+    return int(text)
+
+
+def add_wlmscpfs_parity_options(p: argparse.ArgumentParser) -> None:
+    """The rest of wlmscpfs's options (the parser needs ``prefix_chars="-+"``)."""
+    g = p.add_argument_group("wlmscpfs: general")
+    g.add_argument(
+        "--arguments",
+        action="store_true",
+        help="print the command line, each option by its long name, then serve",
+    )
+    g.add_argument(
+        "-lc",
+        "--log-config",
+        type=Path,
+        metavar="FILE",
+        help="configure logging from FILE instead of -q/-v/-d/-ll: Python's logging INI "
+        "format (logging.config.fileConfig), or a dictConfig .json or .toml file",
+    )
+    g = p.add_argument_group("wlmscpfs: preferred network transfer syntaxes")
+    syntaxes = [
+        ("+x=", "--prefer-uncompr", "uncompr", "prefer explicit VR local byte order (default)"),
+        ("+xe", "--prefer-little", "little", "prefer explicit VR little endian"),
+        ("+xb", "--prefer-big", "big", "prefer explicit VR big endian"),
+        ("+xd", "--prefer-deflated", "deflated", "prefer deflated explicit VR little endian"),
+        ("+xi", "--implicit", "implicit", "accept implicit VR little endian only"),
+    ]
+    for short, long, const, text in syntaxes:
+        g.add_argument(
+            short,
+            long,
+            dest="transfer_syntax_preference",
+            action="store_const",
+            const=const,
+            default="uncompr",
+            help=text,
+        )
+    g.add_argument(
+        "+cl",
+        "--compression-level",
+        type=_compression_level,
+        default=None,
+        metavar="LEVEL",
+        help="deflate level with +xd: 0 uncompressed, 1 fastest, 9 best (default 6)",
+    )
+    g = p.add_argument_group("wlmscpfs: testing SCUs")
+    g.add_argument("--refuse", action="store_true", help="refuse every association")
+    g.add_argument(
+        "--reject",
+        action="store_true",
+        help="reject an association request without an Implementation Class UID",
+    )
+    for when, text in [
+        ("before", "before matching each query"),
+        ("during", "before each response of a query"),
+        ("after", "after the final response of a query"),
+    ]:
+        g.add_argument(
+            f"--sleep-{when}",
+            dest=f"sleep_{when}_find",
+            type=_sleep_seconds,
+            default=0.0,
+            metavar="SECONDS",
+            help=f"sleep SECONDS {text} (default 0)",
+        )
+    g = p.add_argument_group("wlmscpfs: host access and VRs (see the README's wlmscpfs table)")
+    g.add_argument(
+        "-ac",
+        "--access-full",
+        dest="access_control",
+        action="store_false",
+        default=False,
+        help="accept connections from any host (default)",
+    )
+    g.add_argument(
+        "+ac",
+        "--access-control",
+        dest="access_control",
+        action="store_true",
+        help="not supported (TCP wrapper rules): stops with an error; see --allow-host",
+    )
+    g.add_argument(
+        "+u",
+        "--enable-new-vr",
+        dest="new_vrs",
+        action="store_true",
+        default=True,
+        help="UN, UT and later VRs are always sent as they are (default)",
+    )
+    g.add_argument(
+        "-u",
+        "--disable-new-vr",
+        dest="new_vrs",
+        action="store_false",
+        help="accepted; has no effect",
+    )
+    g.add_argument(
+        "-dhl",
+        "--disable-host-lookup",
+        action="store_true",
+        help="accepted; wlmserver never looks host names up",
+    )
+
+
+def check_wlmscpfs_parity_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> None:
+    """Refuse the combinations wlmscpfs refuses, and ``+ac`` (exit status 2)."""
+    if args.access_control:
+        parser.error(
+            "+ac/--access-control (TCP wrapper host access control) is not supported: "
+            "list the hosts allowed with --allow-host"
+        )
+    if args.compression_level is not None and args.transfer_syntax_preference != "deflated":
+        parser.error("+cl/--compression-level only with +xd/--prefer-deflated")
+    if args.log_config is not None:
+        given = [
+            name
+            for name, value in (
+                ("-q", args.quiet),
+                ("-v", args.verbose),
+                ("-d", args.debug),
+                ("-ll", args.log_level),
+                ("--log-json", args.log_json),
+            )
+            if value
+        ]
+        if given:
+            json_hint = (
+                " (JSON lines: name wlmserver.logs.JsonFormatter as a formatter in it)"
+                if args.log_json
+                else ""
+            )
+            parser.error(
+                f"-lc/--log-config cannot be combined with {', '.join(given)}: the file sets "
+                f"the levels and formats{json_hint}"
+            )
+
+
+def expanded_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """The command line with each option by its long name, as wlmscpfs's ``--arguments``
+    prints it.
+
+    Examples
+    --------
+    >>> expanded_arguments(build_parser(), ["-dfp", "db", "-v", "+xb", "-rff", "-v", "104"])
+    ['--data-files-path', 'db', '--verbose', '--prefer-big', '--request-file-format', '-v', '104']
+    """
+    actions = {name: action for action in parser._actions for name in action.option_strings}
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        action = actions.get(word)
+        if word == "--" or action is None:
+            out.append(word)
+            if word == "--":
+                out.extend(words)
+            continue
+        longs = [name for name in action.option_strings if name.startswith("--")]
+        out.append(longs[0] if longs else word)
+        if action.nargs is None:  # one value follows, whatever it looks like
+            out.extend(list(itertools.islice(words, 1)))
+    return out
+
+
+class LogConfigError(Exception):
+    """A ``-lc`` file that cannot be read or used (the message is one line)."""
+
+
+_NOT_LOG4CPLUS = (
+    "wlmserver reads Python logging configurations (an INI file for logging.config."
+    "fileConfig, or a dictConfig .json or .toml file), not DCMTK's log4cplus ones"
+)
+
+
+def load_log_config(path: Path) -> None:
+    """Configure logging from a file, as ``-lc`` does.
+
+    A ``.json`` or ``.toml`` file holds a :func:`logging.config.dictConfig` dictionary (its
+    ``version`` defaults to 1); any other file is in the INI format of
+    :func:`logging.config.fileConfig`. Loggers that exist already (wlmserver's own) stay
+    enabled unless the file says ``disable_existing_loggers``.
+
+    Raises
+    ------
+    LogConfigError
+        The file cannot be read, or is not a logging configuration Python can apply.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LogConfigError(f"cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise LogConfigError("cannot read it: not UTF-8 text") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".json", ".toml"):
+            if suffix == ".json":
+                settings = json.loads(text)
+            else:
+                import tomllib
+
+                settings = tomllib.loads(text)
+            if not isinstance(settings, dict):
+                raise ValueError("the file holds no dictionary of logging settings")
+            settings.setdefault("version", 1)
+            settings.setdefault("disable_existing_loggers", False)
+            logging.config.dictConfig(settings)
+            return
+        ini = configparser.ConfigParser()
+        try:
+            ini.read_string(text, source=str(path))
+        except configparser.Error:
+            raise LogConfigError(f"not an INI file: {_NOT_LOG4CPLUS}") from None
+        missing = [s for s in ("loggers", "handlers", "formatters") if not ini.has_section(s)]
+        if missing:
+            sections = ", ".join(f"[{s}]" for s in missing)
+            raise LogConfigError(f"no {sections} section: {_NOT_LOG4CPLUS}")
+        logging.config.fileConfig(ini, disable_existing_loggers=False)
+    except LogConfigError:
+        raise
+    except Exception as exc:  # what the standard library raises varies: say what it said
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        message = " ".join(f"{type(exc).__name__}: {exc}{cause}".split())
+        raise LogConfigError(message) from None
+
+
+def _every_handler() -> list[logging.Handler]:
+    """The handlers of the root logger and of every other logger, once each."""
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in list(logging.root.manager.loggerDict.values())
+        if isinstance(logger, logging.Logger)
+    ]
+    seen: dict[int, logging.Handler] = {}
+    for logger in loggers:
+        for handler in logger.handlers:
+            seen.setdefault(id(handler), handler)
+    return list(seen.values())
+
+
+# -- end of wlmscpfs parity
 
 
 def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -> Config:
@@ -444,6 +713,16 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         access=access,
         profiles=file.profiles if file is not None else Profiles(),
         config_file=file.path if file is not None else None,
+        # wlmscpfs parity
+        refuse_associations=args.refuse,
+        reject_without_implementation_uid=args.reject,
+        sleep_before_find=args.sleep_before_find,
+        sleep_during_find=args.sleep_during_find,
+        sleep_after_find=args.sleep_after_find,
+        transfer_syntax_preference=args.transfer_syntax_preference,
+        compression_level=(
+            DEFAULT_DEFLATE_LEVEL if args.compression_level is None else args.compression_level
+        ),
     )
 
 
@@ -533,8 +812,25 @@ def read_config_file(argv: list[str]) -> ConfigFile | None:
 
 
 def setup_logging(args: argparse.Namespace) -> None:
-    """Log to stderr: one line per query at INFO (default); patient data only at DEBUG."""
-    if args.log_level:
+    """Log to stderr: one line per query at INFO (default); patient data only at DEBUG.
+
+    With ``-lc FILE`` the file sets up logging instead (:func:`load_log_config`, which raises
+    :class:`LogConfigError`); the safeguards below apply to what it sets up too: every
+    handler gets the filters of :func:`wlmserver.logs.install`, and pydicom and pynetdicom
+    log below WARNING only when wlmserver's own logger is at DEBUG (patient data).
+    """
+    log_config = getattr(args, "log_config", None)
+    quiet_loggers = {  # their levels unless wlmserver logs at DEBUG
+        "pydicom": logging.ERROR,
+        "py.warnings": logging.ERROR,
+        "pynetdicom": logging.WARNING,
+    }
+    if log_config is not None:  # wlmscpfs parity: -lc
+        for name in quiet_loggers:  # so that a level found on them after is the file's
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        load_log_config(log_config)
+        level = logging.getLogger("wlmserver").getEffectiveLevel()
+    elif args.log_level:
         level = LOG_LEVELS[args.log_level]
     elif args.debug:
         level = logging.DEBUG
@@ -542,24 +838,25 @@ def setup_logging(args: argparse.Namespace) -> None:
         level = logging.WARNING
     else:
         level = logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:  # one line per record, and no flood
+    if log_config is None:
+        logging.basicConfig(
+            level=level,
+            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+    for handler in _every_handler():  # one line per record, and no flood
         logs.install(handler)
         if args.log_json:
             handler.setFormatter(logs.JsonFormatter())
     # pydicom warns with the offending value ("Invalid value for VR PN: '...'"), through its
     # logger and the warnings module: patient data, so only shown at debug level.
-    logging.captureWarnings(True)
-    for name in ("pydicom", "py.warnings"):
-        logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.ERROR)
     # pynetdicom logs every PDU at INFO and dumps identifiers at DEBUG: only with -d.
-    logging.getLogger("pynetdicom").setLevel(
-        logging.DEBUG if level <= logging.DEBUG else logging.WARNING
-    )
+    # A -lc file may make them quieter still, never louder.
+    logging.captureWarnings(True)
+    for name, quiet in quiet_loggers.items():
+        logger = logging.getLogger(name)
+        wanted = logging.DEBUG if level <= logging.DEBUG else quiet
+        logger.setLevel(max(wanted, logger.level) if log_config is not None else wanted)
 
 
 def ready_line(config: Config) -> str:
@@ -598,7 +895,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigFileError as exc:
         parser.error(f"--config {exc}")
     args, extra = parser.parse_known_args(argv)
-    if any(word.startswith("-") for word in extra):
+    if args.arguments:  # wlmscpfs parity: --arguments
+        expanded = expanded_arguments(parser, argv)
+        print(
+            f"calling '{parser.prog}' with {len(expanded)} arguments: "
+            + " ".join(shlex.quote(word) for word in expanded),
+            file=sys.stderr,
+            flush=True,
+        )
+    if any(word.startswith(("-", "+")) for word in extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:  # a second positional: the server takes one, the port
         word = extra[0]
@@ -608,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("-pdu must be between 4096 and 131072")
     if args.any_aet is not None and not is_safe_ae_title(args.any_aet):
         parser.error(f"--any-aet {args.any_aet!r} is not a valid AE title folder name")
+    check_wlmscpfs_parity_options(parser, args)
     config = config_from_args(args, file)
     root = config.data_files_path
     if not root.is_dir():
@@ -620,5 +926,8 @@ def main(argv: list[str] | None = None) -> int:
             f"use -dfp {shlex.quote(str(root.parent))} (it is then served as AE title "
             f"{root.name!r})"
         )
-    setup_logging(args)
+    try:
+        setup_logging(args)
+    except LogConfigError as exc:
+        parser.error(f"-lc {args.log_config}: {exc}")
     return run(config, ready_message=ready_line(config))

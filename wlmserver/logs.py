@@ -94,9 +94,12 @@ class RateLimit(logging.Filter):
 
 
 def install(handler: logging.Handler, *, burst: int = 20, period: float = 60.0) -> None:
-    """Put :class:`RateLimit` and :class:`OneLine` on a log handler."""
-    handler.addFilter(RateLimit(burst, period))
-    handler.addFilter(OneLine())
+    """Put :class:`RateLimit` and :class:`OneLine` on a log handler (each once: a handler
+    that has one already, from a logging configuration file say, keeps it)."""
+    if not any(isinstance(f, RateLimit) for f in handler.filters):
+        handler.addFilter(RateLimit(burst, period))
+    if not any(isinstance(f, OneLine) for f in handler.filters):
+        handler.addFilter(OneLine())
 
 
 class JsonFormatter(logging.Formatter):

@@ -99,6 +99,18 @@ def test_the_command_line_overrides_the_file(tmp_path: Path) -> None:
     assert config.access.everyone.calling_ae_titles == ("CT*", "MR01", "US01")
 
 
+def test_every_kind_of_option_goes_into_the_file(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        "[server]\nprefer-big = true\nsleep-before = 0.5\nrefuse = true\n"
+        'request-file-format = "#a_#t.dump"\nmax-file-size = 2\n',
+    )
+    assert config.transfer_syntax_preference == "big"
+    assert config.sleep_before_find == 0.5 and config.refuse_associations
+    assert config.request_file_format == "#a_#t.dump"
+    assert config.max_file_size == 2 * 1024 * 1024
+
+
 def test_without_a_file_nothing_is_refused(tmp_path: Path) -> None:
     config = config_from_args(build_parser().parse_args(["-dfp", str(tmp_path)]))
     assert config.access.is_open

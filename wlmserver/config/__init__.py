@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from wlmserver.config.access import Access
 from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
+from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 
 DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "WLMSERVER"
+
+#: wlmscpfs's preferred network transfer syntaxes (``+x=``, ``+xe``, ``+xb``, ``+xd``, ``+xi``).
+TransferSyntaxPreference = Literal["uncompr", "little", "big", "deflated", "implicit"]
 
 
 def bundled_database() -> Path:
@@ -99,6 +104,24 @@ class Config:
         Modality profiles by calling AE title (the configuration file's ``[profiles]``).
     config_file : Path or None
         The configuration file read (``--config``), for logs.
+    refuse_associations : bool
+        Refuse every association: A-ASSOCIATE-RJ rejected-permanent, service-user, no reason
+        given (``--refuse``; PS3.8 9.3.4), to test SCUs.
+    reject_without_implementation_uid : bool
+        Reject an association whose A-ASSOCIATE-RQ carries no Implementation Class UID,
+        which PS3.7 D.3.3.2 requires (``--reject``), the same way.
+    sleep_before_find, sleep_during_find, sleep_after_find : float
+        Seconds a C-FIND waits on purpose, to test SCUs' timeouts (``--sleep-before``,
+        ``--sleep-during``, ``--sleep-after``; 0: not at all): before the query is matched,
+        before each response, and after the final response (before the association's next
+        message, a release or another request is handled).
+    transfer_syntax_preference : TransferSyntaxPreference
+        Which transfer syntax of those a requestor proposes is accepted
+        (``+x=``, ``+xe``, ``+xb``, ``+xd``, ``+xi``; see
+        :data:`wlmserver.service.server.TRANSFER_SYNTAX_PREFERENCES`).
+    compression_level : int
+        zlib level of deflated answers, 0-9 (``+cl``, with ``+xd`` only; default 6, as
+        DCMTK's).
     """
 
     data_files_path: Path
@@ -132,3 +155,11 @@ class Config:
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)
     config_file: Path | None = None
+    # wlmscpfs parity
+    refuse_associations: bool = False
+    reject_without_implementation_uid: bool = False
+    sleep_before_find: float = 0.0
+    sleep_during_find: float = 0.0
+    sleep_after_find: float = 0.0
+    transfer_syntax_preference: TransferSyntaxPreference = "uncompr"
+    compression_level: int = DEFAULT_DEFLATE_LEVEL

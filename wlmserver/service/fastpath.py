@@ -172,6 +172,14 @@ class _DirectSender:
         dul._idle_timer.restart()  # streaming answers is not idling
 
 
+def flush(assoc: Any) -> None:
+    """Send the Pending responses batched for an association now (they otherwise wait for
+    :data:`SEND_BATCH_BYTES` or the final response)."""
+    sender = getattr(getattr(assoc, "dimse", None), "__dict__", {}).get("_wlmserver_sender")
+    if sender is not None:
+        sender.flush()
+
+
 def _sender(dimse: Any) -> _DirectSender:
     sender = dimse.__dict__.get("_wlmserver_sender")
     if sender is None:

@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 import weakref
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from pydicom.dataset import Dataset
 from wlmserver.config import Config
 from wlmserver.config.profiles import Profile
 from wlmserver.matching.answers import build_answer, build_encoded
+from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL, EncodedAnswer
 from wlmserver.matching.keys import describe_tag
 from wlmserver.matching.narrow import narrow
 from wlmserver.matching.query import QueryError, compile_query, fit_comment
@@ -38,6 +40,9 @@ _REJECT_CALLED_AET = (0x01, 0x01, 0x07)
 # A-ASSOCIATE-RJ: rejected transient, by the service provider (presentation related),
 # "local limit exceeded" (PS3.8 9.3.4)
 _REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+# A-ASSOCIATE-RJ: rejected permanent, by the service user, "no reason given" (PS3.8 9.3.4):
+# what wlmscpfs sends for --refuse and --reject
+_REJECT_NO_REASON = (0x01, 0x01, 0x01)
 
 FindResponse = tuple[int | Dataset, Dataset | None]
 
@@ -145,16 +150,36 @@ def _admitted(assoc: Any) -> bool:
     return bool(assoc.__dict__.get("_wlmserver_admitted"))
 
 
+def forced_refusal(assoc: Any, config: Config) -> str | None:
+    """Why wlmscpfs's ``--refuse`` or ``--reject`` refuses an association, or None.
+
+    ``--reject`` refuses a request without an Implementation Class UID (the sub-item PS3.8
+    9.3.2.3.3 and PS3.7 D.3.3.2 require; pynetdicom accepts a request without it).
+    """
+    if config.refuse_associations:
+        return "rejected: every association is refused (--refuse)"
+    if config.reject_without_implementation_uid and not assoc.requestor.implementation_class_uid:
+        return "rejected: no Implementation Class UID (--reject)"
+    return None
+
+
 def handle_requested(
     event: Any, store: WorklistStore, config: Config, admission: Admission | None = None
 ) -> None:
-    """EVT_REQUESTED: refuse an association that the allow-lists do not allow
-    (:class:`~wlmserver.config.access.Access`), one whose called AE title has no folder, or
-    one over the association limits (see :class:`Admission`).
+    """EVT_REQUESTED: refuse every association with ``--refuse`` and one without an
+    Implementation Class UID with ``--reject`` (see :func:`forced_refusal`), then one that the
+    allow-lists do not allow (:class:`~wlmserver.config.access.Access`), one whose called AE
+    title has no folder, or one over the association limits (see :class:`Admission`).
 
-    The allow-lists are checked first, so that a peer they refuse learns nothing of which
-    AE titles are served."""
+    The allow-lists are checked before the called AE title, so that a peer they refuse
+    learns nothing of which AE titles are served."""
     assoc = event.assoc
+    forced = forced_refusal(assoc, config)
+    if forced is not None:
+        assoc.__dict__["_wlmserver_end"] = forced
+        assoc.acse.send_reject(*_REJECT_NO_REASON)
+        assoc.kill()
+        return
     aet = called_ae_title(assoc)
     calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
     refused = config.access.refusal(calling, aet, str(assoc.requestor.address))
@@ -496,12 +521,49 @@ def _refusal(event: Any, config: Config) -> tuple[Status, str] | None:
     from pydicom.uid import UID
 
     uid = UID(syntax)
-    if uid.is_deflated or not uid.is_transfer_syntax:
+    if uid.is_deflated:
+        try:
+            inflated = inflate(data, config.max_identifier_size)
+        except zlib.error:
+            return Status.UNABLE_TO_PROCESS, "undecodable identifier: not a deflate stream"
+        if inflated is None:
+            return (
+                Status.UNABLE_TO_PROCESS,
+                f"identifier over {config.max_identifier_size} bytes inflated "
+                "(--max-identifier-size)",
+            )
+        data = inflated
+    elif not uid.is_transfer_syntax:
         return None
     problem = encoding_problem(data, bool(uid.is_implicit_VR), bool(uid.is_little_endian))
     if problem:
         return Status.UNABLE_TO_PROCESS, f"undecodable identifier: {problem}"
     return None
+
+
+def inflate(data: bytes, limit: int) -> bytes | None:
+    """A deflated data set (PS3.5 A.5) inflated, or None if it is longer than ``limit`` bytes
+    (a few KiB of deflated zeros inflate to many MiB: this never holds more than the limit).
+
+    Raises
+    ------
+    zlib.error
+        Not a raw deflate stream, or one cut short.
+
+    Examples
+    --------
+    >>> import zlib
+    >>> packed = zlib.compress(bytes(100_000), wbits=-zlib.MAX_WBITS)
+    >>> len(inflate(packed, 100_000)), inflate(packed, 65536)
+    (100000, None)
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit:
+        return None
+    if not inflater.eof:
+        raise zlib.error("the deflate stream is cut short")
+    return out
 
 
 def _log_query(
@@ -643,7 +705,9 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
         return
     build = build_encoded if encode.installed() else build_answer
     # answers go straight to the socket where possible; pynetdicom sends the final status
-    stream = encode.answer_stream(event) if build is build_encoded else None
+    # (with --sleep-during, each answer is yielded, so it leaves before the next sleep)
+    streamed = build is build_encoded and not config.sleep_during_find
+    stream = encode.answer_stream(event) if streamed else None
     count = 0
     for entry in folder.lookup.candidates(query):
         if not query.matches(entry):
@@ -692,6 +756,8 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
             yield failure(Status.UNABLE_TO_PROCESS, "cannot build an answer"), None
             return
         count += 1
+        if config.compression_level != DEFAULT_DEFLATE_LEVEL and isinstance(answer, EncodedAnswer):
+            answer.set_deflate_level(config.compression_level)  # +cl, with +xd only
         if stream is None:
             yield int(Status.PENDING), answer
         elif not stream.send(answer) or not event.assoc.is_established:  # type: ignore[arg-type]

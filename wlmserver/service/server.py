@@ -7,16 +7,23 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, _config, evt
 
-from wlmserver.config import Config, bundled_database
+from wlmserver.config import Config, TransferSyntaxPreference, bundled_database
 from wlmserver.service import fastpath as encode
 from wlmserver.service import reactor
 from wlmserver.service.handlers import (
@@ -26,6 +33,7 @@ from wlmserver.service.handlers import (
     handle_find,
     handle_requested,
 )
+from wlmserver.service.pacing import Pacing
 from wlmserver.store.index import WorklistStore
 from wlmserver.store.watcher import Watcher
 
@@ -34,6 +42,25 @@ LOGGER = logging.getLogger(__name__)
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 VERIFICATION = "1.2.840.10008.1.1"
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+
+#: The transfer syntaxes accepted, most preferred first, per wlmscpfs option (``+x=``,
+#: ``+xe``, ``+xb``, ``+xd``, ``+xi``). pynetdicom's acceptor takes, for each proposed
+#: presentation context, the first of these the requestor proposed (PS3.8 9.3.3.2: the
+#: acceptor chooses one of the proposed transfer syntaxes). As wlmscpfs's, these orders put
+#: the preferred one first; after it, wlmserver takes implicit VR little endian (which every
+#: DICOM application supports, PS3.5 10.1) before the retired explicit VR big endian, where
+#: wlmscpfs takes big endian first. Deflated is accepted only when preferred, as wlmscpfs.
+TRANSFER_SYNTAX_PREFERENCES: dict[TransferSyntaxPreference, list[UID]] = {
+    "uncompr": (
+        TRANSFER_SYNTAXES
+        if sys.byteorder == "little"
+        else [ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    ),
+    "little": TRANSFER_SYNTAXES,
+    "big": [ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+    "deflated": [DeflatedExplicitVRLittleEndian, *TRANSFER_SYNTAXES],
+    "implicit": [ImplicitVRLittleEndian],
+}
 
 
 class WorklistServer:
@@ -63,6 +90,7 @@ class WorklistServer:
         self._server: Any = None
         self._indexer: threading.Thread | None = None
         self._indexed = threading.Event()
+        self._pacing: Pacing | None = None
         self.ae = self._build_ae()
 
     def _build_ae(self) -> Any:
@@ -74,8 +102,9 @@ class WorklistServer:
             # log (a tenth of a short association's CPU); only bind them when it is shown
             _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=config.ae_title)
-        ae.add_supported_context(MODALITY_WORKLIST_FIND, TRANSFER_SYNTAXES)
-        ae.add_supported_context(VERIFICATION, TRANSFER_SYNTAXES)
+        syntaxes = TRANSFER_SYNTAX_PREFERENCES[config.transfer_syntax_preference]
+        ae.add_supported_context(MODALITY_WORKLIST_FIND, syntaxes)
+        ae.add_supported_context(VERIFICATION, syntaxes)
         ae.acse_timeout = config.acse_timeout
         ae.dimse_timeout = config.dimse_timeout
         ae.network_timeout = config.network_timeout
@@ -116,6 +145,9 @@ class WorklistServer:
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_FIND, handle_find, [self.store, self.config]),
         ]
+        self._pacing = Pacing.from_config(self.config)
+        if self._pacing is not None:  # --sleep-before/-during/-after: answers slowed on purpose
+            handlers[-1] = (evt.EVT_C_FIND, self._pacing.find, [self.store, self.config])
         try:
             self._server = self.ae.start_server(
                 (self.config.bind, self.config.port), block=False, evt_handlers=handlers
@@ -177,6 +209,8 @@ class WorklistServer:
         Associations still open are given ``grace`` seconds to finish what they are doing
         (an answer stream, a release), then aborted.
         """
+        if self._pacing is not None:
+            self._pacing.stop()  # the sleeps of --sleep-* end at once
         if self._server is not None:
             associations = list(self._server.active_associations)
             self._server.shutdown()
@@ -222,6 +256,7 @@ def run(config: Config, ready_message: str | None = None) -> int:
             "-dfp ROOT to serve real worklists",
             config.data_files_path,
         )
+    _warn_test_options(config)
     server = WorklistServer(config)
     try:
         server.start(wait=False)
@@ -300,6 +335,23 @@ def policy_lines(config: Config) -> list[str]:
         names = ", ".join(profile.calling_ae_titles) or "every other calling AE title"
         lines.append(f"profile {profile.name}: {names}")
     return lines
+
+
+def _warn_test_options(config: Config) -> None:
+    """One warning per wlmscpfs option that makes the server fail its SCUs on purpose."""
+    if config.refuse_associations:
+        LOGGER.warning("every association will be refused (--refuse)")
+    sleeps = [
+        f"--sleep-{name} {seconds:g}"
+        for name, seconds in (
+            ("before", config.sleep_before_find),
+            ("during", config.sleep_during_find),
+            ("after", config.sleep_after_find),
+        )
+        if seconds
+    ]
+    if sleeps:
+        LOGGER.warning("C-FIND responses are delayed on purpose: %s", ", ".join(sleeps))
 
 
 def _is_bundled(root: Path) -> bool:
