@@ -1,0 +1,80 @@
+"""deploy/: the example configuration is valid, and the units agree with it (README, "Deploying
+for real"), so that an option renamed or a path moved cannot leave them stale."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from wlmserver.cli import apply_config_file, build_parser, config_from_args
+from wlmserver.config import Config
+from wlmserver.config.file import load
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _unit(name: str) -> dict[str, list[str]]:
+    """A unit file's settings, by key, every value of a repeated key in order."""
+    settings: dict[str, list[str]] = {}
+    for line in (DEPLOY / name).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def _example_text(with_captures: bool) -> str:
+    text = (DEPLOY / "wlmserver.toml").read_text(encoding="utf-8")
+    if with_captures:  # the guide turns captures on by uncommenting this line
+        text = text.replace("# request-file-path = ", "request-file-path = ")
+    return text
+
+
+def _example(tmp_path: Path, with_captures: bool) -> tuple[argparse.Namespace, Config]:
+    """The example configuration as the server reads it: its options, and the result."""
+    path = tmp_path / "wlmserver.toml"
+    path.write_text(_example_text(with_captures), encoding="utf-8")
+    file = load(path)
+    parser = build_parser()
+    apply_config_file(parser, file)
+    args = parser.parse_args([])
+    config = config_from_args(args, file)
+    assert config.profiles.for_calling("CT01").name == "ct"
+    return args, config
+
+
+def test_the_example_configuration_is_accepted(tmp_path: Path) -> None:
+    for with_captures in (False, True):
+        args, _ = _example(tmp_path, with_captures)
+        assert args.data_files_path == Path("/var/lib/wlmserver/wlistdb")
+        assert (args.request_file_path is not None) == with_captures
+
+
+def test_the_unit_matches_the_configuration(tmp_path: Path) -> None:
+    args, _ = _example(tmp_path, with_captures=True)
+    unit = _unit("wlmserver.service")
+    command = shlex.split(unit["ExecStart"][0])
+    assert command[0] == "/opt/wlmserver/bin/wlmserver"
+    assert command[1:] == ["--config", "/etc/wlmserver/wlmserver.toml"]
+    assert unit["ReadOnlyPaths"] == [str(args.data_files_path)]
+    assert unit["ReadWritePaths"] == [str(args.request_file_path)]
+    assert unit["User"] == ["wlmserver"] and unit["SupplementaryGroups"] == ["wlmdata"]
+    assert unit["KillSignal"] == ["SIGTERM"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["CapabilityBoundingSet"] == [""]  # port above 1023: no privilege
+    assert args.port >= 1024
+
+
+def test_the_health_check_passes_the_example_allow_lists(tmp_path: Path) -> None:
+    args, config = _example(tmp_path, with_captures=False)
+    command = shlex.split(_unit("wlmserver-healthcheck.service")["ExecStart"][0])
+    assert command[:2] == ["/opt/wlmserver/bin/wlmserver", "query"]
+    calling = command[command.index("-aet") + 1]
+    called = command[command.index("-aec") + 1]
+    host, port = command[-2:]
+    assert config.access.refusal(calling, called, host) is None
+    assert config.access.refusal("FINDSCU", called, host) is not None
+    assert called == args.aetitle
+    assert int(port) == args.port
