@@ -14,7 +14,7 @@ import math
 import shlex
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from wlmserver import __version__, logs
 from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT, Config, bundled_database
@@ -409,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="accepted for wlmscpfs compatibility (associations run in threads)",
     )
     add_wlmscpfs_parity_options(p)
+    add_tls_options(p)
     return p
 
 
@@ -673,6 +674,134 @@ def _every_handler() -> list[logging.Handler]:
 # -- end of wlmscpfs parity
 
 
+# --------------------------------------------------------------------------- TLS
+#: ``-rc``, ``-vc``, ``-ic``: option, long option, ``Config.tls_peer_cert``, help.
+PEER_CERT_OPTIONS = (
+    (
+        "-rc",
+        "--require-peer-cert",
+        "require",
+        "require a client certificate signed by a trusted one (default with +cf or +cd)",
+    ),
+    ("-vc", "--verify-peer-cert", "verify", "verify a client certificate if one is presented"),
+    (
+        "-ic",
+        "--ignore-peer-cert",
+        "ignore",
+        "do not ask for a client certificate (default without +cf and +cd)",
+    ),
+)
+
+
+def add_tls_options(p: argparse.ArgumentParser) -> None:
+    """The TLS options, with the names of DCMTK's TLS-capable tools (storescp, findscu)."""
+    g = p.add_argument_group(
+        "transport layer security (TLS 1.2 or 1.3, BCP 195; PS3.15 Annex B)",
+    )
+    g.add_argument(
+        "+tls",
+        "--enable-tls",
+        dest="tls",
+        nargs=2,
+        type=Path,
+        metavar=("KEY", "CERT"),
+        help="serve TLS with this PEM private key and certificate (on the port, or on "
+        "--tls-port beside plain TCP)",
+    )
+    g.add_argument(
+        "+cf",
+        "--add-cert-file",
+        dest="tls_ca_files",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="trust the PEM certificates in FILE (CAs or self-signed clients) to verify "
+        "clients (repeatable)",
+    )
+    g.add_argument(
+        "+cd",
+        "--add-cert-dir",
+        dest="tls_ca_dirs",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="trust the PEM certificates in the files of DIR (repeatable)",
+    )
+    peer = g.add_mutually_exclusive_group()
+    for short, long, mode, text in PEER_CERT_OPTIONS:
+        peer.add_argument(
+            short, long, dest="tls_peer_cert", action="store_const", const=mode, help=text
+        )
+    g.add_argument(
+        "--tls-port",
+        type=_tls_port,
+        metavar="PORT",
+        help="serve TLS on PORT and plain TCP on the port (default: with +tls, the port "
+        "is TLS only)",
+    )
+
+
+def _tls_port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is 0 to 65535")
+    return int(text)
+
+
+def tls_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The TLS fields of :class:`Config` from parsed arguments."""
+    key, cert = args.tls if args.tls else (None, None)
+    return {
+        "tls_key": key,
+        "tls_cert": cert,
+        "tls_ca_files": tuple(args.tls_ca_files),
+        "tls_ca_dirs": tuple(args.tls_ca_dirs),
+        "tls_peer_cert": args.tls_peer_cert,
+        "tls_port": args.tls_port,
+    }
+
+
+def check_tls(parser: argparse.ArgumentParser, args: argparse.Namespace, config: Config) -> None:
+    """Refuse TLS options that do not go together, and TLS files the server cannot use (one
+    line naming the file), before the server starts."""
+    from wlmserver.service.tls import TlsSetupError, server_context
+
+    if args.tls is None:
+        needs_tls = [
+            ("+cf", bool(args.tls_ca_files)),
+            ("+cd", bool(args.tls_ca_dirs)),
+            ("--tls-port", args.tls_port is not None),
+            *((o[0], args.tls_peer_cert == o[2]) for o in PEER_CERT_OPTIONS),
+        ]
+        for option, given in needs_tls:
+            if given:
+                parser.error(f"{option} needs +tls KEY CERT (the server's key and certificate)")
+        return
+    trusted = args.tls_ca_files or args.tls_ca_dirs
+    if args.tls_peer_cert in ("require", "verify") and not trusted:
+        option = next(o[0] for o in PEER_CERT_OPTIONS if o[2] == args.tls_peer_cert)
+        parser.error(
+            f"{option} needs trusted certificates to verify clients with: +cf FILE or +cd DIR"
+        )
+    if args.tls_port is not None and args.tls_port == args.port and args.port != 0:
+        parser.error(f"--tls-port {args.tls_port} is the plain TCP port too: give another one")
+    try:
+        server_context(config)
+    except TlsSetupError as exc:
+        parser.error(str(exc))
+
+
+def _tls_ready_hint(config: Config) -> str:
+    """What to add to the findscu command to query over TLS."""
+    if not config.tls_enabled:
+        return ""
+    client = "+tla" if config.tls_peer_cert_mode == "ignore" else "+tls CLIENT.key CLIENT.pem"
+    return (
+        f"; TLS on port {{tls_port}}: add {client} +cf CA.pem (the CA of the server's certificate)"
+    )
+
+
 def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -> Config:
     """Turn parsed arguments (and the configuration file's tables) into the server's
     configuration."""
@@ -723,6 +852,7 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         compression_level=(
             DEFAULT_DEFLATE_LEVEL if args.compression_level is None else args.compression_level
         ),
+        **tls_settings(args),
     )
 
 
@@ -761,9 +891,7 @@ def apply_config_file(parser: argparse.ArgumentParser, file: ConfigFile) -> None
             value = _option_value(parser, action, option.value)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
             raise file.error(dotted, str(exc) or "invalid value") from None
-        if isinstance(value, Path) and not value.is_absolute():
-            value = file.path.parent / value  # relative to the file, not to where it runs
-        defaults[action.dest] = value
+        defaults[action.dest] = _beside(file.path, value)
     allow = file.access.everyone  # [access] and [server] lists add up
     if allow.calling_ae_titles is not None:
         before = defaults.get("allow_calling_aet") or []
@@ -772,6 +900,16 @@ def apply_config_file(parser: argparse.ArgumentParser, file: ConfigFile) -> None
         before = defaults.get("allow_host") or []
         defaults["allow_host"] = [*before, *(str(h) for h in allow.hosts)]  # type: ignore[misc]
     parser.set_defaults(**defaults)
+
+
+def _beside(config_file: Path, value: object) -> object:
+    """A relative path (or list of them) of the configuration file made relative to its
+    folder, not to where the server runs."""
+    if isinstance(value, list):
+        return [_beside(config_file, v) for v in value]
+    if isinstance(value, Path) and not value.is_absolute():
+        return config_file.parent / value
+    return value
 
 
 def _option_value(
@@ -872,7 +1010,7 @@ def ready_line(config: Config) -> str:
         f"wlmserver {__version__} serving {root} (AE titles: {', '.join(aets) or 'none'}) "
         f"on port {{port}}; query it with: /usr/bin/findscu -W -aec {example} {host} {{port}} "
         '-k PatientName -k PatientID -k "(0040,0100)[0].Modality"'
-    )
+    ) + _tls_ready_hint(config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -926,6 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
             f"use -dfp {shlex.quote(str(root.parent))} (it is then served as AE title "
             f"{root.name!r})"
         )
+    check_tls(parser, args, config)
     try:
         setup_logging(args)
     except LogConfigError as exc:

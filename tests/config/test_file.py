@@ -92,6 +92,18 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     assert args.request_file_path == Path("/abs")
 
 
+def test_tls_options_go_into_the_file(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        '[server]\nenable-tls = ["tls/server.key", "/etc/tls/server.pem"]\n'
+        'add-cert-file = ["tls/ca.pem"]\ntls-port = 2762\nverify-peer-cert = true\n',
+    )
+    assert config.tls_key == tmp_path / "tls/server.key"
+    assert config.tls_cert == Path("/etc/tls/server.pem")
+    assert config.tls_ca_files == (tmp_path / "tls/ca.pem",)
+    assert (config.tls_port, config.tls_peer_cert_mode) == (2762, "verify")
+
+
 def test_the_command_line_overrides_the_file(tmp_path: Path) -> None:
     config = _config(tmp_path, GOOD, "5151", "-aet", "OTHER", "--allow-calling-aet", "US01")
     assert (config.port, config.ae_title) == (5151, "OTHER")

@@ -122,6 +122,22 @@ class Config:
     compression_level : int
         zlib level of deflated answers, 0-9 (``+cl``, with ``+xd`` only; default 6, as
         DCMTK's).
+
+    TLS (PS3.15 Annex B, BCP 195; see :mod:`wlmserver.service.tls`):
+
+    tls_key, tls_cert : Path or None
+        The server's PEM private key and certificate (``+tls KEY CERT``); TLS is served when
+        both are set.
+    tls_ca_files, tls_ca_dirs : tuple of Path
+        Trusted certificates (CAs or self-signed peers) for verifying a client's certificate:
+        PEM files (``+cf``) and folders of PEM files (``+cd``).
+    tls_peer_cert : str or None
+        ``"require"`` a valid client certificate (``-rc``), ``"verify"`` one only when
+        presented (``-vc``), or ``"ignore"`` client certificates (``-ic``); None: require
+        when trusted certificates are given, else ignore (:attr:`tls_peer_cert_mode`).
+    tls_port : int or None
+        Serve TLS on this port while ``port`` stays plain TCP (``--tls-port``; 0 picks a free
+        one); None: with TLS, ``port`` itself is TLS.
     """
 
     data_files_path: Path
@@ -163,3 +179,23 @@ class Config:
     sleep_after_find: float = 0.0
     transfer_syntax_preference: TransferSyntaxPreference = "uncompr"
     compression_level: int = DEFAULT_DEFLATE_LEVEL
+    # TLS
+    tls_key: Path | None = None
+    tls_cert: Path | None = None
+    tls_ca_files: tuple[Path, ...] = ()
+    tls_ca_dirs: tuple[Path, ...] = ()
+    tls_peer_cert: str | None = None
+    tls_port: int | None = None
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether TLS is served (``+tls KEY CERT``)."""
+        return self.tls_key is not None and self.tls_cert is not None
+
+    @property
+    def tls_peer_cert_mode(self) -> str:
+        """``tls_peer_cert``, or its default: ``"require"`` when trusted certificates are
+        given, else ``"ignore"``."""
+        if self.tls_peer_cert is not None:
+            return self.tls_peer_cert
+        return "require" if self.tls_ca_files or self.tls_ca_dirs else "ignore"

@@ -10,6 +10,7 @@ missing.
 from __future__ import annotations
 
 import logging
+import ssl
 import struct
 from typing import Any
 
@@ -131,6 +132,15 @@ class _DirectSender:
     write it directly; the DUL thread keeps reading, and sends everything else. Pending
     responses are batched (:data:`SEND_BATCH_BYTES`) and flushed before any other message.
     ``EVT_PDU_SENT`` and ``EVT_DATA_SENT`` are not fired for them.
+
+    Not over TLS: an :class:`ssl.SSLSocket` is one OpenSSL ``SSL`` object, which must not be
+    used by two threads at once (OpenSSL's rule; CPython adds no lock), and here the DUL
+    thread would be reading it (``SSL_read``, which in TLS 1.3 may also write, e.g. a key
+    update) while this thread writes (``SSL_write``). Serialising both with a lock would
+    hold the writer up while the reader waits for data. So on a TLS connection every answer
+    goes through pynetdicom's queue, written by the DUL thread, the one thread that reads;
+    the handler then lets that queue drain every few answers so that a C-CANCEL is read
+    (``handlers._let_the_peer_speak``). The command sets are still built once.
     """
 
     __slots__ = ("broken", "buffer", "dimse")
@@ -146,6 +156,7 @@ class _DirectSender:
         return (
             not self.broken
             and sock is not None
+            and not isinstance(sock, ssl.SSLSocket)  # TLS: see the class docstring
             and dul.state_machine.current_state == "Sta6"
             and dul.to_provider_queue.empty()
         )

@@ -31,6 +31,7 @@ from wlmserver.matching.query import QueryError, compile_query, fit_comment
 from wlmserver.matching.status import Status
 from wlmserver.service import capture, reactor
 from wlmserver.service import fastpath as encode
+from wlmserver.service.tls import negotiated_version
 from wlmserver.store.index import FolderSnapshot, WorklistStore, is_safe_ae_title
 
 LOGGER = logging.getLogger(__name__)
@@ -299,11 +300,15 @@ def association_ended(assoc: Any, config: Config) -> None:
         "queries": int(assoc.__dict__.get("_wlmserver_queries", 0)),
         "ended": _how_it_ended(assoc),
     }
+    tls_version = negotiated_version(assoc)  # TLS: "TLSv1.3", or None over plain TCP
+    if tls_version:
+        fields["tls"] = tls_version
     LOGGER.info(
-        "association %s -> %s from %s: %s after %.1f s, %d queries",
+        "association %s -> %s from %s%s: %s after %.1f s, %d queries",
         calling or "-",
         called or "-",
         fields["peer"],
+        f" ({tls_version})" if tls_version else "",
         fields["ended"],
         fields["seconds"],
         fields["queries"],
@@ -595,6 +600,9 @@ def _log_query(
         fields["profile"] = profile.name
         text += " [profile %s]"
         args = (*args, profile.name)
+    tls_version = negotiated_version(assoc)  # TLS: in the JSON fields only
+    if tls_version:
+        fields["tls"] = tls_version
     LOGGER.log(level, "C-FIND from %s to %s" + text, peer, aet, *args, extra={"fields": fields})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import logging
@@ -25,7 +26,7 @@ from pynetdicom import AE, _config, evt
 
 from wlmserver.config import Config, TransferSyntaxPreference, bundled_database
 from wlmserver.service import fastpath as encode
-from wlmserver.service import reactor
+from wlmserver.service import reactor, tls
 from wlmserver.service.handlers import (
     Admission,
     handle_connection_open,
@@ -91,6 +92,10 @@ class WorklistServer:
         self._indexer: threading.Thread | None = None
         self._indexed = threading.Event()
         self._pacing: Pacing | None = None
+        # TLS: the TLS listener when it is beside the plain one (--tls-port), and the
+        # handshakes of the TLS listener's connections
+        self._tls_server: Any = None
+        self._handshakes: tls.Handshakes | None = None
         self.ae = self._build_ae()
 
     def _build_ae(self) -> Any:
@@ -123,6 +128,17 @@ class WorklistServer:
         """The port actually listened on (useful with port 0)."""
         return int(self._server.server_address[1]) if self._server else self.config.port
 
+    @property
+    def tls_port(self) -> int | None:
+        """The port TLS is served on: ``port`` itself, the ``--tls-port`` one, or None."""
+        if not self.config.tls_enabled:
+            return None
+        if self.config.tls_port is None:
+            return self.port
+        if self._tls_server is not None:
+            return int(self._tls_server.server_address[1])
+        return self.config.tls_port
+
     def start(self, wait: bool = True) -> None:
         """Start watching the database, accepting associations, and indexing.
 
@@ -133,6 +149,8 @@ class WorklistServer:
         root = self.config.data_files_path
         if not root.is_dir():
             raise FileNotFoundError(f"the database root {root} is not a folder")
+        # TLS: read the key and certificates first (a TlsSetupError names the file)
+        tls_context = tls.server_context(self.config) if self.config.tls_enabled else None
         # watch first, so that no change made while indexing is missed
         self.watcher = Watcher(
             self.store, poll=self.config.poll, rescan_interval=self.config.rescan_interval
@@ -148,11 +166,34 @@ class WorklistServer:
         self._pacing = Pacing.from_config(self.config)
         if self._pacing is not None:  # --sleep-before/-during/-after: answers slowed on purpose
             handlers[-1] = (evt.EVT_C_FIND, self._pacing.find, [self.store, self.config])
+        tls_handlers = list(handlers)
+        if tls_context is not None:
+            # after handle_connection_open, which applies the per-host connection limit
+            self._handshakes = tls.Handshakes(self.config)
+            tls_handlers.append((evt.EVT_CONN_OPEN, self._handshakes.on_connection_open))
+        main_is_tls = tls_context is not None and self.config.tls_port is None
         try:
             self._server = self.ae.start_server(
-                (self.config.bind, self.config.port), block=False, evt_handlers=handlers
+                (self.config.bind, self.config.port),
+                block=False,
+                evt_handlers=tls_handlers if main_is_tls else handlers,
+                ssl_context=tls_context if main_is_tls else None,
             )
+            if tls_context is not None and self.config.tls_port is not None:
+                try:
+                    self._tls_server = self.ae.start_server(
+                        (self.config.bind, self.config.tls_port),
+                        block=False,
+                        evt_handlers=tls_handlers,
+                        ssl_context=tls_context,
+                    )
+                except OSError as exc:
+                    exc.tls_port = self.config.tls_port  # type: ignore[attr-defined]
+                    raise
         except BaseException:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server = None
             self.watcher.stop()
             raise
         self._indexer = threading.Thread(target=self._index, name="wlmserver-indexer", daemon=True)
@@ -212,9 +253,16 @@ class WorklistServer:
         if self._pacing is not None:
             self._pacing.stop()  # the sleeps of --sleep-* end at once
         if self._server is not None:
+            if self._handshakes is not None:
+                # TLS: end the handshakes first; shutdown() joins the connection threads
+                self._handshakes.abort(grace)
             associations = list(self._server.active_associations)
             self._server.shutdown()
             self._server = None
+            if self._tls_server is not None:  # TLS beside plain TCP (--tls-port)
+                associations += self._tls_server.active_associations
+                self._tls_server.shutdown()
+                self._tls_server = None
             deadline = time.monotonic() + grace
             for assoc in associations:
                 if not assoc.is_established:
@@ -260,12 +308,19 @@ def run(config: Config, ready_message: str | None = None) -> int:
     server = WorklistServer(config)
     try:
         server.start(wait=False)
+    except tls.TlsSetupError as exc:
+        LOGGER.error("cannot start: %s", exc)
+        return 1
     except OSError as exc:
-        LOGGER.error("cannot start: %s", _start_failure(exc, config))
+        failed = getattr(exc, "tls_port", None)  # TLS: the --tls-port listener's error
+        where = config if failed is None else dataclasses.replace(config, port=failed)
+        LOGGER.error("cannot start: %s", _start_failure(exc, where))
         return 1
     LOGGER.info("listening on port %d; indexing %s", server.port, config.data_files_path)
     for line in policy_lines(config):
         LOGGER.info("%s", line)
+    if server.tls_port is not None:
+        LOGGER.info("%s", tls.describe(config, server.tls_port))
     stop = threading.Event()
     rescan = threading.Event()
 
@@ -286,7 +341,7 @@ def run(config: Config, ready_message: str | None = None) -> int:
         signal.signal(signal.SIGHUP, on_hangup)
     server.wait_indexed()
     if ready_message:
-        print(ready_message.format(port=server.port), flush=True)
+        print(ready_message.format(port=server.port, tls_port=server.tls_port), flush=True)
     try:
         while not stop.wait(0.5):
             if rescan.is_set():
