@@ -258,9 +258,7 @@ def handle_connection_open(
             assoc.requestor.port,
             waiting,
         )
-        assoc.__dict__["_wlmserver_end"] = "closed: too many connections from this host"
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)  # the DUL reads the end: Evt17, the thread ends
+        reactor.close_early(assoc, sock, "closed: too many connections from this host")
 
 
 #: A data set this many times ``--max-identifier-size`` aborts the association while it

@@ -308,6 +308,20 @@ def _check_message_sizes(dul: Any, body: bytes, limits: Limits) -> str | None:
     return None
 
 
+#: Set in an association's ``__dict__`` when its connection was closed before the association
+#: began: :func:`read_pdu` then reads nothing more (see :func:`close_early`).
+CLOSED_KEY = "_wlmserver_closed"
+
+
+def close_early(assoc: Any, sock: Any, reason: str) -> None:
+    """Close a connection before its association begins: nothing it sent is read any more,
+    and the association's end line gives ``reason``."""
+    assoc.__dict__[CLOSED_KEY] = True
+    assoc.__dict__["_wlmserver_end"] = reason
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # the DUL reads the end: Evt17, the thread ends
+
+
 def read_pdu(dul: Any, original: Any) -> None:
     """Read one PDU of an accepted association, within bounds (see the module docstring).
 
@@ -318,6 +332,13 @@ def read_pdu(dul: Any, original: Any) -> None:
     sock = getattr(dul.socket, "socket", None)
     if not assoc.is_acceptor or sock is None:
         original(dul)
+        return
+    if assoc.__dict__.get(CLOSED_KEY):
+        # closed before the association began (a failed TLS handshake, a host over its
+        # connection limit): what the peer sent meanwhile is not read. After a refused TLS 1.3
+        # handshake the client's A-ASSOCIATE-RQ arrives anyway, and the shut-down SSL socket
+        # would hand over its raw encrypted bytes as a "PDU".
+        dul.event_queue.put("Evt17")
         return
     limits: Limits = assoc.__dict__.get("_wlmserver_limits", DEFAULT_LIMITS)
     seconds, timeout_name = _timeout(dul)

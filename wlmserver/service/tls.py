@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from wlmserver.config import Config
+from wlmserver.service import reactor
 
 LOGGER = logging.getLogger(__name__)
 
@@ -364,9 +365,7 @@ class Handshakes:
             reason,
             extra={"fields": {"event": "tls_handshake", "peer": peer, "reason": reason}},
         )
-        assoc.__dict__["_wlmserver_end"] = "closed at the TLS handshake"
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)  # the upper layer reads the end: Evt17
+        reactor.close_early(assoc, sock, "closed at the TLS handshake")
 
     def abort(self, wait: float = 2.0) -> None:
         """End the handshakes still running, and close connections accepted from now on (the
