@@ -4,8 +4,13 @@ pynetdicom worklist client."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -184,3 +189,40 @@ def no_leaked_threads() -> Iterator[None]:
         thread.join(timeout=5)
     leaked = [t for t in new if t.is_alive()]
     assert not leaked, f"threads left running: {leaked}"
+
+
+def until(condition: Callable[[], object], seconds: float = 20.0) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` pass (a bound, not a wait)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def start_wlmserver(args: list[str]) -> tuple[subprocess.Popen[str], int, str]:
+    """``python -m wlmserver args`` as a user starts it: the process, the port its ready line
+    names and that line (stop it with :func:`stop_wlmserver`)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wlmserver", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    found = re.search(r"on port (\d+)", line)
+    if not found:
+        process.kill()
+        raise AssertionError(f"no ready line: {line!r} {process.communicate(timeout=10)[1]}")
+    return process, int(found.group(1)), line
+
+
+def stop_wlmserver(process: subprocess.Popen[str]) -> str:
+    """SIGTERM, as systemd stops it; its stderr (the log). It must exit 0."""
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    return err

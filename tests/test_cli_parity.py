@@ -6,15 +6,13 @@ cannot drift."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import find, write_wl
+from conftest import find, start_wlmserver, stop_wlmserver, write_wl
 from pydicom.dataset import Dataset
 
 from wlmserver.cli import build_parser, config_from_args, expanded_arguments, main
@@ -231,25 +229,13 @@ def test_log_config_sends_the_log_where_the_file_says(db: Path, tmp_path: Path) 
     config = tmp_path / "logging.ini"
     config.write_text(INI.format(path=str(log)))
     args = ["-dfp", str(db), "--bind", "127.0.0.1", "-lc", str(config), "0"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "wlmserver", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process, port, _ = start_wlmserver(args)
     try:
-        assert process.stdout is not None
-        ready = process.stdout.readline()
-        match = re.search(r"on port (\d+)", ready)
-        assert match, (ready, process.stderr and process.stderr.read())
         query = Dataset()
         query.PatientID = ""
-        assert [s for s, _ in find(int(match.group(1)), query)] == [0xFF00, 0]
+        assert [s for s, _ in find(port, query)] == [0xFF00, 0]
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err
+        err = stop_wlmserver(process)
     text = log.read_text()
     assert "INFO wlmserver.service.server: listening on port" in text
     assert "C-FIND from TESTSCU" in text and "1 answers" in text

@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wlmserver.cli import apply_config_file, build_parser, config_from_args
 from wlmserver.config.access import REJECT_CALLING_AET, REJECT_NO_REASON
-from wlmserver.config.file import ConfigFileError, key_lines, load
+from wlmserver.config.file import ConfigFileError, from_data, key_lines, load
 from wlmserver.matching.answers import CharsetPolicy
 
 GOOD = """\
@@ -142,6 +144,11 @@ def test_without_a_file_nothing_is_refused(tmp_path: Path) -> None:
         ('[access]\nhosts = ["ct-room.local"]\n', 2, "access.hosts", "host names"),
         ('[access]\nhosts = "10.0.0.0/8"\n', 2, "access.hosts", "list of strings"),
         ("[access]\ncalling-aets = []\n", 2, "access.calling-aets", "calling-ae-titles"),
+        ("[access]\ncalled = 3\n", 2, "access.called", "must hold tables"),
+        ("profiles = 3\n", 1, "profiles", "must be a table"),
+        ("[profiles]\nct = 3\n", 2, "profiles.ct", "must be a table"),
+        ("[server]\nport = [1, 2]\n", 2, "server.port", "single value"),
+        ('[server]\nenable-tls = ["a"]\n', 2, "server.enable-tls", "list of 2"),
         (
             '[access.called.WLM]\ncalling-ae-titles = ["A_TITLE_LONGER_THAN_16"]\n',
             2,
@@ -215,3 +222,55 @@ def test_the_server_refuses_to_start_on_a_bad_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"--config {path}:2: access.hosts: '10.0.0.0/33' is not an IP address" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+_KEYS = st.sampled_from(
+    [
+        "server",
+        "access",
+        "profiles",
+        "called",
+        "default",
+        "ct",
+        "WLM",
+        "hosts",
+        "calling-ae-titles",
+        "station-filter",
+        "date-window",
+        "charset",
+        "sq-expansion",
+        "omit-empty-optional",
+        "port",
+        "aetitle",
+        "enable-tls",
+        "add-cert-file",
+        "tls-port",
+        "no-sq-expansion",
+        "max-file-size",
+        "allow-host",
+        "log-level",
+        "x",
+    ]
+)
+_VALUES = st.recursive(
+    st.none().map(lambda _: "")
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=4))
+def test_any_file_content_is_accepted_or_named_never_a_crash(data: dict) -> None:  # type: ignore[type-arg]
+    """Whatever a TOML file holds, reading it gives a configuration or a ConfigFileError,
+    and so does applying its [server] table to the command line."""
+    path = Path("/etc/wlmserver/fuzz.toml")
+    try:
+        file = from_data(path, data, {})
+        apply_config_file(build_parser(), file)
+    except ConfigFileError as exc:
+        assert str(exc).startswith(str(path))

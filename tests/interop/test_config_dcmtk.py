@@ -4,15 +4,12 @@ findscu, with allow-lists and a modality profile."""
 from __future__ import annotations
 
 import datetime
-import os
 import re
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_dataset, write_wl
+from conftest import make_dataset, start_wlmserver, stop_wlmserver, write_wl
 
 FINDSCU = Path("/usr/bin/findscu")
 pytestmark = pytest.mark.skipif(not FINDSCU.exists(), reason="DCMTK findscu not installed")
@@ -39,19 +36,8 @@ def test_a_config_file_with_access_and_a_profile(db: Path, tmp_path: Path) -> No
         '[profiles.ct]\ncalling-ae-titles = ["CT*"]\nstation-filter = true\n'
         "date-window = [0, 0]\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "wlmserver", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process, port, _ = start_wlmserver(["--config", str(config)])
     try:
-        assert process.stdout is not None
-        ready = process.stdout.readline()
-        found = re.search(r"on port (\d+)", ready)
-        assert found, ready
-        port = int(found.group(1))
         ct = _findscu(port, "CT01", "PatientID", "(0040,0100)[0].Modality")
         assert "exit 0" in ct and re.findall(r"\(0010,0020\) LO \[(\w+)", ct) == ["PCT1"], ct
         mr = _findscu(port, "MR01", "PatientID")
@@ -59,8 +45,6 @@ def test_a_config_file_with_access_and_a_profile(db: Path, tmp_path: Path) -> No
         refused = _findscu(port, "US01", "PatientID")
         assert "Reason: Calling AE Title Not Recognized" in refused, refused
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=20)
-    assert process.returncode == 0, err
+        err = stop_wlmserver(process)
     assert "[profile ct]" in err and "calling AE title not allowed" in err, err
     assert "PCT1" not in err  # no patient data at INFO

@@ -8,17 +8,14 @@ free loopback ports; every subprocess has a timeout; waits are bounded polls on 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import StartServer, write_wl
+from conftest import StartServer, start_wlmserver, stop_wlmserver, until, write_wl
 from tls_certs import Certs, make_certs
 
 FINDSCU = Path("/usr/bin/findscu")  # not the pynetdicom findscu that may shadow it on PATH
@@ -92,15 +89,6 @@ def anonymous(certs: Certs) -> list[str | Path]:
     return ["+tla", "+cf", certs.ca]
 
 
-def _until(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def _one_failure(logs: pytest.LogCaptureFixture, reason: str) -> None:
     """One handshake failure line naming the peer and the reason, no traceback."""
 
@@ -111,13 +99,13 @@ def _one_failure(logs: pytest.LogCaptureFixture, reason: str) -> None:
             if r.name == "wlmserver.service.tls" and "TLS handshake from" in r.getMessage()
         ]
 
-    assert _until(lambda: len(failures()) >= 1), logs.text
+    assert until(lambda: len(failures()) >= 1), logs.text
     (line,) = failures()
     assert line.startswith("TLS handshake from 127.0.0.1:") and reason in line, line
     assert not [r for r in logs.records if r.name.startswith("wlmserver") and r.exc_info]
     # the association ends there: what findscu sends after a refused TLS 1.3 handshake (its
     # A-ASSOCIATE-RQ) is not read as a PDU ("PDU type 0x02 of 1245879828 bytes refused")
-    assert _until(lambda: any("closed at the TLS handshake" in m for m in logs.messages))
+    assert until(lambda: any("closed at the TLS handshake" in m for m in logs.messages))
     loud = [
         r.getMessage()
         for r in logs.records
@@ -139,7 +127,7 @@ def test_findscu_with_a_trusted_certificate_is_answered_over_tls13_and_tls12(
     assert answered(findscu(server.port, *client(certs))) == ANSWERS
     # +pz, DCMTK's Extended BCP 195 profile, negotiates TLS 1.2 (ECDHE, AES-GCM)
     assert answered(findscu(server.port, "+pz", *client(certs))) == ANSWERS
-    assert _until(lambda: len(_versions(logs)) == 2)
+    assert until(lambda: len(_versions(logs)) == 2)
     assert _versions(logs) == ["TLSv1.3", "TLSv1.2"]
 
 
@@ -184,7 +172,7 @@ def test_retired_profiles_and_a_distrusted_server_are_refused(
     server = start_server(**certs.server())
     for profile in ("+pa", "+pn"):
         refused(findscu(server.port, profile, *client(certs)))
-    assert _until(lambda: sum("no cipher suite in common" in m for m in logs.messages) == 2)
+    assert until(lambda: sum("no cipher suite in common" in m for m in logs.messages) == 2)
     logs.clear()
     distrusting = ["+tls", certs.key("client"), certs.cert("client"), "+cf", certs.other_ca]
     refused(findscu(server.port, *distrusting))
@@ -201,33 +189,9 @@ def test_plain_and_tls_side_by_side(start_server: StartServer, served: Path, cer
     assert answered(findscu(server.port)) == ANSWERS
 
 
-def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    """``python -m wlmserver args``: the process and its ready line."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "wlmserver", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if "on port" not in line:
-        process.kill()
-        raise AssertionError(f"no ready line: {line!r} {process.communicate(timeout=10)[1]}")
-    return process, line
-
-
-def _stop(process: subprocess.Popen[str]) -> str:
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=15)
-    assert process.returncode == 0, err
-    return err
-
-
 def test_python_m_wlmserver_serves_tls_as_a_user_starts_it(served: Path, certs: Certs) -> None:
     key, cert, ca = certs.key("server"), certs.cert("server"), certs.ca
-    process, line = _start(
+    process, _, line = start_wlmserver(
         [
             *("+tls", str(key), str(cert), "+cf", str(ca), "-dfp", str(served)),
             *("--bind", "127.0.0.1", "--tls-port", "0", "0"),
@@ -244,7 +208,7 @@ def test_python_m_wlmserver_serves_tls_as_a_user_starts_it(served: Path, certs: 
             refused(findscu(secure, *anonymous(certs)))
         assert answered(findscu(plain)) == ANSWERS
     finally:
-        err = _stop(process)
+        err = stop_wlmserver(process)
     assert err.count("no client certificate (one is required)") == 4, err
     assert "PDU type" not in err, err  # a TLS 1.3 client's next bytes, read raw as a "PDU"
     assert f"TLS (1.2 or 1.3) on port {secure}; a client certificate signed" in err

@@ -10,14 +10,13 @@ import io
 import logging
 import socket
 import struct
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import StartServer, echo, find, load_tool, write_wl
+from conftest import StartServer, echo, find, load_tool, until, write_wl
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
@@ -31,16 +30,6 @@ from wlmserver.store.index import WorklistStore
 
 OTHER_HOST = "127.0.0.2"
 PENDING, SUCCESS = int(Status.PENDING), int(Status.SUCCESS)
-
-
-def _until(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
-    """Poll ``condition`` until it holds or ``seconds`` pass (a bound, not a wait)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _connect(port: int, source: str = OTHER_HOST) -> socket.socket:
@@ -90,7 +79,7 @@ def test_partial_pdus_from_one_host_neither_lock_out_others_nor_stay(
     assert echo(server.port) == SUCCESS  # another host is served
     # and the partial ones are dropped by the server (ACSE timeout; or at once, over the limit)
     assert all(_closed_by_server(sock) for sock in sockets)
-    assert _until(lambda: not server.ae.active_associations)
+    assert until(lambda: not server.ae.active_associations)
 
 
 def test_a_stalled_pdu_after_association_is_dropped(
@@ -104,7 +93,7 @@ def test_a_stalled_pdu_after_association_is_dropped(
     assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
     sock.sendall(struct.pack(">BBL", 0x04, 0, 100) + b"\x00" * 10)  # 10 of 100 bytes
     assert _closed_by_server(sock)
-    assert _until(lambda: not server.ae.active_associations)
+    assert until(lambda: not server.ae.active_associations)
 
 
 def test_connections_closed_before_a_request_free_their_slot_at_once(
@@ -114,7 +103,7 @@ def test_connections_closed_before_a_request_free_their_slot_at_once(
     server = start_server(max_associations=5, acse_timeout=600.0)
     for _ in range(20):
         _connect(server.port).close()
-    assert _until(lambda: not server.ae.active_associations)
+    assert until(lambda: not server.ae.active_associations)
     assert echo(server.port) == SUCCESS
 
 
@@ -141,7 +130,7 @@ def test_a_peer_that_stops_reading_is_dropped(
     query.ScheduledProcedureStepSequence = [Dataset()]
     sock.sendall(leanfind.find_request(query))
     # 12 MB of answers, and the client reads none of them
-    assert _until(lambda: not server.ae.active_associations, 30.0)
+    assert until(lambda: not server.ae.active_associations, 30.0)
     assert echo(server.port) == SUCCESS
 
 
@@ -164,7 +153,7 @@ def test_a_pdu_longer_than_allowed_is_refused_before_it_is_read(
             refused = True
         assert refused
     assert any("4294967280 bytes refused" in r.getMessage() for r in caplog.records)
-    assert _until(lambda: not server.ae.active_associations)
+    assert until(lambda: not server.ae.active_associations)
 
 
 def test_a_p_data_pdu_over_the_announced_maximum_is_refused(
@@ -232,7 +221,7 @@ def test_one_log_line_per_association(start_server: StartServer, served: Path, c
     query.PatientID = ""
     with caplog.at_level(logging.INFO, logger="wlmserver"):
         find(server.port, query)
-        assert _until(
+        assert until(
             lambda: any(r.getMessage().startswith("association TESTSCU") for r in caplog.records)
         )
     (record,) = [r for r in caplog.records if r.getMessage().startswith("association ")]

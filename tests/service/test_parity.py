@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import StartServer, echo, find, write_wl
+from conftest import StartServer, echo, find, until, write_wl
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -54,15 +54,6 @@ def _query() -> Dataset:
     query.PatientID = ""
     query.PatientName = ""
     return query
-
-
-def _until(condition: Any, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # -- --refuse and --reject
@@ -113,7 +104,7 @@ def test_refuse_rejects_every_association_as_wlmscpfs(
         assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")
         assert assoc.is_rejected and not assoc.is_established
         # one line per association, when it ends (in its own thread)
-        assert _until(lambda: len(_association_lines(caplog, "--refuse")) == 2)
+        assert until(lambda: len(_association_lines(caplog, "--refuse")) == 2)
     (line,) = [line for line in _association_lines(caplog, "--refuse") if "RAWSCU" in line]
     assert "RAWSCU -> WLM" in line and "rejected: every association is refused" in line
 
@@ -141,7 +132,7 @@ def test_reject_refuses_a_request_without_implementation_class_uid(
     with caplog.at_level(logging.INFO, logger="wlmserver"):
         assert _answer_to(server.port, _associate_rq(None)) == REJECT_NO_REASON
         assert _answer_to(server.port, _associate_rq("")) == REJECT_NO_REASON  # empty sub-item
-        assert _until(lambda: len(_association_lines(caplog, "--reject")) == 2)
+        assert until(lambda: len(_association_lines(caplog, "--reject")) == 2)
     assert "no Implementation Class UID" in _association_lines(caplog, "--reject")[0]
     assert _answer_to(server.port, _associate_rq("1.2.3.4"))[0] == 0x02  # A-ASSOCIATE-AC
     assert echo(server.port) == SUCCESS  # pynetdicom sends its own UID
@@ -215,7 +206,7 @@ def test_a_sleeping_query_neither_blocks_others_nor_the_stop(
 
     thread = threading.Thread(target=slow_query, name="slow-query", daemon=True)
     thread.start()
-    assert _until(lambda: len(server.ae.active_associations) == 1)
+    assert until(lambda: len(server.ae.active_associations) == 1)
     assert echo(server.port) == SUCCESS  # another association, while that one sleeps
     assert thread.is_alive()
     server.stop()  # ends the sleep at once: the query finishes (or is aborted) now

@@ -18,12 +18,12 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import StartServer, write_wl
+from conftest import StartServer, until, write_wl
 from cryptography.hazmat.primitives import serialization
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -104,16 +104,6 @@ def tls_find(
     return statuses
 
 
-def _until(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
-    """Poll ``condition`` until it holds or ``seconds`` pass (a bound, not a wait)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def _messages(caplog: pytest.LogCaptureFixture, name: str, level: int | None = None) -> list[str]:
     return [
         r.getMessage()
@@ -146,8 +136,8 @@ def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]
 def _refused_once(logs: pytest.LogCaptureFixture, reason: str) -> None:
     """One handshake failure line naming the peer and ``reason``, and the association line
     saying where it ended; no traceback."""
-    assert _until(lambda: len(_handshake_failures(logs)) >= 1), logs.text
-    assert _until(lambda: any("TLS handshake" in m for m in _association_lines(logs))), logs.text
+    assert until(lambda: len(_handshake_failures(logs)) >= 1), logs.text
+    assert until(lambda: any("TLS handshake" in m for m in _association_lines(logs))), logs.text
     (line,) = _handshake_failures(logs)
     assert line.startswith("TLS handshake from 127.0.0.1:") and line.endswith(reason), line
     (ended,) = [m for m in _association_lines(logs) if "TLS handshake" in m]
@@ -171,7 +161,7 @@ def test_a_trusted_client_is_answered_over_tls13(
     server = start_server(**certs.server())  # +cf given: a client certificate is required
     assert server.tls_port == server.port
     assert tls_find(server.port, client_context(certs)) == [PENDING, PENDING, SUCCESS]
-    assert _until(lambda: any("(TLSv1.3): released" in m for m in _association_lines(logs)))
+    assert until(lambda: any("(TLSv1.3): released" in m for m in _association_lines(logs)))
     assert not _handshake_failures(logs)
 
 
@@ -181,7 +171,7 @@ def test_tls12_is_answered_and_the_fields_name_the_version(
     server = start_server(**certs.server())
     context = client_context(certs, maximum=ssl.TLSVersion.TLSv1_2)
     assert tls_find(server.port, context) == [PENDING, PENDING, SUCCESS]
-    assert _until(lambda: any("(TLSv1.2): released" in m for m in _association_lines(logs)))
+    assert until(lambda: any("(TLSv1.2): released" in m for m in _association_lines(logs)))
     fields = [getattr(r, "fields", {}) for r in logs.records]
     query = next(f for f in fields if f.get("event") == "query")
     association = next(f for f in fields if f.get("event") == "association")
@@ -332,13 +322,13 @@ def test_connections_in_their_handshake_count_against_the_per_host_limit(
     with socket.create_connection(("127.0.0.1", server.port)):  # silent
         handshakes = server._handshakes
         assert handshakes is not None
-        assert _until(lambda: bool(handshakes._running))
+        assert until(lambda: bool(handshakes._running))
         with socket.create_connection(("127.0.0.1", server.port)) as another:
             another.settimeout(10)
             assert another.recv(1) == b""  # closed at once (well before the ACSE timeout)
         assert any("waiting for their association request" in m for m in logs.messages)
         assert not _handshake_failures(logs)
-    assert _until(lambda: not handshakes._running)  # the silent one closed: its slot is free
+    assert until(lambda: not handshakes._running)  # the silent one closed: its slot is free
     assert tls_find(server.port, client_context(certs)) == [PENDING, PENDING, SUCCESS]
 
 
@@ -357,7 +347,7 @@ def test_stop_ends_handshakes_still_waited_for(
         silent = socket.create_connection(("127.0.0.1", server.port))
         assert server._handshakes is not None
         handshakes = server._handshakes
-        assert _until(lambda: bool(handshakes._running))
+        assert until(lambda: bool(handshakes._running))
     finally:
         started = time.monotonic()
         server.stop()

@@ -186,7 +186,19 @@ def load(path: Path) -> ConfigFile:
             found = re.search(r"at line (\d+)", str(exc))
             line = int(found.group(1)) if found else None
         raise ConfigFileError(path, line, "", f"not valid TOML: {message}") from None
-    draft = ConfigFile(path, lines=MappingProxyType(key_lines(text)))
+    return from_data(path, data, key_lines(text))
+
+
+def from_data(path: Path, data: Mapping[str, Any], lines: Mapping[str, int]) -> ConfigFile:
+    """Check the tables a TOML file was read into (``lines``: where each key is, for
+    errors).
+
+    Raises
+    ------
+    ConfigFileError
+        An unknown table or key, or a value of the wrong kind.
+    """
+    draft = ConfigFile(path, lines=MappingProxyType(dict(lines)))
     for name in data:
         if name not in TABLES:
             raise draft.error(name, f"unknown table; {_suggest(name, TABLES)}")
@@ -211,16 +223,21 @@ def _strings(draft: ConfigFile, key: str, value: object) -> list[str]:
     return list(value)
 
 
+def _titles(draft: ConfigFile, key: str, value: object) -> tuple[str, ...]:
+    titles = tuple(_strings(draft, key, value))
+    bad = [t for t in titles if not valid_ae_pattern(t)]
+    if bad:
+        raise draft.error(key, f"{bad[0]!r} is not an AE title (1 to 16 characters)")
+    return titles
+
+
 def _allow_list(draft: ConfigFile, where: str, table: Mapping[str, Any]) -> AllowList:
     titles: tuple[str, ...] | None = None
     hosts = None
     for key, value in table.items():
         dotted = f"{where}.{key}"
         if key == "calling-ae-titles":
-            titles = tuple(_strings(draft, dotted, value))
-            bad = [t for t in titles if not valid_ae_pattern(t)]
-            if bad:
-                raise draft.error(dotted, f"{bad[0]!r} is not an AE title (1 to 16 characters)")
+            titles = _titles(draft, dotted, value)
         elif key == "hosts":
             try:
                 hosts = tuple(parse_network(h) for h in _strings(draft, dotted, value))
@@ -234,6 +251,8 @@ def _allow_list(draft: ConfigFile, where: str, table: Mapping[str, Any]) -> Allo
 def _access(draft: ConfigFile, table: Mapping[str, Any]) -> Access:
     called: dict[str, AllowList] = {}
     mine = {k: v for k, v in table.items() if k != "called"}
+    if "called" in table and not isinstance(table["called"], dict):
+        raise draft.error("access.called", "must hold tables: [access.called.<AETitle>]")
     for title, lists in table.get("called", {}).items():
         where = f"access.called.{title}"
         if not isinstance(lists, dict):
@@ -241,8 +260,6 @@ def _access(draft: ConfigFile, table: Mapping[str, Any]) -> Access:
         if not valid_ae_pattern(title) or any(c in title for c in "*?"):
             raise draft.error(where, "not a called AE title (1 to 16 characters, no wildcard)")
         called[title.strip()] = _allow_list(draft, where, lists)
-    if "called" in table and not isinstance(table["called"], dict):
-        raise draft.error("access.called", "must hold tables: [access.called.<AETitle>]")
     return Access(_allow_list(draft, "access", mine), MappingProxyType(called))
 
 
@@ -262,11 +279,7 @@ def _profiles(draft: ConfigFile, table: Mapping[str, Any]) -> Profiles:
         for key, value in settings.items():
             dotted = f"{where}.{key}"
             if key == "calling-ae-titles":
-                titles = tuple(_strings(draft, dotted, value))
-                bad = [t for t in titles if not valid_ae_pattern(t)]
-                if bad:
-                    raise draft.error(dotted, f"{bad[0]!r} is not an AE title")
-                kwargs["calling_ae_titles"] = titles
+                kwargs["calling_ae_titles"] = _titles(draft, dotted, value)
             elif key == "station-filter":
                 kwargs["station_filter"] = _bool(draft, dotted, value)
             elif key == "date-window":
