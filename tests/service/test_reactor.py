@@ -3,6 +3,7 @@ answer after being idle, time out, end on abort, and stop with the server."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,39 @@ def test_server_stops_promptly_with_idle_associations_open(
         while assoc.is_established and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not assoc.is_established
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="Linux TCP_QUICKACK only")
+def test_quick_ack_arms_tcp_quickack() -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.create_connection(listener.getsockname()) as client,
+    ):
+        server_side, _ = listener.accept()
+        with server_side:
+            client.sendall(b"x" * 10)
+            server_side.recv(10)
+            server_side.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            reactor.quick_ack(server_side)
+            assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+
+
+def test_the_server_acknowledges_promptly_while_it_waits_for_requests(
+    start_server: StartServer, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before each wait for the peer's data the accepted socket is put in quick-ACK mode, so
+    a Nagle client's second write (findscu writes a PDU in two) is not held back by a
+    delayed ACK (tools/nagle.py measures it: about 40 ms a request)."""
+    write_wl(db / "WLM" / "a.wl")
+    armed: list[int] = []
+    original = reactor.quick_ack
+    monkeypatch.setattr(
+        reactor, "quick_ack", lambda sock: (armed.append(sock.fileno()), original(sock))
+    )
+    server = start_server()
+    query = Dataset()
+    query.PatientID = ""
+    for _ in range(2):
+        assert [s for s, _ in find(server.port, query)] == [0xFF00, 0x0000]
+    # every PDU read (A-ASSOCIATE-RQ, P-DATA, A-RELEASE-RQ) and every idle wait arms it
+    assert len(armed) >= 6, armed

@@ -194,6 +194,7 @@ def _dul_wait(dul: Any, seconds: float) -> None:
         waker = dul.__dict__["_wlmserver_waker"] = _Waker()
         if not dul.to_provider_queue.empty():  # queued before the waker existed
             return
+    quick_ack(sock)  # the peer's next request is acknowledged at once (see quick_ack)
     try:
         select.select([sock, waker.receiver], [], [], DUL_IDLE)
     except (OSError, ValueError):  # the socket was closed meanwhile
@@ -249,6 +250,24 @@ def _timeout(dul: Any) -> tuple[float | None, str]:
     return None, "no timeout"
 
 
+#: ``TCP_QUICKACK`` where the platform has it (Linux).
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def quick_ack(sock: Any) -> None:
+    """Acknowledge the next segments from the peer at once (Linux ``TCP_QUICKACK``).
+
+    Peers that leave Nagle's algorithm on and write a PDU in two writes (DCMTK 3.6.7's
+    ``findscu``, many modality stacks) send the second part only when the first is
+    acknowledged; a receiver that delays its ACK (up to 40 ms on Linux, once the connection
+    has turned interactive) stalls every such request by that long. The kernel leaves quick-ACK
+    mode again by itself, so it is re-armed before each wait for data. Elsewhere: nothing.
+    """
+    if _QUICKACK is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+
 def _recv_exactly(sock: Any, count: int, deadline: float | None) -> bytes:
     """``count`` bytes from a socket, fewer if the peer closed; TimeoutError past the deadline.
 
@@ -257,6 +276,7 @@ def _recv_exactly(sock: Any, count: int, deadline: float | None) -> bytes:
     """
     buffer = bytearray()
     while len(buffer) < count:
+        quick_ack(sock)
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
