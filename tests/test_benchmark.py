@@ -180,9 +180,19 @@ def test_smoke_run_asks_real_queries(tmp_path: Path, capsys: pytest.CaptureFixtu
         if cli._executable(cli.FINDSCU) is not None:
             assert theirs["universal_findscu"]["answers"] == theirs["universal"]["answers"]
             assert ours["universal_findscu"]["answers"] == 50
+    if cli._executable(cli.FINDSCU) is not None:  # findscu per query kind, Nagle on and off
+        for key in ("station", "patient", "accession", "name", "person"):
+            for client in ("findscu", "findscu_nodelay"):
+                got = ours["queries"][key][client]
+                assert got["answers"] == queries[key]["expected"] and got["runs"] == 2, key
+        loops = ours["concurrency_findscu"]
+        assert loops["queries"] > 0 and loops["errors"] == 0
+        assert "concurrency_findscu" not in servers["floor"]  # the floor is pynetdicom only
 
     printed = capsys.readouterr().out
     assert "scpfs/wlm" in printed and "wlm/floor" in printed
+    if cli._executable(cli.FINDSCU) is not None:
+        assert "p50 ms, findscu NODELAY" in printed and "findscu clients, (a)" in printed
     for query in queries.values():
         if query["label"] != "universal":
             assert query["label"] in printed

@@ -195,6 +195,85 @@ def measure_concurrency_lean(
     return _concurrency_figures(clients, figures)
 
 
+_SPS_KEYS = ("ScheduledStationAETitle", "Modality", "ScheduledProcedureStepStartDate")
+
+
+def findscu_args(findscu: Path, port: int, spec: QuerySpec) -> list[str]:
+    """DCMTK's ``findscu -W`` command line for a benchmark query (the answer counted from
+    its ``-v`` output)."""
+    args = [str(findscu), "-v", "-W", "-aet", "WLMBENCH", "-aec", AE_FOLDER]
+    args += ["127.0.0.1", str(port), "-k", "PatientName", "-k", "PatientID"]
+    for keyword, value in spec.matching_keys().items():
+        key = f"(0040,0100)[0].{keyword}" if keyword in _SPS_KEYS else keyword
+        args += ["-k", f"{key}={value}"]
+    return args
+
+
+def _findscu_once(args: list[str], timeout: float, nodelay: bool = False) -> tuple[float, int]:
+    """Seconds of one findscu process and the answers it printed."""
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    started = time.perf_counter()
+    try:
+        result = subprocess.run(args, capture_output=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchmarkError(f"findscu: no answer within {timeout:.0f} s") from exc
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise BenchmarkError(f"findscu exit status {result.returncode}")
+    return seconds, (result.stdout + result.stderr).count(b"(Pending)")
+
+
+def measure_latency_findscu(
+    findscu: Path,
+    port: int,
+    spec: QuerySpec,
+    repeat: int,
+    max_seconds: float,
+    timeout: float,
+    nodelay: bool = False,
+) -> dict[str, Any]:
+    """Like :func:`measure_latency`, with DCMTK's ``findscu`` (one process per query, as
+    scripts use it; Nagle's algorithm on, its default, unless ``nodelay``: the client's
+    ``TCP_NODELAY=1``).
+
+    Returns
+    -------
+    dict[str, Any]
+        ``p50_ms``, ``p95_ms`` (the whole process), ``answers`` (the fewest of any run),
+        ``runs``.
+    """
+    args = findscu_args(findscu, port, spec)
+    outcomes = _repeat(lambda _: _findscu_once(args, timeout, nodelay), repeat, max_seconds)
+    return {
+        **_spread([seconds * 1000 for seconds, _ in outcomes]),
+        "answers": min(answers for _, answers in outcomes),
+        "runs": len(outcomes),
+    }
+
+
+def measure_concurrency_findscu(
+    findscu: Path, port: int, spec: QuerySpec, clients: int, seconds: float, timeout: float
+) -> dict[str, Any]:
+    """``clients`` loops, each running ``findscu`` processes one after another.
+
+    Returns
+    -------
+    dict[str, Any]
+        As :func:`measure_concurrency`.
+    """
+    args = findscu_args(findscu, port, spec)
+
+    def make_query() -> Callable[[], int]:
+        return lambda: (_findscu_once(args, timeout), 0)[1]
+
+    figures = repeat_in_threads(
+        clients, seconds, make_query, (BenchmarkError,), join_timeout=timeout + 5
+    )
+    return _concurrency_figures(clients, figures)
+
+
 def measure_universal(port: int, spec: QuerySpec, timeout: float) -> dict[str, Any]:
     """The universal query received by pynetdicom, cut off (C-CANCEL) after ``timeout``.
 

@@ -162,6 +162,13 @@ def report(result: dict[str, Any]) -> str:
                 *(get(s, "queries", key, "lean", "p50_ms") for s in (w, d, f)),
                 per_s=False,
             )
+        for client, label in (("findscu", "findscu"), ("findscu_nodelay", "findscu NODELAY")):
+            if get(w, "queries", key, client):
+                timed(
+                    f"  p50 ms, {label}",
+                    *(get(s, "queries", key, client, "p50_ms") for s in (w, d, f)),
+                    per_s=False,
+                )
         ours = get(w, "queries", key, "answers")
         flag = "" if ours == query["expected"] else "  MISMATCH"
         row(
@@ -173,7 +180,11 @@ def report(result: dict[str, Any]) -> str:
             ],
             f"expected {query['expected']}; {query['expected_single_sps']} in 1-SPS files{flag}",
         )
-    for key, kind in (("concurrency", ""), ("concurrency_lean", " lean")):
+    for key, kind in (
+        ("concurrency", ""),
+        ("concurrency_lean", " lean"),
+        ("concurrency_findscu", " findscu"),
+    ):
         if not get(w, key):
             continue
         timed(

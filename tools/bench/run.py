@@ -20,9 +20,11 @@ from .client import Client
 from .measure import (
     measure_cancel,
     measure_concurrency,
+    measure_concurrency_findscu,
     measure_concurrency_lean,
     measure_drops,
     measure_latency,
+    measure_latency_findscu,
     measure_latency_lean,
     measure_universal,
     measure_universal_findscu,
@@ -132,6 +134,26 @@ def _run_queries(
         if lean is not None:
             result["lean"] = lean
             _progress(f"  {running.name:9} {'  lean client':36} p50 {lean['p50_ms']:9.1f} ms")
+        if args.findscu is not None and running.name != "floor":
+            for key, nodelay in (("findscu", False), ("findscu_nodelay", True)):
+                measured = attempt(
+                    f"{spec.label} ({key})",
+                    partial(
+                        measure_latency_findscu,
+                        args.findscu,
+                        running.port,
+                        spec,
+                        args.repeat,
+                        args.max_seconds,
+                        args.query_timeout,
+                        nodelay,
+                    ),
+                )
+                if measured is not None:
+                    result[key] = measured
+                    _progress(
+                        f"  {running.name:9} {'  ' + key:36} p50 {measured['p50_ms']:9.1f} ms"
+                    )
     if args.concurrency_all or size <= args.concurrency_max_size:
         out["concurrency"] = attempt(
             "concurrency",
@@ -151,6 +173,22 @@ def _run_queries(
         if out["concurrency_lean"]:
             qps = out["concurrency_lean"]["qps"]
             _progress(f"  {running.name:9} {args.clients} lean clients: {qps:.1f} q/s")
+        if args.findscu is not None and running.name != "floor":
+            findscu = args.findscu
+            out["concurrency_findscu"] = attempt(
+                "concurrency (findscu loops)",
+                lambda: measure_concurrency_findscu(
+                    findscu,
+                    running.port,
+                    specs[0],
+                    args.clients,
+                    args.concurrency_seconds,
+                    args.query_timeout,
+                ),
+            )
+            if out["concurrency_findscu"]:
+                qps = out["concurrency_findscu"]["qps"]
+                _progress(f"  {running.name:9} {args.clients} findscu loops: {qps:.1f} q/s")
     if only is None:
         universal = specs[-1]
         out["universal"] = attempt(
