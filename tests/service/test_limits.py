@@ -24,7 +24,8 @@ from pynetdicom.dsutils import decode, encode
 
 from wlmserver.config import Config
 from wlmserver.matching.status import Status
-from wlmserver.service.handlers import encoding_problem, handle_find
+from wlmserver.service.handlers import handle_find
+from wlmserver.service.identifier import encoding_problem
 from wlmserver.service.server import MODALITY_WORKLIST_FIND, VERIFICATION
 from wlmserver.store.index import WorklistStore
 

@@ -27,8 +27,8 @@ from pynetdicom import AE, _config, evt
 from wlmserver.config import Config, TransferSyntaxPreference, bundled_database
 from wlmserver.service import fastpath as encode
 from wlmserver.service import reactor, tls
+from wlmserver.service.admission import Admission
 from wlmserver.service.handlers import (
-    Admission,
     handle_connection_open,
     handle_echo,
     handle_find,
@@ -113,7 +113,7 @@ class WorklistServer:
         ae.acse_timeout = config.acse_timeout
         ae.dimse_timeout = config.dimse_timeout
         ae.network_timeout = config.network_timeout
-        # the association limits are the handlers' (see handlers.Admission): pynetdicom's own
+        # the association limits are the handlers' (see admission.Admission): pynetdicom's own
         # count includes connections that never send a request, so its limit is only a
         # safety net here
         ae.maximum_associations = max(
