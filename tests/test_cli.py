@@ -174,6 +174,31 @@ def test_python_m_serves_a_wlmscpfs_database(db: Path) -> None:
     assert "PIDCLI7" not in err  # no patient data at INFO
 
 
+def test_index_cache_from_the_config_file_written_on_stop_and_used_at_start(
+    db: Path, tmp_path: Path
+) -> None:
+    write_wl(db / "WLM" / "a.wl", PatientID="PIDCACHE1", PatientName="SECRET^CACHED")
+    config = tmp_path / "wlmserver.toml"
+    config.write_text('[server]\nindex-cache = "cache"\nbind = "127.0.0.1"\n')
+    command = [sys.executable, "-m", "wlmserver", "--config", str(config), "-dfp", str(db), "0"]
+    cache = tmp_path / "cache" / "index.wlmcache"  # beside the configuration file
+    logs = []
+    for _ in range(2):
+        process, port, _ = _start(command)
+        try:
+            query = Dataset()
+            query.PatientID = ""
+            answers = [a for s, a in find(port, query) if s == 0xFF00]
+            assert [a.PatientID for a in answers] == ["PIDCACHE1"]
+        finally:
+            logs.append(_stop(process))
+        assert cache.is_file() and cache.stat().st_mode & 0o777 == 0o600
+    assert "no index cache" in logs[0] and "index cache" in logs[0] and "written" in logs[0]
+    assert "index cache" in logs[1] and "read: 1 files" in logs[1]
+    assert "0 files were out of date" in logs[1] and "written" not in logs[1]
+    assert "SECRET" not in "".join(logs)
+
+
 def test_patient_data_is_not_logged_at_info(db: Path) -> None:
     write_wl(db / "WLM" / "a.wl", PatientName="SECRET^PATIENT", PatientID="SECRETID")
     process, port, _ = _start(

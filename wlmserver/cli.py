@@ -251,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(by default they are not served)",
     )
     g.add_argument(
+        "--index-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep the index in DIR between runs, so a restart answers in seconds (each "
+        "file is checked before its cached entries are used; patient data: keep DIR private, "
+        "e.g. /var/cache/wlmserver)",
+    )
+    g.add_argument(
         "-rfp",
         "--request-file-path",
         type=Path,
@@ -839,6 +847,7 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         json_drops=args.json_drops,
         max_file_size=args.max_file_size,
         follow_links=args.follow_links,
+        index_cache=args.index_cache,
         access=access,
         profiles=file.profiles if file is not None else Profiles(),
         config_file=file.path if file is not None else None,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import StartServer, echo, find, make_dataset, write_wl
@@ -16,6 +18,7 @@ from pynetdicom import AE
 
 from wlmserver.matching.status import Status
 from wlmserver.service.server import MODALITY_WORKLIST_FIND
+from wlmserver.store.formats import Formats
 
 PENDING, SUCCESS = int(Status.PENDING), int(Status.SUCCESS)
 
@@ -435,3 +438,82 @@ def test_a_pathological_wildcard_is_answered(start_server: StartServer, db: Path
     assert [status for status, _ in find(server.port, query)] == [SUCCESS]
     query.PatientName = "*" * 15 + "N"
     assert [status for status, _ in find(server.port, query)].count(PENDING) == 200
+
+
+def _random_store(root: Path, seed: int, files: int = 40) -> None:
+    """Worklist files of random patients and steps: several items, Latin-1 names,
+    incomplete items, nested code sequences, and a file that is not DICOM."""
+    rng = random.Random(seed)
+    names = ["DOE^JANE", "ROE^RICHARD", "Müller^Jürgen", "SØRENSEN^ÅSE", "NAKAMURA^KENJI"]
+    for i in range(files):
+        name = rng.choice(names)
+        sps = []
+        for j in range(rng.choice((1, 1, 2, 3))):
+            code = Dataset()
+            code.CodeValue = f"C{rng.randrange(5)}"
+            code.CodingSchemeDesignator = "99TEST"
+            code.CodeMeaning = f"PROTOCOL {j}"
+            sps.append(
+                {
+                    "Modality": rng.choice(("CT", "MR", "US", None)),
+                    "ScheduledStationAETitle": rng.choice(("CT01", "MR01", "US01")),
+                    "ScheduledProcedureStepStartDate": f"202611{rng.randrange(20, 25)}",
+                    "ScheduledProcedureStepStartTime": f"{rng.randrange(7, 19):02d}"
+                    f"{rng.randrange(60):02d}",
+                    "ScheduledProcedureStepID": f"S{i}-{j}",
+                    "ScheduledProtocolCodeSequence": [code],
+                }
+            )
+        charset = None if name.isascii() else "ISO_IR 100"
+        write_wl(
+            root / rng.choice(("WLM", "WLM", "CT01")) / f"f{i:03d}.wl",
+            make_dataset(
+                sps=sps,
+                PatientName=name,
+                PatientID=f"P{rng.randrange(1000):04d}",
+                AccessionNumber=f"A{i:05d}",
+                SpecificCharacterSet=charset,
+            ),
+        )
+    (root / "WLM" / "junk.wl").write_bytes(b"not DICOM")
+
+
+def _universal(port: int, aet: str) -> list[str]:
+    """Every answer of a universal query (with a nested sequence), in order, as JSON."""
+    query = _sps_query()
+    query.AccessionNumber = ""
+    query.SpecificCharacterSet = ""
+    query.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID = ""
+    query.ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence = []
+    results = find(port, query, aet=aet)
+    assert results[-1][0] == SUCCESS
+    return [a.to_json() for status, a in results if status == PENDING and a is not None]
+
+
+def test_a_restart_from_the_index_cache_answers_the_same_without_reading_files(
+    start_server: StartServer, db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _random_store(db, seed=20261202)
+    cache = tmp_path / "cache"
+    first = start_server(index_cache=cache)
+    before = {aet: _universal(first.port, aet) for aet in ("WLM", "CT01")}
+    assert all(before.values())
+    first.stop()
+    assert (cache / "index.wlmcache").is_file()
+
+    reads: list[str] = []
+    real_read = Formats.read
+
+    def counting(self: Formats, path: Path, **options: Any) -> Any:
+        reads.append(path.name)
+        return real_read(self, path, **options)
+
+    monkeypatch.setattr(Formats, "read", counting)
+    second = start_server(index_cache=cache)
+    assert reads == []  # every entry came from the cache
+    assert {aet: _universal(second.port, aet) for aet in ("WLM", "CT01")} == before
+    second.stop()
+
+    without = start_server()  # and a server without a cache answers the same
+    assert len(reads) == 41
+    assert {aet: _universal(without.port, aet) for aet in ("WLM", "CT01")} == before

@@ -97,6 +97,10 @@ class Config:
     follow_links : bool
         Serve files and AE folders whose symbolic links lead out of the database root
         (``--follow-links``).
+    index_cache : Path or None
+        A private folder to keep the index in between runs (``--index-cache``; see
+        :mod:`wlmserver.store.cache`), so a restart is served in seconds; None: none, every
+        start indexes the whole database.
     access : Access
         Who may ask: calling AE title and address allow-lists (``--allow-calling-aet``,
         ``--allow-host`` and the configuration file's ``[access]``).
@@ -167,6 +171,7 @@ class Config:
     json_drops: bool = False
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     follow_links: bool = False
+    index_cache: Path | None = None
     # access control and modality profiles
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)

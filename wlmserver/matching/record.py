@@ -87,6 +87,19 @@ class Record:
         self._layout = layout_for(tags, vrs)
         self._values: tuple[Value, ...] = values
 
+    @classmethod
+    def assembled(cls, layout: Layout, values: tuple[Value, ...]) -> Record:
+        """A record from a layout and its values in tag order, as :meth:`parts` gave them
+        (what the index cache reads back, without sorting again)."""
+        record = cls.__new__(cls)
+        record._layout = layout
+        record._values = values
+        return record
+
+    def parts(self) -> tuple[Layout, tuple[Value, ...]]:
+        """The shared layout and the values, in tag order (see :meth:`assembled`)."""
+        return self._layout, self._values
+
     def __contains__(self, key: object) -> bool:
         tag = tag_for_keyword(key) if isinstance(key, str) else key
         return tag in self._layout.positions

@@ -5,6 +5,8 @@ A dropped file is read safely (:mod:`~wlmserver.store.files`) by the format its 
 :mod:`~wlmserver.store.jsondrop`, which share :mod:`~wlmserver.store.orders` with
 ``wlmserver create``), split into one entry per scheduled procedure step, and kept per AE
 folder as an immutable snapshot with lookups (:mod:`~wlmserver.store.index`,
-:mod:`~wlmserver.store.lookup`), current through file events (:mod:`~wlmserver.store.watcher`).
+:mod:`~wlmserver.store.lookup`), current through file events (:mod:`~wlmserver.store.watcher`),
+and kept between runs in an index cache whose every file is checked before use
+(:mod:`~wlmserver.store.cache`).
 It uses :mod:`wlmserver.matching` and nothing above it.
 """

@@ -3,8 +3,8 @@
 The database is a folder tree ``<root>/<AETitle>/*.wl`` (the wlmscpfs layout). Each AE folder
 is held as a :class:`FolderSnapshot`, replaced whole under a lock whenever one of its files
 changes, so an association thread that took a snapshot never sees half an update. Files are
-re-read only when their signature (size, modification time, inode) changes, which makes a full
-rescan cheap; a file that cannot be served is logged once per version, with the reason.
+re-read only when their signature (size, modification time, inode, change time) changes, which
+makes a full rescan cheap; a file that cannot be served is logged once per version, with the reason.
 
 When an AE folder holds a ``lockfile`` (wlmscpfs's convention), its files are read under a
 shared POSIX lock on it, as wlmscpfs does, so a writer holding the exclusive lock is waited for.
@@ -19,7 +19,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -59,6 +59,10 @@ def is_safe_ae_title(aet: str) -> bool:
     )
 
 
+Signature = tuple[int, int, int, int]
+"""What says a file changed: ``(size, mtime_ns, inode, ctime_ns)``, from one ``stat``."""
+
+
 @dataclass(frozen=True)
 class FileState:
     """What the index knows of one file.
@@ -66,7 +70,9 @@ class FileState:
     Attributes
     ----------
     signature : tuple of int
-        ``(size, mtime_ns, inode)`` when the file was read.
+        ``(size, mtime_ns, inode, ctime_ns)`` when the file was read. The change time is
+        there for tools that restore a file's modification time after writing it in place
+        (``touch -r``, ``rsync -t``): nobody can set it, so such a write still shows.
     entries : tuple of Entry
         The entries it serves (empty when rejected).
     problem : str or None
@@ -75,7 +81,7 @@ class FileState:
         The file was empty or ended early when read: perhaps still being written.
     """
 
-    signature: tuple[int, int, int]
+    signature: Signature
     entries: tuple[Entry, ...]
     problem: str | None = None
     cut_short: bool = False
@@ -129,8 +135,8 @@ class LockBusy(Exception):
     """A wlmscpfs-era writer holds the folder's lockfile longer than we wait."""
 
 
-def _signature(st: os.stat_result) -> tuple[int, int, int]:
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
+def _signature(st: os.stat_result) -> Signature:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 class WorklistStore:
@@ -200,13 +206,26 @@ class WorklistStore:
         """The AE titles served, sorted."""
         return sorted(self._folders)
 
+    def published(self) -> dict[str, FolderSnapshot]:
+        """Every folder's current snapshot, by AE title: a consistent copy (what the index
+        cache saves)."""
+        return self._folders.copy()
+
     def snapshots(self) -> list[FolderSnapshot]:
         """Every folder's current snapshot, by AE title."""
         return [self._folders[name] for name in self.folder_names()]
 
     # ------------------------------------------------------------------ writing side
-    def scan(self) -> int:
+    def scan(self, cached: Mapping[str, FolderSnapshot] | None = None) -> int:
         """Bring the whole index in line with the disk (start-up and periodic safety net).
+
+        Parameters
+        ----------
+        cached : mapping, optional
+            AE title -> the snapshot the index cache kept (:mod:`wlmserver.store.cache`), for
+            folders not indexed yet: a file is read only when its signature on disk differs
+            from the cached one (or it is not cached), as if the cached snapshot were the
+            index's own, and its lookup is updated rather than built again.
 
         Returns
         -------
@@ -226,7 +245,7 @@ class WorklistStore:
                 corrected += len(self._folders[gone].files)
                 self.remove_folder(gone)
             for name in sorted(names):
-                corrected += self.scan_folder(name)
+                corrected += self.scan_folder(name, (cached or {}).get(name))
         self.ready.set()
         return corrected
 
@@ -267,7 +286,7 @@ class WorklistStore:
         if folder is None:
             return self.scan_folder(name)
         folder_path = self.root / name
-        on_disk: dict[str, tuple[int, int, int]] = {}
+        on_disk: dict[str, Signature] = {}
         try:
             for fname, dirent in self._listing(folder_path):
                 with contextlib.suppress(OSError):  # gone, or a broken link
@@ -290,11 +309,19 @@ class WorklistStore:
                 self.update_file(folder_path / fname)
         return len(stale) + len(vanished)
 
-    def scan_folder(self, name: str) -> int:
+    def scan_folder(self, name: str, cached: FolderSnapshot | None = None) -> int:
         """Re-read what changed in one AE folder (files whose signature changed).
 
         Files are read in chunks, each under the folder's ``lockfile`` when there is one, so a
         wlmscpfs-era writer waits at most one chunk. Progress is logged every few seconds.
+
+        Parameters
+        ----------
+        name : str
+            The AE title.
+        cached : FolderSnapshot, optional
+            From the index cache: taken as the folder's current snapshot when the folder is
+            not indexed yet (see :meth:`scan`); no file of it is served unchecked.
 
         Returns
         -------
@@ -313,12 +340,17 @@ class WorklistStore:
                 count = len(self._folders[name].files) if name in self._folders else 0
                 self.remove_folder(name)
                 return count
-            old = self._folders.get(name, FolderSnapshot(name))
+            old = self._folders.get(name)
+            base = cached if old is None else None
+            if old is None:
+                old = cached or FolderSnapshot(name)
             files = old.files.copy()
             names = {fname for fname, _ in listing}
             changed = sum(1 for gone in files if gone not in names)
             for gone in [f for f in files if f not in names]:
                 del files[gone]
+            # cached states not checked against the disk yet: never published unchecked
+            unchecked = set(files) if name not in self._folders else set()
             is_new = name not in self._folders
             last_report = time.monotonic()
             try:
@@ -328,7 +360,8 @@ class WorklistStore:
                             try:
                                 signature = _signature(dirent.stat())
                             except OSError:
-                                continue
+                                continue  # gone: its event removes it (a cached one: below)
+                            unchecked.discard(fname)
                             state = files.get(fname)
                             if state is not None and state.signature == signature:
                                 continue
@@ -344,8 +377,11 @@ class WorklistStore:
                         )
             except LockBusy:
                 LOGGER.warning("%s: lockfile held by a writer; will retry", folder_path)
+            for fname in unchecked:  # left for the writer's events and the periodic rescan
+                del files[fname]
+                changed += 1
             if changed or is_new:
-                self._publish(name, files)
+                self._publish(name, files, base=base)
             return changed
 
     def update_file(self, path: Path) -> None:
@@ -465,9 +501,7 @@ class WorklistStore:
         with os.scandir(folder_path) as it:
             return sorted((d.name, d) for d in it if self.serves(d.name))
 
-    def _read(
-        self, path: Path, signature: tuple[int, int, int], old: FileState | None
-    ) -> FileState:
+    def _read(self, path: Path, signature: Signature, old: FileState | None) -> FileState:
         rel = f"{path.parent.name}/{path.name}"
         if not self.follow_links and not self._is_inside(path):
             reason = "a symbolic link out of the database root: not followed (--follow-links)"
@@ -504,14 +538,19 @@ class WorklistStore:
         return FileState(signature, result.entries, problem)
 
     def _publish(
-        self, name: str, files: dict[str, FileState], changed: set[str] | None = None
+        self,
+        name: str,
+        files: dict[str, FileState],
+        changed: set[str] | None = None,
+        base: FolderSnapshot | None = None,
     ) -> None:
         """Swap in a new snapshot of a folder.
 
         ``changed`` names the files that differ from the current snapshot (None: unknown, or
-        a new folder); with few changed entries the lookup is updated, not rebuilt.
+        a new folder); with few changed entries the lookup is updated, not rebuilt. ``base``
+        stands for the current snapshot of a folder not indexed yet (the cached one).
         """
-        old = self._folders.get(name)
+        old = self._folders.get(name, base)
         if old is not None and changed is None:
             changed = {
                 f for f in old.files.keys() | files.keys() if old.files.get(f) is not files.get(f)

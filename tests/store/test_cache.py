@@ -1,0 +1,420 @@
+"""The index cache: written, reused without reading files again, every file checked first,
+and refused (a full index, one log line) whenever it might not be right."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import write_wl
+
+from wlmserver.matching.entry import Entry
+from wlmserver.store import cache as cache_module
+from wlmserver.store.cache import CACHE_FILE, IndexCache
+from wlmserver.store.files import FileResult
+from wlmserver.store.formats import Formats
+from wlmserver.store.index import LockBusy, WorklistStore
+
+
+class Spy(Formats):
+    """The default formats, recording each file read."""
+
+    reads: list[str]
+
+    def read(self, path: Path, **options: Any) -> FileResult:
+        self.reads.append(path.name)
+        return super().read(path, **options)
+
+
+def _store(root: Path, **options: Any) -> tuple[WorklistStore, list[str]]:
+    spy = Spy(Formats.chosen(json_drops=options.pop("json_drops", False)).served)
+    reads: list[str] = []
+    object.__setattr__(spy, "reads", reads)
+    return WorklistStore(root, formats=spy, **options), reads
+
+
+def _answers(store: WorklistStore) -> list[tuple[str, str, int, object, object, object]]:
+    """Every entry of every folder, in answer order, as comparable values."""
+    return [
+        (folder.name, e.path, e.item, list(e.top), list(e.sps), (e.charset, e.order))
+        for folder in store.snapshots()
+        for e in folder.entries
+    ]
+
+
+@pytest.fixture
+def populated(db: Path) -> Path:
+    write_wl(db / "WLM" / "a.wl", PatientID="PIDA01")
+    write_wl(
+        db / "WLM" / "b.wl",
+        PatientID="PIDB01",
+        sps=[{"Modality": "MR"}, {"ScheduledProcedureStepStartTime": "0700"}],
+    )
+    write_wl(db / "WLM" / "c.wl", PatientID="PIDC01", SpecificCharacterSet="ISO_IR 100",
+             PatientName="Müller^Jürgen")  # fmt: skip
+    write_wl(db / "WLM" / "bad.wl", PatientID="PIDX01", sps=[{"Modality": None}])
+    (db / "WLM" / "junk.wl").write_bytes(b"not DICOM at all")
+    write_wl(db / "CT01" / "d.wl", PatientID="PIDD01")
+    return db
+
+
+def _cached_start(root: Path, folder: Path, **options: Any) -> tuple[WorklistStore, list[str]]:
+    """A first store indexes and writes the cache; a second one starts from it."""
+    first = WorklistStore(root, **options)
+    first.scan()
+    assert IndexCache(folder, first).save()
+    second, reads = _store(root, **options)
+    second.scan(IndexCache(folder, second).load())
+    return second, reads
+
+
+def test_the_cache_is_reused_without_reading_any_file(populated: Path, tmp_path: Path) -> None:
+    fresh = WorklistStore(populated)
+    fresh.scan()
+    store, reads = _cached_start(populated, tmp_path / "cache")
+    assert reads == []  # not one file parsed again
+    assert _answers(store) == _answers(fresh)
+    assert _answers(store)  # and there is something to compare
+    files = store.folder("WLM")
+    assert files is not None and files.files["junk.wl"].problem  # refused files too
+
+
+def test_the_cache_is_private(populated: Path, tmp_path: Path) -> None:
+    store = WorklistStore(populated)
+    store.scan()
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    assert IndexCache(folder, store).save()
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(folder / CACHE_FILE).st_mode) == 0o600
+    assert os.listdir(folder) == [CACHE_FILE]  # no temporary file left behind
+
+
+def test_save_writes_only_when_the_index_changed(populated: Path, tmp_path: Path) -> None:
+    store = WorklistStore(populated)
+    store.scan()
+    cache = IndexCache(tmp_path / "cache", store)
+    assert cache.save()
+    assert not cache.save()
+    write_wl(populated / "WLM" / "new.wl", PatientID="PIDN01")
+    store.update_file(populated / "WLM" / "new.wl")
+    assert cache.save()
+
+
+def _rewrite_in_place(path: Path, old: bytes, new: bytes, keep_mtime: bool) -> None:
+    """Replace bytes inside a file without a new inode, perhaps restoring its mtime."""
+    before = os.stat(path)
+    data = path.read_bytes()
+    assert old in data
+    with open(path, "r+b") as handle:
+        handle.write(data.replace(old, new))
+        handle.truncate()
+    if keep_mtime:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _ids(store: WorklistStore, aet: str = "WLM") -> set[str]:
+    folder = store.folder(aet)
+    assert folder is not None
+    return {e.top.PatientID for e in folder.entries}
+
+
+def test_files_changed_added_or_removed_while_down_are_seen(
+    populated: Path, tmp_path: Path
+) -> None:
+    first = WorklistStore(populated)
+    first.scan()
+    assert IndexCache(tmp_path / "cache", first).save()
+    wlm = populated / "WLM"
+    # same size, new mtime
+    _rewrite_in_place(wlm / "a.wl", b"PIDA01", b"PIDA02", keep_mtime=False)
+    os.utime(wlm / "a.wl", ns=(1, 1_000_000_000))
+    # same mtime, new size
+    before = os.stat(wlm / "b.wl")
+    write_wl(wlm / "b.wl", PatientID="PIDB0001")  # written in place: the same inode
+    os.utime(wlm / "b.wl", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(wlm / "b.wl").st_size != before.st_size
+    # same size, same mtime, same inode: only the change time tells
+    _rewrite_in_place(wlm / "c.wl", b"PIDC01", b"PIDC02", keep_mtime=True)
+    write_wl(wlm / "e.wl", PatientID="PIDE01")  # added
+    (populated / "CT01" / "d.wl").unlink()  # removed
+    shutil.rmtree(populated / "CT01")  # and a whole folder
+    write_wl(populated / "MR01" / "f.wl", PatientID="PIDF01")  # a new folder
+
+    store, reads = _store(populated)
+    store.scan(IndexCache(tmp_path / "cache", store).load())
+    assert sorted(reads) == ["a.wl", "b.wl", "c.wl", "e.wl", "f.wl"]
+    assert _ids(store) == {"PIDA02", "PIDB0001", "PIDC02", "PIDE01"}
+    assert store.folder_names() == ["MR01", "WLM"]
+    fresh = WorklistStore(populated)
+    fresh.scan()
+    assert _answers(store) == _answers(fresh)
+
+
+def test_a_file_replaced_by_rename_is_read_again(populated: Path, tmp_path: Path) -> None:
+    first = WorklistStore(populated)
+    first.scan()
+    assert IndexCache(tmp_path / "cache", first).save()
+    target = populated / "WLM" / "a.wl"
+    before = os.stat(target)
+    write_wl(populated / "WLM" / ".a.tmp", PatientID="PIDA09")
+    os.utime(populated / "WLM" / ".a.tmp", ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(populated / "WLM" / ".a.tmp", target)  # same size and mtime, new inode
+    store, reads = _store(populated)
+    store.scan(IndexCache(tmp_path / "cache", store).load())
+    assert reads == ["a.wl"]
+    assert "PIDA09" in _ids(store)
+
+
+@pytest.mark.parametrize(
+    ("part", "value"),
+    [
+        ("_wlmserver_version", "99.0"),
+        ("code_fingerprint", "0" * 32),
+    ],
+)
+def test_another_version_means_a_full_index(
+    populated: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    part: str,
+    value: str,
+) -> None:
+    first = WorklistStore(populated)
+    first.scan()
+    assert IndexCache(tmp_path / "cache", first).save()
+    monkeypatch.setattr(cache_module, part, lambda: value)
+    store = WorklistStore(populated)
+    with caplog.at_level(logging.INFO, logger="wlmserver.store.cache"):
+        assert IndexCache(tmp_path / "cache", store).load() is None
+    lines = _cache_lines(caplog)
+    assert len(lines) == 1 and "not used, made " in lines[0] and "indexing fully" in lines[0]
+
+
+def test_another_pydicom_or_format_means_a_full_index(
+    populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = WorklistStore(populated)
+    first.scan()
+    assert IndexCache(tmp_path / "cache", first).save()
+    with monkeypatch.context() as m:
+        m.setattr(cache_module.pydicom, "__version__", "9.9.9")
+        assert IndexCache(tmp_path / "cache", WorklistStore(populated)).load() is None
+    with monkeypatch.context() as m:
+        m.setattr(cache_module, "CACHE_FORMAT", cache_module.CACHE_FORMAT + 1)
+        assert IndexCache(tmp_path / "cache", WorklistStore(populated)).load() is None
+    assert IndexCache(tmp_path / "cache", WorklistStore(populated)).load() is not None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"reject_incomplete": False},
+        {"json_drops": True},
+        {"max_file_size": 1024},
+        {"follow_links": True},
+    ],
+)
+def test_another_option_means_a_full_index(
+    populated: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    options: dict[str, Any],
+) -> None:
+    first = WorklistStore(populated)
+    first.scan()
+    assert IndexCache(tmp_path / "cache", first).save()
+    store, reads = _store(populated, **options)
+    with caplog.at_level(logging.INFO, logger="wlmserver.store.cache"):
+        cached = IndexCache(tmp_path / "cache", store).load()
+    assert cached is None
+    assert "not used, made with" in caplog.text
+    store.scan(cached)
+    assert len(reads) == 6  # every file read
+
+
+def test_another_database_root_means_a_full_index(populated: Path, tmp_path: Path) -> None:
+    first = WorklistStore(populated)
+    first.scan()
+    assert IndexCache(tmp_path / "cache", first).save()
+    copy = tmp_path / "copy"
+    shutil.copytree(populated, copy)
+    assert IndexCache(tmp_path / "cache", WorklistStore(copy)).load() is None
+
+
+def _damaged(data: bytes) -> list[bytes]:
+    middle = len(data) // 2
+    flipped = data[:middle] + bytes([data[middle] ^ 0x40]) + data[middle + 1 :]
+    return [
+        b"",
+        data[:10],
+        data[:30],
+        data[: len(data) - 200],
+        data[:-1],
+        flipped,
+        b"\x00" * len(data),
+        os.urandom(4096),
+        data[:26] + b"{not json" + data[35:],
+    ]
+
+
+def test_a_damaged_cache_means_a_full_index_never_a_crash(
+    populated: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = WorklistStore(populated)
+    first.scan()
+    cache = IndexCache(tmp_path / "cache", first)
+    assert cache.save()
+    data = cache.path.read_bytes()
+    fresh = _answers(first)
+    for damaged in _damaged(data):
+        cache.path.write_bytes(damaged)
+        caplog.clear()
+        store, reads = _store(populated)
+        with caplog.at_level(logging.INFO, logger="wlmserver.store.cache"):
+            cached = IndexCache(tmp_path / "cache", store).load()
+        assert cached is None
+        assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.WARNING
+        assert "indexing fully" in caplog.records[0].getMessage()
+        store.scan(cached)
+        assert len(reads) == 6 and _answers(store) == fresh
+
+
+def test_a_cache_of_another_user_or_writable_by_others_is_refused(
+    populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = WorklistStore(populated)
+    first.scan()
+    cache = IndexCache(tmp_path / "cache", first)
+    assert cache.save()
+    for mode in (0o620, 0o602, 0o666):
+        os.chmod(cache.path, mode)
+        assert IndexCache(tmp_path / "cache", WorklistStore(populated)).load() is None
+    os.chmod(cache.path, 0o600)
+    assert IndexCache(tmp_path / "cache", WorklistStore(populated)).load() is not None
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(cache.path).st_uid + 1)
+    assert IndexCache(tmp_path / "cache", WorklistStore(populated)).load() is None
+
+
+def test_a_symbolic_link_as_cache_is_refused(populated: Path, tmp_path: Path) -> None:
+    first = WorklistStore(populated)
+    first.scan()
+    cache = IndexCache(tmp_path / "cache", first)
+    assert cache.save()
+    os.rename(cache.path, tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", cache.path)
+    assert IndexCache(tmp_path / "cache", WorklistStore(populated)).load() is None
+
+
+def test_an_unwritable_cache_folder_is_one_warning(
+    populated: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = WorklistStore(populated)
+    store.scan()
+    (tmp_path / "file").write_text("a file, not a folder")
+    cache = IndexCache(tmp_path / "file" / "cache", store)
+    with caplog.at_level(logging.WARNING, logger="wlmserver.store.cache"):
+        assert not cache.save()
+        write_wl(populated / "WLM" / "new.wl", PatientID="PIDN01")
+        store.update_file(populated / "WLM" / "new.wl")
+        assert not cache.save()
+    assert len(_cache_lines(caplog)) == 1
+
+
+def _cache_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "wlmserver.store.cache"]
+
+
+def test_files_a_writer_holds_locked_are_not_served_from_the_cache(
+    populated: Path, tmp_path: Path
+) -> None:
+    first = WorklistStore(populated)
+    first.scan()
+    assert IndexCache(tmp_path / "cache", first).save()
+    store = WorklistStore(populated, lock_timeout=0.05)
+    # a wlmscpfs-era writer holds every folder's lockfile: no file can be checked
+    store._folder_lock = _busy  # type: ignore[method-assign]
+    store.scan(IndexCache(tmp_path / "cache", store).load())
+    for aet in ("WLM", "CT01"):  # unchecked cached states are not served
+        folder = store.folder(aet)
+        assert folder is not None and folder.entries == () and dict(folder.files) == {}
+
+
+def _busy(folder: Path) -> Any:
+    raise LockBusy(str(folder))
+
+
+def test_files_cut_short_are_not_cached(populated: Path, tmp_path: Path) -> None:
+    (populated / "WLM" / "empty.wl").write_bytes(b"")
+    first = WorklistStore(populated)
+    first.scan()
+    assert IndexCache(tmp_path / "cache", first).save()
+    store, reads = _store(populated)
+    store.scan(IndexCache(tmp_path / "cache", store).load())
+    assert reads == ["empty.wl"]
+
+
+def test_reasons_of_files_not_served_are_logged_again(
+    populated: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = WorklistStore(populated)
+    with caplog.at_level(logging.WARNING):
+        first.scan()
+    logged = sorted(r.getMessage() for r in caplog.records)
+    assert IndexCache(tmp_path / "cache", first).save()
+    store = WorklistStore(populated)
+    cached = IndexCache(tmp_path / "cache", store).load()
+    assert cached is not None
+    store.scan(cached)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert cache_module.log_cached_problems(store, cached) == len(logged)
+    assert len(caplog.records) == len(logged)
+    for message in logged:  # the same file and reason
+        name, _, reason = message.partition(":")
+        assert any(name.split()[0] in r.getMessage() for r in caplog.records), message
+        assert reason
+
+
+def _lookup(store: WorklistStore) -> dict[str, object]:
+    """Every folder's lookup, entries named by (file, item)."""
+
+    def key(e: Entry) -> tuple[str, int]:
+        return (e.path, e.item)
+
+    shown: dict[str, object] = {}
+    for folder in store.snapshots():
+        lookup = folder.lookup
+        shown[folder.name] = (
+            [key(e) for e in lookup.entries],
+            {
+                tag: {k: [key(e) for e in bucket] for k, bucket in table.items()}
+                for tag, table in lookup.buckets.items()
+            },
+            [(name, order, key(e)) for name, order, e in lookup.names],
+            lookup.dates,
+        )
+    return shown
+
+
+def test_the_cached_lookups_are_the_built_ones(populated: Path, tmp_path: Path) -> None:
+    fresh = WorklistStore(populated)
+    fresh.scan()
+    store, _ = _cached_start(populated, tmp_path / "cache")
+    assert _lookup(store) == _lookup(fresh)
+    # and updated, not built again, when files changed while down
+    write_wl(populated / "WLM" / "e.wl", PatientID="PIDE01", PatientName="ROE^RICHARD")
+    (populated / "WLM" / "a.wl").unlink()
+    store, reads = _store(populated)
+    store.scan(IndexCache(tmp_path / "cache", store).load())
+    assert reads == ["e.wl"]
+    fresh = WorklistStore(populated)
+    fresh.scan()
+    assert _lookup(store) == _lookup(fresh)
