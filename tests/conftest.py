@@ -204,11 +204,20 @@ def until(condition: Callable[[], object], seconds: float = 20.0) -> bool:
 def start_wlmserver(args: list[str]) -> tuple[subprocess.Popen[str], int, str]:
     """``python -m wlmserver args`` as a user starts it: the process, the port its ready line
     names and that line (stop it with :func:`stop_wlmserver`)."""
+    return start_command([sys.executable, "-m", "wlmserver", *args])
+
+
+def start_command(
+    command: list[str], cwd: Path | None = None
+) -> tuple[subprocess.Popen[str], int, str]:
+    """Start a server command (``wlmserver ...``, ``python -m wlmserver ...``): the process,
+    the port its ready line names and that line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "wlmserver", *args],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None

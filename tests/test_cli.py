@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import echo, find, write_wl
+from conftest import echo, find, start_command, write_wl
 from pydicom.dataset import Dataset
 
 from wlmserver.cli import build_parser, config_from_args, main
@@ -128,25 +127,6 @@ def test_a_folder_or_file_given_as_the_port_says_what_to_type(
         assert "invalid int" not in err and "argument port" not in err
 
 
-def _start(args: list[str], cwd: Path | None = None) -> tuple[subprocess.Popen[str], int, str]:
-    """Start the real command; return it, its port and its ready line."""
-    process = subprocess.Popen(
-        args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"on port (\d+)", line)
-    if not match:
-        process.kill()
-        raise AssertionError(f"no ready line: {line!r} {process.communicate()[1]}")
-    return process, int(match.group(1)), line
-
-
 def _stop(process: subprocess.Popen[str]) -> str:
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=15)
@@ -157,7 +137,7 @@ def _stop(process: subprocess.Popen[str]) -> str:
 def test_python_m_serves_a_wlmscpfs_database(db: Path) -> None:
     write_wl(db / "WLM" / "a.wl", PatientID="PIDCLI7")
     (db / "WLM" / "lockfile").touch()
-    process, port, line = _start(
+    process, port, line = start_command(
         [sys.executable, "-m", "wlmserver", "-dfp", str(db), "--bind", "127.0.0.1", "0"]
     )
     try:
@@ -174,7 +154,7 @@ def test_python_m_serves_a_wlmscpfs_database(db: Path) -> None:
     assert "PIDCLI7" not in err  # no patient data at INFO
 
 
-def test_index_cache_from_the_config_file_written_on_stop_and_used_at_start(
+def test_index_cache_from_the_config_file_written_on_stop_and_used_atstart_command(
     db: Path, tmp_path: Path
 ) -> None:
     write_wl(db / "WLM" / "a.wl", PatientID="PIDCACHE1", PatientName="SECRET^CACHED")
@@ -184,7 +164,7 @@ def test_index_cache_from_the_config_file_written_on_stop_and_used_at_start(
     cache = tmp_path / "cache" / "index.wlmcache"  # beside the configuration file
     logs = []
     for _ in range(2):
-        process, port, _ = _start(command)
+        process, port, _ = start_command(command)
         try:
             query = Dataset()
             query.PatientID = ""
@@ -201,7 +181,7 @@ def test_index_cache_from_the_config_file_written_on_stop_and_used_at_start(
 
 def test_patient_data_is_not_logged_at_info(db: Path) -> None:
     write_wl(db / "WLM" / "a.wl", PatientName="SECRET^PATIENT", PatientID="SECRETID")
-    process, port, _ = _start(
+    process, port, _ = start_command(
         [sys.executable, "-m", "wlmserver", "-dfp", str(db), "--bind", "127.0.0.1", "0"]
     )
     try:
@@ -220,7 +200,7 @@ def test_patient_data_is_not_logged_at_info(db: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("wlmserver") is None, reason="package not installed")
 def test_console_script_without_arguments_serves_the_bundled_database(tmp_path: Path) -> None:
-    process, port, line = _start(["wlmserver", "--bind", "127.0.0.1", "0"], cwd=tmp_path)
+    process, port, line = start_command(["wlmserver", "--bind", "127.0.0.1", "0"], cwd=tmp_path)
     try:
         assert "wlistdb" in line
         assert "findscu -W -aec WLMSERVER" in line  # the server's own AE title folder first
@@ -258,7 +238,7 @@ def test_sighup_rescans_the_database(db: Path) -> None:
     (here the watcher polls once an hour, so only the rescan can see the new file)."""
     write_wl(db / "WLM" / "a.wl", PatientID="BEFORE")
     args = ["-dfp", str(db), "--bind", "127.0.0.1", "--poll", "3600", "--rescan-interval", "0"]
-    process, port, _ = _start([sys.executable, "-m", "wlmserver", *args, "0"])
+    process, port, _ = start_command([sys.executable, "-m", "wlmserver", *args, "0"])
     try:
         write_wl(db / "WLM" / "b.wl", PatientID="AFTER")
         assert _served_ids(port) == ["BEFORE"]
@@ -278,7 +258,7 @@ def test_stop_with_a_silent_peer_and_a_second_sigterm(db: Path) -> None:
     A-ABORT before any association request) with a traceback; a second SIGTERM raised
     SystemExit, which waited for association threads. Now: no traceback, and the second
     signal ends the process at once (130) if the first stop is still running."""
-    process, port, _ = _start(
+    process, port, _ = start_command(
         [sys.executable, "-m", "wlmserver", "-dfp", str(db), "--bind", "127.0.0.1", "0"]
     )
     assert process.stderr is not None
