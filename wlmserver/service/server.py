@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import gc
@@ -355,13 +356,17 @@ def run(config: Config, ready_message: str | None = None) -> int:
         LOGGER.info("%s", tls.describe(config, server.tls_port))
     stop = threading.Event()
     rescan = threading.Event()
+    received: list[int] = []
 
+    # The handlers only set flags (and the second stop writes one raw line): a handler runs
+    # between two bytecodes of the main thread, which may be inside a logging call holding a
+    # non-reentrant lock (the rate limit's); logging from the handler could then wait forever.
     def on_stop(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
-            LOGGER.warning("signal %d again: exiting at once", signum)
-            logging.shutdown()
+            with contextlib.suppress(OSError):
+                os.write(2, f"wlmserver: signal {signum} again: exiting at once\n".encode())
             os._exit(130)  # not SystemExit: that would wait for association threads
-        LOGGER.info("signal %d: shutting down", signum)
+        received.append(signum)
         stop.set()
 
     def on_hangup(signum: int, frame: FrameType | None) -> None:
@@ -381,6 +386,7 @@ def run(config: Config, ready_message: str | None = None) -> int:
                 LOGGER.info("SIGHUP: rescanning %s", config.data_files_path)
                 corrected = server.store.verify()
                 LOGGER.info("SIGHUP: rescan done, %d files were out of date", corrected)
+        LOGGER.info("signal %d: shutting down", received[0] if received else 0)
     finally:
         server.stop()
     LOGGER.info("stopped")
