@@ -175,7 +175,9 @@ def test_sleep_after_delays_what_follows_the_final_response(
 ) -> None:
     """As wlmscpfs: the final response goes out, then the association's next message (here
     the A-RELEASE-RQ, then another C-FIND) waits."""
-    server = start_server(sleep_after_find=0.5)
+    # the sleep starts when the final response leaves; the client sees it a little later
+    # (under load, tens of ms), so a 1 s sleep is checked with a 0.5 s lower bound
+    server = start_server(sleep_after_find=1.0)
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(MODALITY_WORKLIST_FIND)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")
