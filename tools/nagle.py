@@ -22,23 +22,19 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # run as a script or loaded by path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ports import free_port, wait_for_port
+
 FINDSCU = Path("/usr/bin/findscu")
 WLMSCPFS = Path("/usr/bin/wlmscpfs")
 ROOT = Path(__file__).resolve().parent.parent / "wlistdb"
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def one_answer_query(root: Path) -> tuple[str, str]:
@@ -55,17 +51,6 @@ def one_answer_query(root: Path) -> tuple[str, str]:
             if steps == 1 and pid and re.fullmatch(r"[A-Za-z0-9]+", pid):
                 return folder.name, pid
     raise SystemExit(f"{root}: no patient ID with exactly one step")
-
-
-def wait_for_port(port: int, seconds: float = 60.0) -> None:
-    """Wait until something listens on ``port`` (bounded)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port} after {seconds:.0f} s")
 
 
 def time_queries(port: int, aet: str, pid: str, runs: int, nodelay: bool) -> list[float]:

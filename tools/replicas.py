@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,27 +34,13 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # run as a script or loaded by path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ports import free_port, wait_for_port
+
 HAPROXY = Path("/usr/sbin/haproxy")
 ROOT = Path(__file__).resolve().parent.parent / "wlistdb"
 WORKLIST = "1.2.840.10008.5.1.4.31"
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, seconds: float = 60.0) -> None:
-    """Wait (bounded) until something accepts connections on ``port``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {seconds:.0f} s")
 
 
 def query(port: int, aet: str, timeout: float = 10.0) -> list[tuple[str, str]] | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,14 +24,11 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # run as a script or loaded by path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ports import free_port
+
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def answers(port: int, patient_id: str, aet: str) -> int | None:
