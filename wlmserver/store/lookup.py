@@ -16,8 +16,9 @@ change in a folder of 100,000 entries costs milliseconds.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.primitives import (
@@ -54,6 +55,7 @@ INTERSECT_ABOVE = 16
 INTERSECT_RATIO = 20
 
 Buckets = MappingProxyType[str, tuple[Entry, ...]]
+_T = TypeVar("_T")
 _NAME_END = "\U0010ffff"
 
 
@@ -70,19 +72,61 @@ def _names(entry: Entry) -> set[str]:
     return {c for value in entry.top.text(PATIENT_NAME) for c in pn_candidates(value)}
 
 
-def _remove_sorted(entries: list[Entry], entry: Entry) -> None:
-    """Remove ``entry`` (by identity) from a list sorted by answer order."""
-    i = bisect.bisect_left(entries, entry.order, key=_order)
-    while i < len(entries) and entries[i].order == entry.order:
-        if entries[i] is entry:
-            del entries[i]
-            return
-        i += 1
-
-
 def _in_order(entries: Iterable[Entry]) -> tuple[Entry, ...]:
     unique = {id(e): e for e in entries}
     return tuple(sorted(unique.values(), key=_order))
+
+
+NameRow = tuple[str, tuple[str, str, int], Entry]
+"""``(name, order, entry)``: one patient name candidate of an entry, sorted by name."""
+
+
+def _name_rows(entry: Entry) -> list[NameRow]:
+    return [(name, entry.order, entry) for name in _names(entry)]
+
+
+def _name_order(row: NameRow) -> tuple[str, tuple[str, str, int]]:
+    return row[0], row[1]
+
+
+def _name_identity(row: NameRow) -> tuple[str, int]:
+    return row[0], id(row[2])
+
+
+#: At most this many changes to a sorted sequence are made one by one (a binary search and a
+#: list insertion or deletion each); more are made by one filtering pass and one sort, which
+#: merges the two sorted runs in linear time.
+_ONE_BY_ONE = 32
+
+
+def _edited(
+    rows: Sequence[_T],
+    removed: Sequence[_T],
+    added: Sequence[_T],
+    key: Callable[[_T], Any],
+    identity: Callable[[_T], Hashable] = id,
+) -> tuple[_T, ...]:
+    """``rows`` (sorted by ``key``) without ``removed`` (by ``identity``) and with ``added``,
+    still sorted: in ``O(changes * log n)`` list edits for a few changes, one pass for many."""
+    if len(removed) + len(added) <= _ONE_BY_ONE:
+        edited = list(rows)
+        for row in removed:
+            wanted = identity(row)
+            i = bisect.bisect_left(edited, key(row), key=key)
+            while i < len(edited) and key(edited[i]) == key(row):
+                if identity(edited[i]) == wanted:
+                    del edited[i]
+                    break
+                i += 1
+        for row in added:
+            bisect.insort(edited, row, key=key)
+        return tuple(edited)
+    gone = {identity(row) for row in removed}
+    kept = [row for row in rows if identity(row) not in gone] if gone else list(rows)
+    if added:
+        kept.extend(sorted(added, key=key))
+        kept.sort(key=key)  # two sorted runs: merged in one pass
+    return tuple(kept)
 
 
 class Lookup:
@@ -130,46 +174,44 @@ class Lookup:
         return cls(ordered, MappingProxyType(frozen), tuple(names))
 
     def replace(self, removed: Sequence[Entry], added: Sequence[Entry]) -> Lookup:
-        """A new lookup without ``removed`` and with ``added`` (the entries of changed files)."""
+        """A new lookup without ``removed`` and with ``added`` (the entries of changed files).
+
+        Each change is grouped by the keys it touches first, so the cost grows with the
+        number of changes and of the buckets they touch, never with their product (10,000
+        files changed while the server was down once took minutes here, at 100,000 entries).
+        """
         if not removed and not added:
             return self
-        entries = list(self.entries)
-        for entry in removed:
-            _remove_sorted(entries, entry)
-        for entry in added:
-            bisect.insort(entries, entry, key=_order)
+        entries = _edited(self.entries, removed, added, _order)
 
         buckets: dict[int, Buckets] = {}
         for tag, table in self.buckets.items():
-            touched = {k for e in (*removed, *added) for k in _keys(e, tag)}
-            if not touched:
+            gone: dict[str, list[Entry]] = {}
+            new_in: dict[str, list[Entry]] = {}
+            for changes, by_key in ((removed, gone), (added, new_in)):
+                for entry in changes:
+                    for key in set(_keys(entry, tag)):
+                        by_key.setdefault(key, []).append(entry)
+            if not gone and not new_in:
                 buckets[tag] = table
                 continue
             new = table.copy()  # a C-level copy of the underlying dict
-            for key in touched:
-                bucket = list(new.get(key, ()))
-                for entry in removed:
-                    if key in _keys(entry, tag):
-                        _remove_sorted(bucket, entry)
-                for entry in added:
-                    if key in _keys(entry, tag):
-                        bisect.insort(bucket, entry, key=_order)
+            for key in gone.keys() | new_in.keys():
+                bucket = _edited(new.get(key, ()), gone.get(key, ()), new_in.get(key, ()), _order)
                 if bucket:
-                    new[key] = tuple(bucket)
+                    new[key] = bucket
                 else:
                     new.pop(key, None)
             buckets[tag] = MappingProxyType(new)
 
-        names = list(self.names)
-        for entry in removed:
-            for name in _names(entry):
-                i = bisect.bisect_left(names, (name, entry.order), key=lambda n: (n[0], n[1]))
-                if i < len(names) and names[i][2] is entry:
-                    del names[i]
-        for entry in added:
-            for name in _names(entry):
-                bisect.insort(names, (name, entry.order, entry), key=lambda n: (n[0], n[1]))
-        return Lookup(tuple(entries), MappingProxyType(buckets), tuple(names))
+        names = _edited(
+            self.names,
+            [n for e in removed for n in _name_rows(e)],
+            [n for e in added for n in _name_rows(e)],
+            _name_order,
+            identity=_name_identity,
+        )
+        return Lookup(entries, MappingProxyType(buckets), names)
 
     # ------------------------------------------------------------------ candidates
     def candidates(self, query: CompiledQuery) -> Sequence[Entry]:
