@@ -338,13 +338,21 @@ def test_files_a_writer_holds_locked_are_not_served_from_the_cache(
     first = WorklistStore(populated)
     first.scan()
     assert IndexCache(tmp_path / "cache", first).save()
+    # changed while the server was down; then a wlmscpfs-era writer holds every lockfile
+    write_wl(populated / "WLM" / "a.wl", PatientID="PIDA02")
+    write_wl(populated / "CT01" / "d.wl", PatientID="PIDD02")
     store = WorklistStore(populated, lock_timeout=0.05)
-    # a wlmscpfs-era writer holds every folder's lockfile: no file can be checked
     store._folder_lock = _busy  # type: ignore[method-assign]
     store.scan(IndexCache(tmp_path / "cache", store).load())
-    for aet in ("WLM", "CT01"):  # unchecked cached states are not served
+    # a changed file cannot be read: neither its cached state nor anything is served for it
+    for aet, fname in (("WLM", "a.wl"), ("CT01", "d.wl")):
         folder = store.folder(aet)
-        assert folder is not None and folder.entries == () and dict(folder.files) == {}
+        assert folder is not None and fname not in folder.files
+        assert not [e for e in folder.entries if e.path.endswith(fname)]
+    # files unchanged since they were read whole are served: their signature says so
+    wlm = store.folder("WLM")
+    assert wlm is not None
+    assert sorted(e.top.PatientID for e in wlm.entries) == ["PIDB01", "PIDB01", "PIDC01"]
 
 
 def _busy(folder: Path) -> Any:

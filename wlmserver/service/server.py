@@ -224,8 +224,11 @@ class WorklistServer:
         try:
             # the index cache's states are taken as the index's own, and every file's
             # signature is checked against the disk before its entries are served
+            # the files are listed and stat'ed in a child process meanwhile (1.4 s at 100,000
+            # files, hidden behind reading the cache back)
+            listings = self.store.list_ahead() if self.cache is not None else None
             cached = self.cache.load() if self.cache is not None else None
-            corrected = self.store.scan(cached)
+            corrected = self.store.scan(cached, listings)
         finally:
             # The index is long-lived: move it out of the garbage collector's generations.
             # Otherwise every full collection walks it while holding the GIL (1.3 s at 100,000

@@ -8,13 +8,14 @@ signature (size, modification time, inode, change time) is compared with a fresh
 before its entries are used: a file changed, added or removed while the server was down is
 read again or dropped, exactly as the periodic rescan does (:meth:`WorklistStore.scan`).
 
-What is cached is plain data (tuples of strings and numbers, with the record layouts in one
-table), written with :mod:`marshal`, which makes no objects but those (no code runs when it is
-read, unlike :mod:`pickle`). It is still only read when it is this server's own: owned by the
-user the server runs as, writable by nobody else, and whole (a digest of its contents). Any
-other wlmserver version or code, Python, pydicom, database root or option that changes what
-is indexed (``-efr``/``-dfr``, ``--json-drops``, ``--max-file-size``, ``--follow-links``) makes
-it unusable, as does damage: then the database is indexed fully, with one log line saying why.
+What is cached is plain data (tuples of strings and numbers; the record layouts and the
+records in tables, referred to by number), written with :mod:`marshal`, which makes no objects
+but those (no code runs when it is read, unlike :mod:`pickle`). It is still only read when
+it is this server's own: owned by the user the server runs as, writable by nobody else, and
+whole (a digest of its contents). Any other wlmserver version or code, Python, pydicom,
+database root or option that changes what is indexed (``-efr``/``-dfr``, ``--json-drops``,
+``--max-file-size``, ``--follow-links``) makes it unusable, as does damage: then the database
+is indexed fully, with one log line saying why.
 Nothing in the cache is ever answered without its file's signature checked first.
 
 One file for the whole index, rather than one per AE folder: one atomic rename publishes a
@@ -34,25 +35,28 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Mapping
-from functools import lru_cache
+from collections.abc import Mapping, Sequence
+from functools import lru_cache, partial
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import pydicom
 
-from wlmserver.matching.entry import Entry
+from wlmserver.matching.entry import entries_from_rows
 from wlmserver.matching.record import Layout, Record, layout_for
 from wlmserver.store.index import FileState, FolderSnapshot, WorklistStore
 from wlmserver.store.lookup import Lookup
 
 LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: The cache file's name in the cache folder.
 CACHE_FILE = "index.wlmcache"
 #: Bumped whenever what is cached, or how, changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 3
 _MAGIC = b"wlmserver index cache\n"
 _HEADER_LENGTH_BYTES = 4
 _DIGEST_BYTES = 32
@@ -108,16 +112,25 @@ def cache_identity(store: WorklistStore) -> dict[str, object]:
 
 # --------------------------------------------------------------------------- encoding
 class _Encoder:
-    """Index states to plain data; layouts once, in a table, by number."""
+    """Index states to plain data: layouts once, in a table, by number; records once each, in
+    a flat table where each record comes after the item records it holds, by number.
+
+    The flat table is what makes reading back cheap: one loop over it makes every record,
+    without recursion or any lookup, and entries and lookups refer to records and entries by
+    their place in a table.
+    """
 
     def __init__(self) -> None:
         self.layouts: dict[int, int] = {}  # id(layout) -> its number
         self.table: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
         self.sequences: list[tuple[int, ...]] = []  # layout number -> its SQ positions
         self._keep: list[Layout] = []  # the layouts numbered (their ids stay theirs)
-        #: every record encoded, by value: records alike are written once (marshal writes an
-        #: object met again as a reference) and read back as one shared, immutable record
-        self._unique: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        #: every record encoded, in the order it is to be made back
+        self.records: list[tuple[int, tuple[Any, ...]]] = []
+        #: encoded record -> its number: records alike are written once, and read back as one
+        #: shared, immutable record
+        self._numbers: dict[tuple[int, tuple[Any, ...]], int] = {}
+        self._done: dict[int, tuple[int, Record]] = {}  # id(record) -> (its number, record)
 
     def _layout(self, layout: Layout) -> int:
         number = self.layouts.get(id(layout))
@@ -128,7 +141,11 @@ class _Encoder:
             self._keep.append(layout)
         return number
 
-    def record(self, record: Record) -> tuple[Any, ...]:
+    def record(self, record: Record) -> int:
+        """The number of a record in the flat table (its items numbered first)."""
+        done = self._done.get(id(record))
+        if done is not None:
+            return done[0]
         layout, values = record.parts()
         number = self._layout(layout)
         positions = self.sequences[number]
@@ -138,39 +155,82 @@ class _Encoder:
                 encoded[i] = tuple(self.record(item) for item in values[i])  # type: ignore[arg-type]
             values = tuple(encoded)
         key = (number, values)
-        return self._unique.setdefault(key, key)
+        place = self._numbers.get(key)
+        if place is None:
+            place = self._numbers[key] = len(self.records)
+            self.records.append(key)
+        self._done[id(record)] = (place, record)  # the record is kept: its id stays its own
+        return place
 
-    def file(self, fname: str, state: FileState, place: Mapping[int, int]) -> tuple[Any, ...]:
-        """One file's state; each entry with its place in the folder's answer order."""
-        entries = tuple(
-            (
-                e.path,
-                e.item,
-                self.record(e.top),
-                self.record(e.sps),
-                e.charset,
-                e.order,
-                place[id(e)],
-            )
-            for e in state.entries
-        )
-        return (fname, state.signature, state.problem, entries)
+    def flat_records(self) -> tuple[tuple[Any, ...], dict[int, int]]:
+        """The records table as columns: the records without items first (read back in one
+        C call), then the others, each after the records it holds; and the place each
+        record's number has in that order."""
+        plain = [i for i, (n, _) in enumerate(self.records) if not self.sequences[n]]
+        nested = [i for i, (n, _) in enumerate(self.records) if self.sequences[n]]
+        order = plain + nested  # the nested keep their order: items before what holds them
+        place = {number: i for i, number in enumerate(order)}
+        renumbered = []
+        for i in nested:
+            n, values = self.records[i]
+            fixed: list[Any] = list(values)
+            for j in self.sequences[n]:
+                fixed[j] = tuple(place[k] for k in values[j])
+            renumbered.append((n, tuple(fixed)))
+        return (
+            tuple(self.records[i][0] for i in plain),
+            tuple(self.records[i][1] for i in plain),
+            tuple(renumbered),
+        ), place
 
-    def folder(self, folder: FolderSnapshot) -> tuple[Any, ...]:
-        """One folder: its files, and its lookup as places in the answer order."""
+    def folder(self, folder: FolderSnapshot) -> list[Any]:
+        """One folder, as columns: its entries in answer order, its files with the places of
+        their entries in that order, and its lookup as places in it (record numbers are
+        renumbered by :meth:`flat_records`, see :func:`encode`)."""
         lookup = folder.lookup
-        place = {id(e): i for i, e in enumerate(lookup.entries)}
-        files = tuple(
-            self.file(fname, state, place)
-            for fname, state in folder.files.items()
-            if not state.cut_short
+        ordered = lookup.entries
+        place = {id(e): i for i, e in enumerate(ordered)}
+        entries: list[Any] = [
+            tuple(e.path for e in ordered),
+            tuple(e.item for e in ordered),
+            [self.record(e.top) for e in ordered],
+            [self.record(e.sps) for e in ordered],
+            tuple(e.charset for e in ordered),
+            tuple(e.order for e in ordered),
+        ]
+        kept = [(f, s) for f, s in folder.files.items() if not s.cut_short]
+        one = [(f, s) for f, s in kept if len(s.entries) == 1]
+        other = [(f, s) for f, s in kept if len(s.entries) != 1]
+        files = (
+            # files of one entry (nearly all): names, signatures, problems, entry places
+            tuple(f for f, _ in one),
+            tuple(s.signature for _, s in one),
+            tuple(s.problem for _, s in one),
+            tuple(place[id(s.entries[0])] for _, s in one),
+            # the others, a row each
+            tuple(
+                (f, s.signature, s.problem, tuple([place[id(e)] for e in s.entries]))
+                for f, s in other
+            ),
         )
+        # per tag: the keys of one entry and their places, then the others (most keys of
+        # patient ID and accession number have one entry)
         buckets = tuple(
-            (tag, tuple((key, tuple([place[id(e)] for e in b])) for key, b in table.items()))
+            (
+                tag,
+                tuple(k for k, b in table.items() if len(b) == 1),
+                tuple(place[id(b[0])] for b in table.values() if len(b) == 1),
+                tuple(
+                    (k, tuple([place[id(e)] for e in b])) for k, b in table.items() if len(b) > 1
+                ),
+            )
             for tag, table in lookup.buckets.items()
         )
-        names = tuple((name, place[id(e)]) for name, _, e in lookup.names)
-        return (folder.name, len(lookup.entries), files, buckets, names)
+        names = (
+            tuple(name for name, _, _ in lookup.names),
+            tuple(place[id(e)] for _, _, e in lookup.names),
+        )
+        return [folder.name, entries, files, buckets, names]
 
 
 def encode(folders: Mapping[str, FolderSnapshot]) -> bytes:
@@ -180,12 +240,34 @@ def encode(folders: Mapping[str, FolderSnapshot]) -> bytes:
     Files found cut short (perhaps still being written) are left out: they are read again.
     """
     encoder = _Encoder()
-    encoded = tuple(encoder.folder(folder) for _, folder in sorted(folders.items()))
-    return marshal.dumps((CACHE_FORMAT, tuple(encoder.table), encoded), _MARSHAL_VERSION)
+    encoded = [encoder.folder(folder) for _, folder in sorted(folders.items())]
+    records, place = encoder.flat_records()
+    for folder in encoded:
+        columns = folder[1]
+        columns[2] = tuple([place[n] for n in columns[2]])
+        columns[3] = tuple([place[n] for n in columns[3]])
+        folder[1] = tuple(columns)
+    return marshal.dumps(
+        (CACHE_FORMAT, tuple(encoder.table), records, tuple(tuple(f) for f in encoded)),
+        _MARSHAL_VERSION,
+    )
+
+
+def _picked(rows: Sequence[_T], places: Sequence[int]) -> tuple[_T, ...]:
+    """``tuple(rows[i] for i in places)``, made in C."""
+    if len(places) > 1:
+        return itemgetter(*places)(rows)  # type: ignore[no-any-return]
+    return (rows[places[0]],) if places else ()
+
+
+_file_state = partial(tuple.__new__, FileState)  # FileState from a 4-tuple, in C
 
 
 def decode(payload: bytes) -> Cached:
     """The folder snapshots a payload of :func:`encode` holds.
+
+    Nearly every object is made in C (:func:`map` over columns, :func:`zip`, ``itemgetter``):
+    at 100,000 entries this takes about a second, most of it :func:`marshal.loads`.
 
     Raises
     ------
@@ -196,58 +278,62 @@ def decode(payload: bytes) -> Cached:
         data = marshal.loads(payload)
     except (EOFError, ValueError, TypeError) as exc:
         raise CacheUnusable(f"damaged ({exc})") from None
-    if not (isinstance(data, tuple) and len(data) == 3 and data[0] == CACHE_FORMAT):
+    if not (isinstance(data, tuple) and len(data) == 4 and data[0] == CACHE_FORMAT):
         raise CacheUnusable("not a cache of this format")
-    _, table, folders = data
+    _, table, (plain_numbers, plain_values, nested), folders = data
     layouts = [layout_for(tuple(tags), tuple(vrs)) for tags, vrs in table]
     sequences = [tuple(i for i, vr in enumerate(layout.vrs) if vr == "SQ") for layout in layouts]
 
-    # an encoding met again is the same object (see _Encoder): its record is made once
-    # (the payload stays referenced meanwhile, so identities are not reused)
-    made: dict[int, Record] = {}
-
-    def record(encoded: tuple[Any, ...]) -> Record:
-        done = made.get(id(encoded))
-        if done is not None:
-            return done
-        number, values = encoded
-        positions = sequences[number]
-        if positions:
-            values = list(values)
-            for i in positions:
-                values[i] = tuple([record(item) for item in values[i]])
-            values = tuple(values)
-        done = made[id(encoded)] = Record.assembled(layouts[number], values)
-        return done
+    records = list(map(Record.assembled, map(layouts.__getitem__, plain_numbers), plain_values))
+    append, assembled = records.append, Record.assembled
+    for number, values in nested:  # each after the records it holds
+        values = list(values)
+        for i in sequences[number]:
+            values[i] = _picked(records, values[i])
+        append(assembled(layouts[number], tuple(values)))
 
     cached: Cached = {}
-    for name, count, files, buckets, names in folders:
-        ordered: list[Any] = [None] * count
-        states: dict[str, FileState] = {}
-        for fname, signature, problem, encoded_entries in files:
-            entries = []
-            for path, item, top, sps, charset, order, place in encoded_entries:
-                entry = Entry(path, item, record(top), record(sps), charset, order)
-                ordered[place] = entry
-                entries.append(entry)
-            states[fname] = FileState(tuple(signature), tuple(entries), problem)
-        if any(e is None for e in ordered):
-            raise CacheUnusable("damaged (its answer order)")
+    for name, entries, files, buckets, names in folders:
+        paths, items, tops, spss, charsets, orders = entries
+        record = records.__getitem__
+        ordered = entries_from_rows(
+            zip(paths, items, map(record, tops), map(record, spss), charsets, orders, strict=True)
+        )
+        one_names, one_signatures, one_problems, one_places, others = files
+        states = dict(
+            zip(
+                one_names,
+                map(
+                    _file_state,
+                    zip(
+                        one_signatures,
+                        zip(_picked(ordered, one_places)),  # zip of one: the 1-tuples
+                        one_problems,
+                        repeat(False),
+                    ),
+                ),
+                strict=True,
+            )
+        )
+        for fname, signature, problem, places in others:
+            states[fname] = FileState(signature, _picked(ordered, places), problem)
+        tables = {}
+        for tag, single_keys, single_places, keyed in buckets:
+            table = dict(zip(single_keys, zip(_picked(ordered, single_places)), strict=True))
+            table.update({key: _picked(ordered, places) for key, places in keyed})
+            tables[tag] = MappingProxyType(table)
+        name_keys, name_places = names
+        named = _picked(ordered, name_places)
         lookup = Lookup(
-            tuple(ordered),
-            MappingProxyType(
-                {
-                    tag: MappingProxyType(
-                        {key: tuple([ordered[i] for i in places]) for key, places in keyed}
-                    )
-                    for tag, keyed in buckets
-                }
-            ),
-            tuple([(n, ordered[i].order, ordered[i]) for n, i in names]),
+            ordered,
+            MappingProxyType(tables),
+            tuple(zip(name_keys, map(_order_of, named), named, strict=True)),
         )
         cached[name] = FolderSnapshot(name, lookup, MappingProxyType(states))
-    made.clear()
     return cached
+
+
+_order_of = attrgetter("order")
 
 
 # --------------------------------------------------------------------------- the file

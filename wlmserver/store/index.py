@@ -23,10 +23,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import NamedTuple
 
 from wlmserver.matching.entry import Entry
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE, FileCutShort, WorklistFileError
 from wlmserver.store.formats import Formats
+from wlmserver.store.listing import Listing, ListingsAhead, Signature, signature_of
 from wlmserver.store.lookup import Lookup
 
 LOGGER = logging.getLogger(__name__)
@@ -59,13 +61,9 @@ def is_safe_ae_title(aet: str) -> bool:
     )
 
 
-Signature = tuple[int, int, int, int]
-"""What says a file changed: ``(size, mtime_ns, inode, ctime_ns)``, from one ``stat``."""
-
-
-@dataclass(frozen=True)
-class FileState:
-    """What the index knows of one file.
+class FileState(NamedTuple):
+    """What the index knows of one file (a named tuple: the index cache makes 100,000 of them
+    in one C call).
 
     Attributes
     ----------
@@ -135,8 +133,7 @@ class LockBusy(Exception):
     """A wlmscpfs-era writer holds the folder's lockfile longer than we wait."""
 
 
-def _signature(st: os.stat_result) -> Signature:
-    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+_signature = signature_of
 
 
 class WorklistStore:
@@ -216,7 +213,11 @@ class WorklistStore:
         return [self._folders[name] for name in self.folder_names()]
 
     # ------------------------------------------------------------------ writing side
-    def scan(self, cached: Mapping[str, FolderSnapshot] | None = None) -> int:
+    def scan(
+        self,
+        cached: Mapping[str, FolderSnapshot] | None = None,
+        listings: ListingsAhead | None = None,
+    ) -> int:
         """Bring the whole index in line with the disk (start-up and periodic safety net).
 
         Parameters
@@ -226,6 +227,8 @@ class WorklistStore:
             folders not indexed yet: a file is read only when its signature on disk differs
             from the cached one (or it is not cached), as if the cached snapshot were the
             index's own, and its lookup is updated rather than built again.
+        listings : ListingsAhead, optional
+            The folders listed (and their files stat'ed) ahead, in another thread.
 
         Returns
         -------
@@ -235,9 +238,7 @@ class WorklistStore:
         corrected = 0
         with self._write_lock:
             try:
-                names = {
-                    p.name for p in self.root.iterdir() if p.is_dir() and is_safe_ae_title(p.name)
-                }
+                names = set(self.listed_folder_names())
             except OSError as exc:
                 LOGGER.error("cannot list the database root %s: %s", self.root, exc)
                 return 0
@@ -245,9 +246,26 @@ class WorklistStore:
                 corrected += len(self._folders[gone].files)
                 self.remove_folder(gone)
             for name in sorted(names):
-                corrected += self.scan_folder(name, (cached or {}).get(name))
+                listing = listings.take(name) if listings is not None else None
+                corrected += self.scan_folder(name, (cached or {}).get(name), listing)
         self.ready.set()
         return corrected
+
+    def listed_folder_names(self) -> list[str]:
+        """The AE folders in the database root now, sorted; raises OSError when the root
+        cannot be listed."""
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and is_safe_ae_title(p.name)
+        )
+
+    def list_ahead(self) -> ListingsAhead | None:
+        """Start listing every AE folder (and stat'ing its files) in a child process, for a
+        :meth:`scan` to take; None when the root cannot be listed."""
+        try:
+            names = self.listed_folder_names()
+        except OSError:
+            return None
+        return ListingsAhead(self.root, names, self.serves)
 
     def serves(self, name: str) -> bool:
         """Whether a file name in an AE folder is served (by one of :attr:`formats`)."""
@@ -268,7 +286,7 @@ class WorklistStore:
             How many files were out of date (added, re-read or dropped).
         """
         try:
-            names = {p.name for p in self.root.iterdir() if p.is_dir() and is_safe_ae_title(p.name)}
+            names = set(self.listed_folder_names())
         except OSError as exc:
             LOGGER.error("cannot list the database root %s: %s", self.root, exc)
             return 0
@@ -286,13 +304,11 @@ class WorklistStore:
         if folder is None:
             return self.scan_folder(name)
         folder_path = self.root / name
-        on_disk: dict[str, Signature] = {}
         try:
-            for fname, dirent in self._listing(folder_path):
-                with contextlib.suppress(OSError):  # gone, or a broken link
-                    on_disk[fname] = _signature(dirent.stat())
+            listing = self._listing(folder_path)
         except OSError:
             return self.scan_folder(name)  # the folder went away: scan_folder drops it
+        on_disk = self._signatures(listing)
         files = folder.files
         stale = [
             fname
@@ -309,7 +325,9 @@ class WorklistStore:
                 self.update_file(folder_path / fname)
         return len(stale) + len(vanished)
 
-    def scan_folder(self, name: str, cached: FolderSnapshot | None = None) -> int:
+    def scan_folder(
+        self, name: str, cached: FolderSnapshot | None = None, listing: Listing | None = None
+    ) -> int:
         """Re-read what changed in one AE folder (files whose signature changed).
 
         Files are read in chunks, each under the folder's ``lockfile`` when there is one, so a
@@ -322,6 +340,9 @@ class WorklistStore:
         cached : FolderSnapshot, optional
             From the index cache: taken as the folder's current snapshot when the folder is
             not indexed yet (see :meth:`scan`); no file of it is served unchecked.
+        listing : list, optional
+            The folder's listing made ahead (:class:`~wlmserver.store.listing.ListingsAhead`),
+            instead of listing it now.
 
         Returns
         -------
@@ -335,7 +356,8 @@ class WorklistStore:
             return 0
         with self._write_lock:
             try:
-                listing = self._listing(folder_path)
+                if listing is None:
+                    listing = self._listing(folder_path)
             except OSError:
                 count = len(self._folders[name].files) if name in self._folders else 0
                 self.remove_folder(name)
@@ -345,43 +367,41 @@ class WorklistStore:
             if old is None:
                 old = cached or FolderSnapshot(name)
             files = old.files.copy()
-            names = {fname for fname, _ in listing}
-            changed = sum(1 for gone in files if gone not in names)
-            for gone in [f for f in files if f not in names]:
-                del files[gone]
-            # cached states not checked against the disk yet: never published unchecked
-            unchecked = set(files) if name not in self._folders else set()
             is_new = name not in self._folders
+            on_disk = self._signatures(listing)
+            changed = 0
+            vanished = files.keys() - on_disk.keys()
+            for gone in vanished:
+                del files[gone]
+                changed += 1  # cached states not on the disk any more: never published
+            known = {fname: state.signature for fname, state in files.items()}
+            stale = sorted(fname for fname, _ in on_disk.items() - known.items())
             last_report = time.monotonic()
+            done = 0  # stale files dealt with
             try:
-                for start in range(0, len(listing), _CHUNK):
-                    with self._folder_lock(folder_path):
-                        for fname, dirent in listing[start : start + _CHUNK]:
-                            try:
-                                signature = _signature(dirent.stat())
-                            except OSError:
-                                continue  # gone: its event removes it (a cached one: below)
-                            unchecked.discard(fname)
-                            state = files.get(fname)
-                            if state is not None and state.signature == signature:
-                                continue
-                            files[fname] = self._read(folder_path / fname, signature, state)
+                for start in range(0, len(stale), _CHUNK):
+                    with self._folder_lock(folder_path) as locked:
+                        for fname in stale[start : start + _CHUNK]:
+                            done += 1
+                            path = folder_path / fname
+                            signature: Signature | None = on_disk[fname]
+                            if locked:  # a writer may have finished it meanwhile: as it is now
+                                signature = listing.signature_now(path)
+                            if signature is None:
+                                continue  # gone: its event removes it
+                            files[fname] = self._read(path, signature, files.get(fname))
                             changed += 1
                     if time.monotonic() - last_report > _PROGRESS_SECONDS:
                         last_report = time.monotonic()
-                        LOGGER.info(
-                            "indexing %s: %d of %d files",
-                            name,
-                            min(start + _CHUNK, len(listing)),
-                            len(listing),
-                        )
+                        LOGGER.info("indexing %s: %d of %d files", name, done, len(stale))
             except LockBusy:
                 LOGGER.warning("%s: lockfile held by a writer; will retry", folder_path)
-            for fname in unchecked:  # left for the writer's events and the periodic rescan
-                del files[fname]
-                changed += 1
+                if is_new:  # cached states not checked against the disk: never published
+                    for fname in stale[done:]:
+                        if files.pop(fname, None) is not None:
+                            changed += 1
             if changed or is_new:
-                self._publish(name, files, base=base)
+                self._publish(name, files, vanished | set(stale), base=base)
             return changed
 
     def update_file(self, path: Path) -> None:
@@ -494,12 +514,23 @@ class WorklistStore:
         self.remove_folder(name)
         return False
 
-    def _listing(self, folder_path: Path) -> list[tuple[str, os.DirEntry[str]]]:
+    def _listing(self, folder_path: Path) -> Listing:
         """The served names in a folder, sorted, whatever their type: the reader refuses what
         is not a regular file, with a reason, so it is reported rather than silently skipped.
         Raises OSError when the folder cannot be listed."""
-        with os.scandir(folder_path) as it:
-            return sorted((d.name, d) for d in it if self.serves(d.name))
+        return Listing.of(folder_path, self.serves)
+
+    @staticmethod
+    def _signatures(listing: Listing) -> dict[str, Signature]:
+        """The signature of every file of a listing that can be stat'ed."""
+        if listing.signatures is not None:
+            return listing.signatures
+        on_disk = {}
+        for fname in listing.names:
+            signature = listing.signature(fname)
+            if signature is not None:  # else gone, or a broken link
+                on_disk[fname] = signature
+        return on_disk
 
     def _read(self, path: Path, signature: Signature, old: FileState | None) -> FileState:
         rel = f"{path.parent.name}/{path.name}"
@@ -566,16 +597,17 @@ class WorklistStore:
         self._folders[name] = FolderSnapshot(name, lookup, MappingProxyType(files))
 
     @contextlib.contextmanager
-    def _folder_lock(self, folder: Path) -> Iterator[None]:
+    def _folder_lock(self, folder: Path) -> Iterator[bool]:
+        """Hold the folder's ``lockfile`` shared while reading; yields whether one is held."""
         lock_path = folder / LOCKFILE
         try:  # never blocks: a FIFO named lockfile must not stall the indexer
             fd = os.open(lock_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError:
-            yield  # no lockfile: nothing to honour
+            yield False  # no lockfile: nothing to honour
             return
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            yield  # not a file wlmscpfs writers could lock
+            yield False  # not a file wlmscpfs writers could lock
             return
         with open(fd, "rb") as handle:
             deadline = time.monotonic() + self.lock_timeout
@@ -588,6 +620,6 @@ class WorklistStore:
                         raise LockBusy(str(lock_path)) from None
                     time.sleep(0.02)
             try:
-                yield
+                yield True
             finally:
                 fcntl.lockf(handle.fileno(), fcntl.LOCK_UN)
