@@ -11,6 +11,7 @@ import pytest
 from conftest import write_wl
 
 from wlmserver.store import listing as listing_module
+from wlmserver.store.formats import Formats
 from wlmserver.store.index import WorklistStore
 from wlmserver.store.listing import Listing, ListingsAhead
 
@@ -25,16 +26,18 @@ def odd_folder(db: Path) -> Path:
     (folder / "sub.wl").mkdir()
     (folder / "broken.wl").symlink_to(folder / "nowhere.wl")
     (folder / "lockfile").write_bytes(b"")
+    for odd in (".a.wl", "A.WL", ".wl", "~a.wl", "#a.wl", "a.wl.tmp", "a.json", "B.Json", "x.js"):
+        (folder / odd).write_bytes(b"")
     write_wl(db / "CT01" / "c.wl", PatientID="PIDC")
     return db
 
 
-def _serves(name: str) -> bool:
-    return name.endswith(".wl")
+RULE = Formats.chosen(json_drops=True).rule
+_serves = Formats.chosen(json_drops=True).serves
 
 
 def test_a_listing_made_ahead_says_what_one_made_here_says(odd_folder: Path) -> None:
-    ahead = ListingsAhead(odd_folder, ["WLM", "CT01", "GONE"], _serves)
+    ahead = ListingsAhead(odd_folder, ["WLM", "CT01", "GONE"], RULE)
     for name in ("WLM", "CT01"):
         made = ahead.take(name)
         here = Listing.of(odd_folder / name, _serves)
@@ -46,13 +49,13 @@ def test_a_listing_made_ahead_says_what_one_made_here_says(odd_folder: Path) -> 
     assert ahead.take("WLM") is None  # taken once
     assert ahead.take("GONE") is None  # cannot be listed: the scan finds out itself
     wlm = Listing.of(odd_folder / "WLM", _serves)
-    assert wlm.names == ["a.wl", "b.wl", "broken.wl", "sub.wl"]
+    assert wlm.names == ["A.WL", "B.Json", "a.json", "a.wl", "b.wl", "broken.wl", "sub.wl"]
     assert wlm.signature("broken.wl") is None  # a broken link cannot be stat'ed
     assert wlm.signature("sub.wl") is not None  # read, and refused with a reason
 
 
 def test_a_signature_made_ahead_is_the_file_as_it_was(odd_folder: Path) -> None:
-    ahead = ListingsAhead(odd_folder, ["WLM"], _serves)
+    ahead = ListingsAhead(odd_folder, ["WLM"], RULE)
     made = ahead.take("WLM")
     assert made is not None
     path = odd_folder / "WLM" / "a.wl"
@@ -67,7 +70,7 @@ def test_without_a_child_process_the_scan_lists_for_itself(
     odd_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "executable", str(odd_folder / "no-such-python"))
-    ahead = ListingsAhead(odd_folder, ["WLM", "CT01"], _serves)
+    ahead = ListingsAhead(odd_folder, ["WLM", "CT01"], RULE)
     assert ahead.take("WLM") is None
     store = WorklistStore(odd_folder)
     store.scan(listings=store.list_ahead())
@@ -80,7 +83,7 @@ def test_a_child_that_writes_nonsense_is_not_believed(
     odd_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(listing_module, "_CHILD", "import sys; sys.stdout.write('junk')")
-    assert ListingsAhead(odd_folder, ["WLM"], _serves).take("WLM") is None
+    assert ListingsAhead(odd_folder, ["WLM"], RULE).take("WLM") is None
 
 
 def test_a_scan_from_listings_made_ahead_equals_one_without(odd_folder: Path) -> None:

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE, FileResult, read_file_bytes
 from wlmserver.store.jsondrop import parse_json_drop
+from wlmserver.store.listing import NameRule
 from wlmserver.store.wlfile import parse_worklist
+
+#: File names starting so are never served: hidden and editors' temporary files.
+HIDDEN_PREFIXES = (".", "~", "#")
 
 Parse = Callable[..., FileResult]
 """``parse(data, path, *, reject_incomplete)``: a file's entries, or raise
@@ -53,11 +57,7 @@ class Format:
         >>> names, WORKLIST.names(".wl"), WORKLIST.names("#a.wl")
         ([True, True, False, False, False], False, False)
         """
-        return (
-            file_name.lower().endswith(self.suffix)
-            and len(file_name) > len(self.suffix)
-            and not file_name.startswith((".", "~", "#"))
-        )
+        return NameRule((self.suffix,), HIDDEN_PREFIXES).serves(file_name)
 
 
 WORKLIST = Format("worklist file", ".wl", parse_worklist, default=True)
@@ -90,6 +90,11 @@ class Formats:
     def format_of(self, file_name: str) -> Format | None:
         """The served format a file name belongs to, or None."""
         return next((f for f in self.served if f.names(file_name)), None)
+
+    @property
+    def rule(self) -> NameRule:
+        """The names served, as a rule (what a child process listing a folder applies)."""
+        return NameRule(tuple(f.suffix for f in self.served), HIDDEN_PREFIXES)
 
     def serves(self, file_name: str) -> bool:
         """Whether a file name is served (by any of these formats)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import operator
 import os
 import stat
 import threading
@@ -134,6 +135,7 @@ class LockBusy(Exception):
 
 
 _signature = signature_of
+_SIGNATURE_OF_STATE = operator.itemgetter(0)  # FileState.signature, in C
 
 
 class WorklistStore:
@@ -265,7 +267,7 @@ class WorklistStore:
             names = self.listed_folder_names()
         except OSError:
             return None
-        return ListingsAhead(self.root, names, self.serves)
+        return ListingsAhead(self.root, names, self.formats.rule)
 
     def serves(self, name: str) -> bool:
         """Whether a file name in an AE folder is served (by one of :attr:`formats`)."""
@@ -374,8 +376,13 @@ class WorklistStore:
             for gone in vanished:
                 del files[gone]
                 changed += 1  # cached states not on the disk any more: never published
-            known = {fname: state.signature for fname, state in files.items()}
-            stale = sorted(fname for fname, _ in on_disk.items() - known.items())
+            # one comparison in C when nothing changed (a restart from a current cache)
+            known = dict(zip(files.keys(), map(_SIGNATURE_OF_STATE, files.values()), strict=True))
+            stale = (
+                sorted(f for f, signature in on_disk.items() if known.get(f) != signature)
+                if known != on_disk
+                else []
+            )
             last_report = time.monotonic()
             done = 0  # stale files dealt with
             try:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 LOGGER = logging.getLogger(__name__)
@@ -34,6 +35,29 @@ Signature = tuple[int, int, int, int]
 def signature_of(st: os.stat_result) -> Signature:
     """The signature of a file from its ``stat`` result."""
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """Which file names a folder serves: a suffix in any case (longer than the suffix alone),
+    not starting with a hidden prefix (see :meth:`wlmserver.store.formats.Format.names`).
+
+    Examples
+    --------
+    >>> rule = NameRule((".wl",), (".", "~", "#"))
+    >>> [rule.serves(n) for n in ("a.wl", "B.WL", ".a.wl", "a.wl.tmp", "~a.wl", ".wl", "#a.wl")]
+    [True, True, False, False, False, False, False]
+    """
+
+    suffixes: tuple[str, ...]
+    hidden: tuple[str, ...]
+
+    def serves(self, name: str) -> bool:
+        """Whether a file name is served (the rule the listing child applies too)."""
+        low = name.lower()
+        return not name.startswith(self.hidden) and any(
+            low.endswith(x) and len(name) > len(x) for x in self.suffixes
+        )
 
 
 class Listing:
@@ -88,27 +112,37 @@ class Listing:
             return None
 
 
-# The child: the interpreter alone (-I -S), so it starts in milliseconds. It writes, per folder
-# given, None (cannot be listed) or a list of (name, signature or None).
+# The child: the interpreter alone (-I -S), so it starts in milliseconds. Its first argument
+# is the name rule (:attr:`NameRule`) as marshalled hex; then the folders. It writes, per
+# folder, None (cannot be listed) or (name -> signature, names that cannot be stat'ed), for the
+# names the rule serves: what the parent gets back needs no Python work to use.
 _CHILD = """\
 import marshal, os, sys
+suffixes, hidden = marshal.loads(bytes.fromhex(sys.argv[1]))
 out = {}
-for folder in sys.argv[1:]:
+for folder in sys.argv[2:]:
     try:
-        rows = []
+        found, failed = {}, []
         with os.scandir(folder) as it:
             for d in it:
+                n = d.name
+                low = n.lower()
+                if n.startswith(hidden) or not any(
+                    low.endswith(x) and len(n) > len(x) for x in suffixes
+                ):
+                    continue
                 try:
                     st = d.stat()
                 except OSError:
-                    rows.append((d.name, None))
+                    failed.append(n)
                     continue
-                rows.append((d.name, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)))
+                found[n] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        out[folder] = (found, failed)
     except OSError:
-        rows = None
-    out[folder] = rows
+        out[folder] = None
 sys.stdout.buffer.write(marshal.dumps(out))
 """
+_CHILD_FAILURES = (OSError, ValueError, EOFError, TypeError, KeyError, subprocess.SubprocessError)
 #: The child is given at most this long; then the folders are listed here.
 _CHILD_TIMEOUT = 120.0
 
@@ -123,14 +157,19 @@ class ListingsAhead:
         The database root.
     names : iterable of str
         The AE folders to list.
-    serves : callable
-        Whether a file name is served.
+    rule : NameRule
+        Which file names are served.
     """
 
-    def __init__(self, root: Path, names: Iterable[str], serves: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        names: Iterable[str],
+        rule: NameRule,
+    ) -> None:
         self._root = root
         self._names = list(names)
-        self._serves = serves
+        self._rule = rule
         self._listings: dict[str, Listing] = {}
         self._thread = threading.Thread(target=self._run, name="wlmserver-lister", daemon=True)
         self._thread.start()
@@ -139,25 +178,36 @@ class ListingsAhead:
         folders = [str(self._root / name) for name in self._names]
         if not folders:
             return
+        rule = marshal.dumps((tuple(self._rule.suffixes), tuple(self._rule.hidden))).hex()
         try:
             done = subprocess.run(
-                [sys.executable, "-I", "-S", "-c", _CHILD, *folders],
+                [sys.executable, "-I", "-S", "-c", _CHILD, rule, *folders],
                 capture_output=True,
                 timeout=_CHILD_TIMEOUT,
                 check=True,
                 stdin=subprocess.DEVNULL,
             )
             found = marshal.loads(done.stdout)
-        except (OSError, ValueError, EOFError, TypeError, subprocess.SubprocessError) as exc:
+            for name, folder in zip(self._names, folders, strict=True):
+                listed = found[folder]
+                if listed is None:
+                    continue  # the scan lists it itself, and says why it cannot
+                signatures, failed = listed
+                if not (isinstance(signatures, dict) and isinstance(failed, list)):
+                    raise TypeError("not a listing")
+                names = [*signatures, *failed]
+                names.sort()
+                self._listings[name] = Listing(names, signatures=signatures)
+        except (
+            OSError,
+            ValueError,
+            EOFError,
+            TypeError,
+            KeyError,
+            subprocess.SubprocessError,
+        ) as exc:
+            self._listings.clear()
             LOGGER.debug("listing ahead in a child process failed (%s): listed here", exc)
-            return
-        for name, folder in zip(self._names, folders, strict=True):
-            rows = found.get(folder) if isinstance(found, dict) else None
-            if rows is None:
-                continue  # the scan lists it itself, and says why it cannot
-            signatures = {n: tuple(s) for n, s in rows if s is not None and self._serves(n)}
-            names = sorted(n for n, _ in rows if self._serves(n))
-            self._listings[name] = Listing(names, signatures=signatures)
 
     def take(self, name: str) -> Listing | None:
         """The listing of an AE folder made ahead (once), or None; waits for the child."""
