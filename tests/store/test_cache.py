@@ -426,3 +426,25 @@ def test_the_cached_lookups_are_the_built_ones(populated: Path, tmp_path: Path) 
     fresh = WorklistStore(populated)
     fresh.scan()
     assert _lookup(store) == _lookup(fresh)
+
+
+def test_file_states_packed_for_a_worker_come_back_alike(populated: Path) -> None:
+    """What a worker process sends back (:mod:`wlmserver.store.packing`) is what it read."""
+    from wlmserver.store.packing import pack_states, unpack_states
+
+    (populated / "WLM" / "empty.wl").write_bytes(b"")
+    store = WorklistStore(populated)
+    store.scan()
+    states = [(f, s) for folder in store.snapshots() for f, s in folder.files.items()]
+    back = unpack_states(pack_states(states))
+    assert [f for f, _ in back] == [f for f, _ in states]
+    for (_, one), (_, other) in zip(states, back, strict=True):
+        assert (one.signature, one.problem, one.cut_short) == (
+            other.signature,
+            other.problem,
+            other.cut_short,
+        )
+        assert [
+            (e.path, e.item, list(e.top), list(e.sps), e.charset, e.order) for e in one.entries
+        ] == [(e.path, e.item, list(e.top), list(e.sps), e.charset, e.order) for e in other.entries]
+        assert all(type(e) is Entry for e in other.entries)

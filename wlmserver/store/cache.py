@@ -35,10 +35,10 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import lru_cache, partial
 from itertools import repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -46,9 +46,11 @@ from typing import Any, TypeVar
 import pydicom
 
 from wlmserver.matching.entry import entries_from_rows
-from wlmserver.matching.record import Layout, Record, layout_for
-from wlmserver.store.index import FileState, FolderSnapshot, WorklistStore
+from wlmserver.store.files import FileState
+from wlmserver.store.index import FolderSnapshot, WorklistStore
 from wlmserver.store.lookup import Lookup
+from wlmserver.store.packing import RecordPacker, unpack_records
+from wlmserver.store.packing import picked as _picked
 
 LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -111,77 +113,8 @@ def cache_identity(store: WorklistStore) -> dict[str, object]:
 
 
 # --------------------------------------------------------------------------- encoding
-class _Encoder:
-    """Index states to plain data: layouts once, in a table, by number; records once each, in
-    a flat table where each record comes after the item records it holds, by number.
-
-    The flat table is what makes reading back cheap: one loop over it makes every record,
-    without recursion or any lookup, and entries and lookups refer to records and entries by
-    their place in a table.
-    """
-
-    def __init__(self) -> None:
-        self.layouts: dict[int, int] = {}  # id(layout) -> its number
-        self.table: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
-        self.sequences: list[tuple[int, ...]] = []  # layout number -> its SQ positions
-        self._keep: list[Layout] = []  # the layouts numbered (their ids stay theirs)
-        #: every record encoded, in the order it is to be made back
-        self.records: list[tuple[int, tuple[Any, ...]]] = []
-        #: encoded record -> its number: records alike are written once, and read back as one
-        #: shared, immutable record
-        self._numbers: dict[tuple[int, tuple[Any, ...]], int] = {}
-        self._done: dict[int, tuple[int, Record]] = {}  # id(record) -> (its number, record)
-
-    def _layout(self, layout: Layout) -> int:
-        number = self.layouts.get(id(layout))
-        if number is None:
-            number = self.layouts[id(layout)] = len(self.table)
-            self.table.append((layout.tags, layout.vrs))
-            self.sequences.append(tuple(i for i, vr in enumerate(layout.vrs) if vr == "SQ"))
-            self._keep.append(layout)
-        return number
-
-    def record(self, record: Record) -> int:
-        """The number of a record in the flat table (its items numbered first)."""
-        done = self._done.get(id(record))
-        if done is not None:
-            return done[0]
-        layout, values = record.parts()
-        number = self._layout(layout)
-        positions = self.sequences[number]
-        if positions:
-            encoded: list[Any] = list(values)
-            for i in positions:
-                encoded[i] = tuple(self.record(item) for item in values[i])  # type: ignore[arg-type]
-            values = tuple(encoded)
-        key = (number, values)
-        place = self._numbers.get(key)
-        if place is None:
-            place = self._numbers[key] = len(self.records)
-            self.records.append(key)
-        self._done[id(record)] = (place, record)  # the record is kept: its id stays its own
-        return place
-
-    def flat_records(self) -> tuple[tuple[Any, ...], dict[int, int]]:
-        """The records table as columns: the records without items first (read back in one
-        C call), then the others, each after the records it holds; and the place each
-        record's number has in that order."""
-        plain = [i for i, (n, _) in enumerate(self.records) if not self.sequences[n]]
-        nested = [i for i, (n, _) in enumerate(self.records) if self.sequences[n]]
-        order = plain + nested  # the nested keep their order: items before what holds them
-        place = {number: i for i, number in enumerate(order)}
-        renumbered = []
-        for i in nested:
-            n, values = self.records[i]
-            fixed: list[Any] = list(values)
-            for j in self.sequences[n]:
-                fixed[j] = tuple(place[k] for k in values[j])
-            renumbered.append((n, tuple(fixed)))
-        return (
-            tuple(self.records[i][0] for i in plain),
-            tuple(self.records[i][1] for i in plain),
-            tuple(renumbered),
-        ), place
+class _Encoder(RecordPacker):
+    """Index states to plain data (see :class:`~wlmserver.store.packing.RecordPacker`)."""
 
     def folder(self, folder: FolderSnapshot) -> list[Any]:
         """One folder, as columns: its entries in answer order, its files with the places of
@@ -253,13 +186,6 @@ def encode(folders: Mapping[str, FolderSnapshot]) -> bytes:
     )
 
 
-def _picked(rows: Sequence[_T], places: Sequence[int]) -> tuple[_T, ...]:
-    """``tuple(rows[i] for i in places)``, made in C."""
-    if len(places) > 1:
-        return itemgetter(*places)(rows)  # type: ignore[no-any-return]
-    return (rows[places[0]],) if places else ()
-
-
 _file_state = partial(tuple.__new__, FileState)  # FileState from a 4-tuple, in C
 
 
@@ -280,17 +206,8 @@ def decode(payload: bytes) -> Cached:
         raise CacheUnusable(f"damaged ({exc})") from None
     if not (isinstance(data, tuple) and len(data) == 4 and data[0] == CACHE_FORMAT):
         raise CacheUnusable("not a cache of this format")
-    _, table, (plain_numbers, plain_values, nested), folders = data
-    layouts = [layout_for(tuple(tags), tuple(vrs)) for tags, vrs in table]
-    sequences = [tuple(i for i, vr in enumerate(layout.vrs) if vr == "SQ") for layout in layouts]
-
-    records = list(map(Record.assembled, map(layouts.__getitem__, plain_numbers), plain_values))
-    append, assembled = records.append, Record.assembled
-    for number, values in nested:  # each after the records it holds
-        values = list(values)
-        for i in sequences[number]:
-            values[i] = _picked(records, values[i])
-        append(assembled(layouts[number], tuple(values)))
+    _, table, flat, folders = data
+    records = unpack_records(table, flat)
 
     cached: Cached = {}
     for name, entries, files, buckets, names in folders:

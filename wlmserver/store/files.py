@@ -12,8 +12,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from wlmserver.matching.entry import Entry
+
+Signature = tuple[int, int, int, int]
+"""What says a file changed: ``(size, mtime_ns, inode, ctime_ns)``, from one ``stat``."""
 
 
 class WorklistFileError(Exception):
@@ -42,6 +46,30 @@ class FileResult:
 
     entries: tuple[Entry, ...]
     problems: tuple[str, ...]
+
+
+class FileState(NamedTuple):
+    """What the index knows of one file (a named tuple: the index cache makes 100,000 of them
+    in one C call).
+
+    Attributes
+    ----------
+    signature : tuple of int
+        ``(size, mtime_ns, inode, ctime_ns)`` when the file was read. The change time is
+        there for tools that restore a file's modification time after writing it in place
+        (``touch -r``, ``rsync -t``): nobody can set it, so such a write still shows.
+    entries : tuple of Entry
+        The entries it serves (empty when rejected).
+    problem : str or None
+        Why the file, or some of its items, is not served.
+    cut_short : bool
+        The file was empty or ended early when read: perhaps still being written.
+    """
+
+    signature: Signature
+    entries: tuple[Entry, ...]
+    problem: str | None = None
+    cut_short: bool = False
 
 
 _FILE_KINDS = (

@@ -24,12 +24,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import NamedTuple
 
 from wlmserver.matching.entry import Entry
-from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE, FileCutShort, WorklistFileError
+from wlmserver.store.files import (
+    DEFAULT_MAX_FILE_SIZE,
+    FileCutShort,
+    FileState,
+    Signature,
+    WorklistFileError,
+)
 from wlmserver.store.formats import Formats
-from wlmserver.store.listing import Listing, ListingsAhead, Signature, signature_of
+from wlmserver.store.listing import Listing, ListingsAhead, signature_of
 from wlmserver.store.lookup import Lookup
 
 LOGGER = logging.getLogger(__name__)
@@ -60,30 +65,6 @@ def is_safe_ae_title(aet: str) -> bool:
         and all(32 <= ord(c) < 127 for c in aet)
         and aet.strip() == aet
     )
-
-
-class FileState(NamedTuple):
-    """What the index knows of one file (a named tuple: the index cache makes 100,000 of them
-    in one C call).
-
-    Attributes
-    ----------
-    signature : tuple of int
-        ``(size, mtime_ns, inode, ctime_ns)`` when the file was read. The change time is
-        there for tools that restore a file's modification time after writing it in place
-        (``touch -r``, ``rsync -t``): nobody can set it, so such a write still shows.
-    entries : tuple of Entry
-        The entries it serves (empty when rejected).
-    problem : str or None
-        Why the file, or some of its items, is not served.
-    cut_short : bool
-        The file was empty or ended early when read: perhaps still being written.
-    """
-
-    signature: Signature
-    entries: tuple[Entry, ...]
-    problem: str | None = None
-    cut_short: bool = False
 
 
 @dataclass(frozen=True)

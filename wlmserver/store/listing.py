@@ -26,10 +26,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-LOGGER = logging.getLogger(__name__)
+from wlmserver.store.files import Signature
 
-Signature = tuple[int, int, int, int]
-"""What says a file changed: ``(size, mtime_ns, inode, ctime_ns)``, from one ``stat``."""
+LOGGER = logging.getLogger(__name__)
 
 
 def signature_of(st: os.stat_result) -> Signature:

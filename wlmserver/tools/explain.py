@@ -48,9 +48,9 @@ from wlmserver.matching.primitives import compile_value
 from wlmserver.matching.query import CompiledQuery, ItemQuery, Mismatch, QueryError, compile_query
 from wlmserver.matching.record import Record
 from wlmserver.store.dicomfile import parse
-from wlmserver.store.files import read_file_bytes
+from wlmserver.store.files import FileState, read_file_bytes
 from wlmserver.store.formats import JSON_DROP, Formats
-from wlmserver.store.index import FileState, FolderSnapshot, WorklistStore
+from wlmserver.store.index import FolderSnapshot, WorklistStore
 from wlmserver.tools.client import UsageError, add_query_options, build_identifier
 
 _PATIENT_ID, _ACCESSION = 0x00100020, 0x00080050
