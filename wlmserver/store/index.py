@@ -13,33 +13,33 @@ shared POSIX lock on it, as wlmscpfs does, so a writer holding the exclusive loc
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import operator
 import os
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
 from wlmserver.matching.entry import Entry
-from wlmserver.store.files import (
-    DEFAULT_MAX_FILE_SIZE,
-    FileCutShort,
-    FileState,
-    Signature,
-    WorklistFileError,
-)
+from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE, FileState, Signature
 from wlmserver.store.formats import Formats
 from wlmserver.store.listing import Listing, ListingsAhead, signature_of
 from wlmserver.store.lookup import Lookup
+from wlmserver.store.reader import (
+    LOCKFILE,
+    LockBusy,
+    Note,
+    ReadOptions,
+    folder_lock,
+    read_state,
+    unexpected_reason,
+)
 
 LOGGER = logging.getLogger(__name__)
 
-LOCKFILE = "lockfile"
 _CHUNK = 256  # files read per hold of a folder's lockfile
 _VERIFY_ONE_BY_ONE = 64  # more stale files than this: the periodic check rescans the folder
 _PROGRESS_SECONDS = 2.0
@@ -94,25 +94,6 @@ class FolderSnapshot:
     def rejected(self) -> int:
         """How many files serve nothing."""
         return sum(1 for f in self.files.values() if not f.entries)
-
-
-def unexpected_reason(exc: BaseException) -> str:
-    """A reason for a file no reader expected to fail on, without its values.
-
-    Examples
-    --------
-    >>> unexpected_reason(RecursionError("maximum recursion depth exceeded"))
-    'nested too deeply to read'
-    """
-    if isinstance(exc, RecursionError):
-        return "nested too deeply to read"
-    if isinstance(exc, MemoryError):
-        return "too large to read"
-    return f"unreadable ({type(exc).__name__})"
-
-
-class LockBusy(Exception):
-    """A wlmscpfs-era writer holds the folder's lockfile longer than we wait."""
 
 
 _signature = signature_of
@@ -170,6 +151,10 @@ class WorklistStore:
         self.reject_incomplete = reject_incomplete
         self.formats = formats if formats is not None else Formats.chosen(json_drops=json_drops)
         self.lock_timeout = lock_timeout
+        #: How files are read (what a worker process reading files is given too).
+        self.read_options = ReadOptions(
+            self.formats, reject_incomplete, max_file_size, follow_links, self._real_root
+        )
         self._folders: dict[str, FolderSnapshot] = {}
         self._write_lock = threading.RLock()
         #: Set once the first full scan is done.
@@ -377,7 +362,8 @@ class WorklistStore:
                                 signature = listing.signature_now(path)
                             if signature is None:
                                 continue  # gone: its event removes it
-                            files[fname] = self._read(path, signature, files.get(fname))
+                            is_link = fname in listing.links  # else no stat: inside
+                            files[fname] = self._read(path, signature, files.get(fname), is_link)
                             changed += 1
                     if time.monotonic() - last_report > _PROGRESS_SECONDS:
                         last_report = time.monotonic()
@@ -484,7 +470,7 @@ class WorklistStore:
     # ------------------------------------------------------------------ internals
     def _is_inside(self, path: Path) -> bool:
         """Whether a path, its links followed, lies inside the database root."""
-        return os.path.realpath(path).startswith(self._real_root + os.sep)
+        return self.read_options.is_inside(path)
 
     def _inside_root(self, folder_path: Path, name: str) -> bool:
         """Whether an AE folder may be served: inside the root once its links are followed
@@ -520,41 +506,28 @@ class WorklistStore:
                 on_disk[fname] = signature
         return on_disk
 
-    def _read(self, path: Path, signature: Signature, old: FileState | None) -> FileState:
-        rel = f"{path.parent.name}/{path.name}"
-        if not self.follow_links and not self._is_inside(path):
-            reason = "a symbolic link out of the database root: not followed (--follow-links)"
-            LOGGER.warning("%s not served: %s", rel, reason)
-            return FileState(signature, (), reason)
-        try:
-            result = self.formats.read(
-                path, reject_incomplete=self.reject_incomplete, max_size=self.max_file_size
-            )
-        except FileCutShort as exc:
-            # perhaps still being written: warned about only if it stays so (see settle)
-            LOGGER.debug("%s not served yet: %s", rel, exc)
+    def _read(
+        self,
+        path: Path,
+        signature: Signature,
+        old: FileState | None,
+        is_link: bool | None = None,
+    ) -> FileState:
+        """Read one file into its state, logging what :func:`read_state` says of it; a file
+        found cut short starts settling (see :meth:`settle`)."""
+        state, notes = read_state(path, signature, self.read_options, is_link)
+        self._took(path, state, notes)
+        return state
+
+    def _took(self, path: Path, state: FileState, notes: list[Note]) -> None:
+        """Log what was said of a file read (here or by a worker), and start settling it if
+        it was found cut short."""
+        for level, message in notes:
+            LOGGER.log(level, "%s", message)
+        if state.cut_short:
             self._settling[(path.parent.name, path.name)] = time.monotonic() + self.settle_time
             if self.on_settling is not None:
                 self.on_settling()
-            return FileState(signature, (), str(exc), cut_short=True)
-        except WorklistFileError as exc:
-            LOGGER.warning("%s not served: %s", rel, exc)
-            return FileState(signature, (), str(exc))
-        except OSError as exc:
-            LOGGER.warning("%s not served: cannot read it (%s)", rel, exc.strerror or exc)
-            return FileState(signature, (), f"cannot read it ({exc.strerror or exc})")
-        except Exception as exc:  # one bad file is one skipped file, never a broken folder
-            reason = unexpected_reason(exc)
-            LOGGER.warning("%s not served: %s", rel, reason)
-            LOGGER.debug("%s: reading failed", rel, exc_info=True)
-            return FileState(signature, (), reason)
-        problem = "; ".join(result.problems) or None
-        if problem:
-            LOGGER.warning("%s: %s", rel, problem)
-        if not result.entries and not problem:
-            problem = "no entries"
-        LOGGER.debug("%s indexed: %d entries", rel, len(result.entries))
-        return FileState(signature, result.entries, problem)
 
     def _publish(
         self,
@@ -584,30 +557,17 @@ class WorklistStore:
             lookup = Lookup.build(e for state in files.values() for e in state.entries)
         self._folders[name] = FolderSnapshot(name, lookup, MappingProxyType(files))
 
-    @contextlib.contextmanager
-    def _folder_lock(self, folder: Path) -> Iterator[bool]:
-        """Hold the folder's ``lockfile`` shared while reading; yields whether one is held."""
-        lock_path = folder / LOCKFILE
-        try:  # never blocks: a FIFO named lockfile must not stall the indexer
-            fd = os.open(lock_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            yield False  # no lockfile: nothing to honour
-            return
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            yield False  # not a file wlmscpfs writers could lock
-            return
-        with open(fd, "rb") as handle:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.lockf(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    break
-                except OSError:
-                    if time.monotonic() >= deadline:
-                        raise LockBusy(str(lock_path)) from None
-                    time.sleep(0.02)
-            try:
-                yield True
-            finally:
-                fcntl.lockf(handle.fileno(), fcntl.LOCK_UN)
+    def _folder_lock(self, folder: Path) -> contextlib.AbstractContextManager[bool]:
+        """Hold the folder's ``lockfile`` shared while reading (:func:`folder_lock`)."""
+        return folder_lock(folder, self.lock_timeout)
+
+
+__all__ = [
+    "LOCKFILE",
+    "FileState",
+    "FolderSnapshot",
+    "LockBusy",
+    "WorklistStore",
+    "is_safe_ae_title",
+    "unexpected_reason",
+]

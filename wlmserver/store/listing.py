@@ -71,19 +71,23 @@ class Listing:
     signatures : dict, optional
         Name -> signature, taken ahead; a name without one could not be stat'ed (gone, or a
         broken link).
+    links : set of str, optional
+        The names that are symbolic links (from the directory entries, without a ``stat``).
     """
 
-    __slots__ = ("_dirents", "names", "signatures")
+    __slots__ = ("_dirents", "links", "names", "signatures")
 
     def __init__(
         self,
         names: list[str],
         dirents: dict[str, os.DirEntry[str]] | None = None,
         signatures: dict[str, Signature] | None = None,
+        links: set[str] | None = None,
     ) -> None:
         self.names = names
         self._dirents = dirents or {}
         self.signatures = signatures
+        self.links = links if links is not None else set()
 
     @classmethod
     def of(cls, folder: Path, serves: Callable[[str], bool]) -> Listing:
@@ -91,7 +95,8 @@ class Listing:
         folder cannot be listed."""
         with os.scandir(folder) as it:
             dirents = {d.name: d for d in it if serves(d.name)}
-        return cls(sorted(dirents), dirents)
+        links = {name for name, d in dirents.items() if d.is_symlink()}
+        return cls(sorted(dirents), dirents, links=links)
 
     def signature(self, name: str) -> Signature | None:
         """A file's signature, or None if it cannot be stat'ed (gone, or a broken link)."""
@@ -113,15 +118,16 @@ class Listing:
 
 # The child: the interpreter alone (-I -S), so it starts in milliseconds. Its first argument
 # is the name rule (:attr:`NameRule`) as marshalled hex; then the folders. It writes, per
-# folder, None (cannot be listed) or (name -> signature, names that cannot be stat'ed), for the
-# names the rule serves: what the parent gets back needs no Python work to use.
+# folder, None (cannot be listed) or (name -> signature, names that cannot be stat'ed, names
+# that are symbolic links), for the names the rule serves: what the parent gets back needs no
+# Python work to use.
 _CHILD = """\
 import marshal, os, sys
 suffixes, hidden = marshal.loads(bytes.fromhex(sys.argv[1]))
 out = {}
 for folder in sys.argv[2:]:
     try:
-        found, failed = {}, []
+        found, failed, links = {}, [], []
         with os.scandir(folder) as it:
             for d in it:
                 n = d.name
@@ -130,13 +136,15 @@ for folder in sys.argv[2:]:
                     low.endswith(x) and len(n) > len(x) for x in suffixes
                 ):
                     continue
+                if d.is_symlink():
+                    links.append(n)
                 try:
                     st = d.stat()
                 except OSError:
                     failed.append(n)
                     continue
                 found[n] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        out[folder] = (found, failed)
+        out[folder] = (found, failed, links)
     except OSError:
         out[folder] = None
 sys.stdout.buffer.write(marshal.dumps(out))
@@ -191,12 +199,16 @@ class ListingsAhead:
                 listed = found[folder]
                 if listed is None:
                     continue  # the scan lists it itself, and says why it cannot
-                signatures, failed = listed
-                if not (isinstance(signatures, dict) and isinstance(failed, list)):
+                signatures, failed, links = listed
+                if not (
+                    isinstance(signatures, dict)
+                    and isinstance(failed, list)
+                    and isinstance(links, list)
+                ):
                     raise TypeError("not a listing")
                 names = [*signatures, *failed]
                 names.sort()
-                self._listings[name] = Listing(names, signatures=signatures)
+                self._listings[name] = Listing(names, signatures=signatures, links=set(links))
         except (
             OSError,
             ValueError,
