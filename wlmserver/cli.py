@@ -259,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. /var/cache/wlmserver)",
     )
     g.add_argument(
+        "--index-workers",
+        type=_non_negative,
+        metavar="N",
+        help="read files in N worker processes when many are to be read (the first index); "
+        "0: in the server's own process (default: one per CPU, none on one CPU)",
+    )
+    g.add_argument(
         "-rfp",
         "--request-file-path",
         type=Path,
@@ -848,6 +855,7 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         max_file_size=args.max_file_size,
         follow_links=args.follow_links,
         index_cache=args.index_cache,
+        index_workers=args.index_workers,
         access=access,
         profiles=file.profiles if file is not None else Profiles(),
         config_file=file.path if file is not None else None,

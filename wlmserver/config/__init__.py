@@ -101,6 +101,9 @@ class Config:
         A private folder to keep the index in between runs (``--index-cache``; see
         :mod:`wlmserver.store.cache`), so a restart is served in seconds; None: none, every
         start indexes the whole database.
+    index_workers : int or None
+        Worker processes reading files when many are to be read (``--index-workers``; see
+        :mod:`wlmserver.store.workers`); 0: none; None: one per CPU (none on one CPU).
     access : Access
         Who may ask: calling AE title and address allow-lists (``--allow-calling-aet``,
         ``--allow-host`` and the configuration file's ``[access]``).
@@ -172,6 +175,7 @@ class Config:
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     follow_links: bool = False
     index_cache: Path | None = None
+    index_workers: int | None = None
     # access control and modality profiles
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)

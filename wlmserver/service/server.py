@@ -93,6 +93,7 @@ class WorklistServer:
             json_drops=config.json_drops,
             max_file_size=config.max_file_size,
             follow_links=config.follow_links,
+            workers=config.index_workers,
         )
         #: The index cache (``--index-cache``), or None.
         self.cache = (

@@ -18,7 +18,7 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -37,6 +37,7 @@ from wlmserver.store.reader import (
     read_state,
     unexpected_reason,
 )
+from wlmserver.store.workers import PARALLEL_ABOVE, WorkerReads, WorkersFailed, worker_count
 
 LOGGER = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class WorklistStore:
     follow_links : bool
         Serve files and AE folders whose symbolic links lead out of the database root
         (``--follow-links``); by default they are not served, saying why.
+    workers : int, optional
+        How many worker processes read files when many are to be read (the first index);
+        0 reads every file in this process; by default one per CPU (none on one CPU).
     settle_time : float
         How long a file found cut short (empty, or ending inside its structure) may stay so
         before a warning says it is not served: a writer that writes a file in several
@@ -137,8 +141,12 @@ class WorklistStore:
         formats: Formats | None = None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         follow_links: bool = False,
+        workers: int | None = None,
     ) -> None:
         self.root = Path(root)
+        #: Worker processes reading many files at once (:mod:`wlmserver.store.workers`);
+        #: 0: every file is read in this process.
+        self.workers = worker_count() if workers is None else workers
         self.settle_time = settle_time
         self.max_file_size = max_file_size
         self.follow_links = follow_links
@@ -349,25 +357,13 @@ class WorklistStore:
                 if known != on_disk
                 else []
             )
-            last_report = time.monotonic()
             done = 0  # stale files dealt with
             try:
-                for start in range(0, len(stale), _CHUNK):
-                    with self._folder_lock(folder_path) as locked:
-                        for fname in stale[start : start + _CHUNK]:
-                            done += 1
-                            path = folder_path / fname
-                            signature: Signature | None = on_disk[fname]
-                            if locked:  # a writer may have finished it meanwhile: as it is now
-                                signature = listing.signature_now(path)
-                            if signature is None:
-                                continue  # gone: its event removes it
-                            is_link = fname in listing.links  # else no stat: inside
-                            files[fname] = self._read(path, signature, files.get(fname), is_link)
-                            changed += 1
-                    if time.monotonic() - last_report > _PROGRESS_SECONDS:
-                        last_report = time.monotonic()
-                        LOGGER.info("indexing %s: %d of %d files", name, done, len(stale))
+                for count, read in self._read_stale(folder_path, stale, on_disk, listing):
+                    done = count
+                    for fname, state in read:
+                        files[fname] = state
+                        changed += 1
             except LockBusy:
                 LOGGER.warning("%s: lockfile held by a writer; will retry", folder_path)
                 if is_new:  # cached states not checked against the disk: never published
@@ -377,6 +373,72 @@ class WorklistStore:
             if changed or is_new:
                 self._publish(name, files, vanished | set(stale), base=base)
             return changed
+
+    def _read_stale(
+        self,
+        folder_path: Path,
+        stale: list[str],
+        on_disk: Mapping[str, Signature],
+        listing: Listing,
+    ) -> Iterator[tuple[int, list[tuple[str, FileState]]]]:
+        """Read the files of a folder whose signature changed, in chunks, each under the
+        folder's ``lockfile`` when there is one; yields ``(how many files were dealt with,
+        the states read)`` as they come. Many files are read by worker processes
+        (:mod:`wlmserver.store.workers`) when :attr:`workers` allows; progress is logged every
+        few seconds.
+
+        Raises
+        ------
+        LockBusy
+            A wlmscpfs-era writer held the lockfile too long: the files after the last count
+            yielded are not read.
+        """
+        name = folder_path.name
+        last_report = time.monotonic()
+        done = 0
+        rows = [(f, on_disk[f], f in listing.links) for f in stale]
+        if self.workers and len(rows) >= PARALLEL_ABOVE:
+            try:
+                with WorkerReads(self.workers, self.read_options, self.lock_timeout) as pool:
+                    LOGGER.info(
+                        "indexing %s: %d files, in %d worker processes",
+                        name,
+                        len(rows),
+                        self.workers,
+                    )
+                    for done, batch in pool.read(folder_path, rows):
+                        for fname, state, notes in batch:
+                            self._took(folder_path / fname, state, notes)
+                        yield done, [(fname, state) for fname, state, _ in batch]
+                        if time.monotonic() - last_report > _PROGRESS_SECONDS:
+                            last_report = time.monotonic()
+                            LOGGER.info("indexing %s: %d of %d files", name, done, len(rows))
+                return
+            except WorkersFailed as exc:
+                LOGGER.warning(
+                    "indexing %s: worker processes failed (%s); the remaining %d files are "
+                    "read here",
+                    name,
+                    exc,
+                    len(rows) - done,
+                )
+        for start in range(done, len(rows), _CHUNK):
+            read: list[tuple[str, FileState]] = []
+            with self._folder_lock(folder_path) as locked:
+                for fname, signature, is_link in rows[start : start + _CHUNK]:
+                    path = folder_path / fname
+                    if locked:  # a writer may have finished it meanwhile: as it is now
+                        now = listing.signature_now(path)
+                        if now is None:
+                            continue  # gone: its event removes it
+                        signature = now
+                    read.append((fname, self._read(path, signature, None, is_link)))
+            yield min(start + _CHUNK, len(rows)), read
+            if time.monotonic() - last_report > _PROGRESS_SECONDS:
+                last_report = time.monotonic()
+                LOGGER.info(
+                    "indexing %s: %d of %d files", name, min(start + _CHUNK, len(rows)), len(rows)
+                )
 
     def update_file(self, path: Path) -> None:
         """(Re)read one file after a file event; a vanished file is removed."""
