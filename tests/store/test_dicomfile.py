@@ -158,3 +158,130 @@ def test_nesting_is_bounded() -> None:
         parse(_nested(MAX_NESTING + 1))
     with pytest.raises(Undecodable, match="nested more than"):
         parse(_nested(600))
+
+
+# ------------------------------------------------ the fast ways: tag order, remembered values
+def _el(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element with a 16-bit length."""
+    return (
+        group.to_bytes(2, "little")
+        + element.to_bytes(2, "little")
+        + vr
+        + len(value).to_bytes(2, "little")
+        + value
+    )
+
+
+_NAME = _el(0x0010, 0x0010, b"PN", b"DOE^JOHN")
+_ID = _el(0x0010, 0x0020, b"LO", b"PID1")
+_SEX = _el(0x0010, 0x0040, b"CS", b"F ")
+_MODALITY = _el(0x0008, 0x0060, b"CS", b"CT")
+
+
+@pytest.mark.parametrize(
+    "order",
+    [(_MODALITY, _NAME, _ID, _SEX), (_SEX, _ID, _NAME, _MODALITY), (_ID, _MODALITY, _SEX, _NAME)],
+)
+def test_elements_out_of_tag_order_are_sorted(order: tuple[bytes, ...]) -> None:
+    in_order, _ = parse(_MODALITY + _NAME + _ID + _SEX)
+    record, _ = parse(b"".join(order))
+    assert record == in_order
+    assert [tag for tag, _, _ in record] == [0x00080060, 0x00100010, 0x00100020, 0x00100040]
+    assert record.text(0x00100040) == ("F",)
+
+
+def test_repeated_tags_are_kept_as_the_sorting_constructor_keeps_them() -> None:
+    from wlmserver.matching.record import Record
+
+    first, second = _el(0x0010, 0x0020, b"LO", b"A1"), _el(0x0010, 0x0020, b"LO", b"B2")
+    record, _ = parse(_MODALITY + first + second)
+    expected = Record([(0x00080060, "CS", ("CT",)), (0x00100020, "LO", ("A1",))])
+    expected = Record([*expected, (0x00100020, "LO", ("B2",))])
+    assert list(record) == list(expected)
+    assert record.text(0x00100020) == ("B2",)  # the last one, as before
+
+
+def _with_charset(charset: bytes, *elements: bytes) -> bytes:
+    if len(charset) % 2:
+        charset += b" "
+    return _el(0x0008, 0x0005, b"CS", charset) + b"".join(elements)
+
+
+@pytest.mark.parametrize(
+    ("raw", "charsets"),
+    [
+        # one byte string, three meanings: Latin-1, UTF-8, not decodable as UTF-8
+        (b"M\xc3\xbcller", {b"ISO_IR 100": "MÃ¼ller", b"ISO_IR 192": "Müller"}),
+        (b"M\xfcller", {b"ISO_IR 100": "Müller", b"ISO_IR 192": None, b"": "Müller"}),
+        # ASCII bytes, but an ISO 2022 escape: JIS X 0208 in IR 87, ESC kept in the default
+        (
+            b"Yamada=\x1b$B;3ED\x1b(B",
+            {b"\\ISO 2022 IR 87": "Yamada=山田", b"": "Yamada=\x1b$B;3ED\x1b(B"},
+        ),
+    ],
+)
+def test_a_remembered_value_never_crosses_character_sets(
+    raw: bytes, charsets: dict[bytes, str | None]
+) -> None:
+    """Values are remembered by their bytes only when they decode alike in every character
+    set: the same bytes in files of other character sets decode in each file's own."""
+    for _ in range(3):  # the first time decodes; the next ones may find remembered values
+        for vr in (b"PN", b"LO", b"SH"):
+            for charset, text in [*charsets.items(), *reversed(charsets.items())]:
+                data = _with_charset(charset, _el(0x0010, 0x0010, vr, raw))
+                if text is None:
+                    with pytest.raises(Undecodable, match="decode"):
+                        parse(data)
+                    continue
+                record, _ = parse(data)
+                assert record.text(0x00100010) == (text,), (vr, charset)
+
+
+def test_a_remembered_value_in_an_item_with_its_own_character_set() -> None:
+    """An SPS item may name its own character set: its text decodes in it, the same bytes at
+    the top level in the file's."""
+    text = _el(0x0010, 0x0010, b"PN", b"M\xfcller")
+    item = _with_charset(b"ISO_IR 192", _el(0x0008, 0x0060, b"LO", b"\xc3\xbc"))
+    item_header = b"\xfe\xff\x00\xe0" + len(item).to_bytes(4, "little")
+    sps = b"\x40\x00\x00\x01SQ\x00\x00" + (len(item) + 8).to_bytes(4, "little")
+    for _ in range(2):
+        record, charset = parse(
+            _with_charset(b"ISO_IR 100", text, _el(0x0010, 0x0020, b"LO", b"\xc3\xbc"))
+            + sps
+            + item_header
+            + item
+        )
+        assert charset == ("ISO_IR 100",)
+        assert record.text(0x00100010) == ("Müller",)
+        assert record.text(0x00100020) == ("Ã¼",)
+        (sps_item,) = record.items(0x00400100)
+        assert sps_item.text(0x00080060) == ("ü",)
+
+
+def test_known_headers_still_find_every_cut() -> None:
+    """A header seen before is read by one look-up; a value cut short after it is still
+    reported where it ends (and a header cut short, too)."""
+    whole = _MODALITY + _ID
+    parse(whole)  # the headers are known now
+    with pytest.raises(Incomplete, match=r"the value of \(0010,0020\) at byte 18"):
+        parse(whole[:-1])
+    with pytest.raises(Incomplete, match="an element header at byte 10"):
+        parse(whole[:15])
+    # the same header bytes in implicit VR data mean something else: not looked up there
+    implicit = b"\x10\x00\x20\x00\x04\x00\x00\x00PID1"
+    assert parse(implicit)[0].text(0x00100020) == ("PID1",)
+
+
+def test_remembered_values_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wlmserver.store import dicomfile
+
+    monkeypatch.setattr(dicomfile, "_MEMO_LIMIT", 8)
+    monkeypatch.setattr(dicomfile, "_HEADERS_LIMIT", 4)
+    for n in range(40):
+        value = f"ID{n:04d}".encode()
+        data = _el(0x0010, 0x0020, b"LO", value) + _el(0x0010, 0x0021, b"LO", b"X" * (n % 7))
+        for _ in range(2):
+            record, _ = parse(data)
+            assert record.text(0x00100020) == (value.decode(),)
+            assert record.text(0x00100021) == (("X" * (n % 7),) if n % 7 else ())
+        assert len(dicomfile._MEMO) <= 8 and len(dicomfile._HEADERS) <= 4

@@ -385,3 +385,32 @@ def test_links_out_of_the_root_are_not_followed_unless_asked(db: Path, tmp_path:
     trusting.scan()
     assert sorted(_ids(trusting)) == ["INNER", "OUTSIDE"]
     assert _ids(trusting, "ROOTLINK") == ["OUTSIDE"]
+
+
+def test_read_resolves_a_path_unless_told_it_is_no_link(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_read(..., is_link=False)`` (a directory entry known to be no symbolic link, in a
+    folder checked to lie inside the root) skips resolving the path; a link, or not knowing,
+    still resolves it, and a link out of the root is refused."""
+    outside = tmp_path / "outside"
+    write_wl(outside / "secret.wl", PatientID="OUTSIDE")
+    (db / "WLM" / "link.wl").symlink_to(outside / "secret.wl")
+    write_wl(db / "WLM" / "plain.wl", PatientID="PLAIN")
+    store = WorklistStore(db)
+    resolved: list[str] = []
+    is_inside = store._is_inside
+
+    def spy(path: Path) -> bool:
+        resolved.append(path.name)
+        return is_inside(path)
+
+    monkeypatch.setattr(store, "_is_inside", spy)
+    signature = (0, 0, 0, 0)
+    for is_link in (None, True):
+        state = store._read(db / "WLM" / "link.wl", signature, None, is_link)
+        assert not state.entries and "out of the database root" in str(state.problem)
+    for is_link in (None, False):
+        state = store._read(db / "WLM" / "plain.wl", signature, None, is_link)
+        assert [e.top.PatientID for e in state.entries] == ["PLAIN"]
+    assert resolved == ["link.wl", "link.wl", "plain.wl"]

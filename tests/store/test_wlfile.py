@@ -8,6 +8,7 @@ import pytest
 from conftest import make_dataset, write_wl
 from pydicom.dataset import Dataset
 
+from wlmserver.matching.record import Record
 from wlmserver.store.files import WorklistFileError
 from wlmserver.store.formats import WORKLIST
 from wlmserver.store.wlfile import read_worklist_file
@@ -172,3 +173,65 @@ def test_files_without_part10_header_are_served(tmp_path: Path) -> None:
 )
 def test_worklist_names(name: str, served: bool) -> None:
     assert WORKLIST.names(name) is served
+
+
+def _reference_missing(record: Record, required: tuple[tuple[str, ...], ...]) -> list[str]:
+    """What missing_type1 answered before it read the record's parts directly."""
+    from pydicom.datadict import tag_for_keyword
+
+    return [
+        " or ".join(alternatives)
+        for alternatives in required
+        if not any(record.has_value(tag_for_keyword(k) or 0) for k in alternatives)
+    ]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"PatientName": "", "PatientID": "P1"},
+        {"PatientName": "A^B", "PatientID": "P1", "StudyInstanceUID": "1.2"},
+        {"RequestedProcedureDescription": "", "RequestedProcedureID": "R"},
+    ],
+)
+def test_missing_type1_answers_as_has_value(values: dict[str, str]) -> None:
+    from wlmserver.matching.keys import REQUIRED_SPS, REQUIRED_TOP
+    from wlmserver.store.wlfile import missing_type1
+
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.RequestedProcedureCodeSequence = [Dataset()] if "PatientName" in values else []
+    record = Record([(e.tag, e.VR, (str(e.value),) if e.value else ()) for e in ds])
+    if "PatientName" in values:  # a sequence with an item counts as having a value
+        record = Record(
+            [*(e for e in record if e[0] != 0x00321064), (0x00321064, "SQ", (Record([]),))]
+        )
+    for required in (REQUIRED_TOP, REQUIRED_SPS):
+        assert missing_type1(record, required) == _reference_missing(record, required)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last", "twice"])
+def test_the_top_record_is_the_file_without_its_sps(where: str) -> None:
+    """The top-level record is cut from the file's layout once per layout; it equals the
+    record built the general way (sorting what is left), wherever the SPS lies."""
+    from wlmserver.matching.keys import SPS_SEQUENCE_TAG
+    from wlmserver.store.wlfile import split_entries
+
+    item = Record([(0x00080060, "CS", ("CT",)), (0x00400001, "AE", ("CT01",))])
+    others = {
+        "first": [(0x00410001, "LO", ("X",))],
+        "middle": [(0x00100010, "PN", ("A^B",)), (0x00410001, "LO", ("X",))],
+        "last": [(0x00080050, "SH", ("ACC",)), (0x00100020, "LO", ("P1",))],
+        "twice": [(0x00100020, "LO", ("P1",)), (SPS_SEQUENCE_TAG, "SQ", (item,))],
+    }[where]
+    record = Record([*others, (SPS_SEQUENCE_TAG, "SQ", (item,))])
+    for _ in range(2):  # the layout's cut is computed, then known
+        result = split_entries(record, (), Path("/db/WLM/a.wl"), reject_incomplete=False)
+        expected = Record([e for e in record if e[0] != SPS_SEQUENCE_TAG])
+        assert all(entry.top == expected for entry in result.entries)
+        assert [list(entry.top) for entry in result.entries] == [list(expected)] * len(
+            record.items(SPS_SEQUENCE_TAG)
+        )
+        assert SPS_SEQUENCE_TAG not in result.entries[0].top

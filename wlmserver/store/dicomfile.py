@@ -16,6 +16,7 @@ bytes that do not decode make the file unreadable rather than silently replaced.
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from functools import lru_cache
 
@@ -24,7 +25,7 @@ from pydicom.datadict import dictionary_VR
 
 from wlmserver.matching.keys import SINGLE_VALUED_TEXT_VRS
 from wlmserver.matching.primitives import normalise_text
-from wlmserver.matching.record import Record, Value, Values, share
+from wlmserver.matching.record import Record, Value, Values, layout_for, share
 
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
@@ -51,6 +52,12 @@ _DELIMITERS = frozenset({_ITEM, _ITEM_END, _SEQUENCE_END})
 _IMPLICIT_HEADER = {e: struct.Struct(e + "HHL") for e in "<>"}
 _EXPLICIT_HEADER = {e: struct.Struct(e + "HH2sH") for e in "<>"}
 _LENGTH = {e: struct.Struct(e + "L") for e in "<>"}
+# explicit VR little endian, by far the most common encoding, is read by the dataset loop
+# itself (the same checks as _Parser.header, without a call per element)
+_EXPLICIT_LE = _EXPLICIT_HEADER["<"].unpack_from
+_DELIMITER_LE = _IMPLICIT_HEADER["<"].unpack_from  # a delimiter: tag and 32-bit length
+_LENGTH_LE = _LENGTH["<"].unpack_from
+_SHORT_VR_NAMES = {raw: vr for raw, vr in _VR_NAMES.items() if vr not in _LONG_VRS}
 _ISO_2022 = frozenset(
     name for name in python_encoding if name.startswith("ISO 2022") and name != "ISO 2022 IR 6"
 )
@@ -67,6 +74,22 @@ MAX_VALUE_LENGTH = 1024 * 1024
 #: kilobytes, and a 64 KiB deflate bomb once asked for 128 MiB.
 MAX_INFLATED = 4 * 1024 * 1024
 _TEXT_DELIMITERS = {0x5C}
+#: Decoded values of short elements already seen, by the bytes of their VR, length and value
+#: (modalities, stations, dates, times, sexes and empty values repeat from file to file). Only
+#: values that decode alike in every character set are kept: those of the VRs always read as
+#: ASCII, and text in ASCII without ESC (see :func:`decode_text`); so a value in another
+#: character set is always decoded in its own. Cleared when full (a bound, not a policy).
+_MEMO: dict[bytes, Values] = {}
+_MEMO_LIMIT = 32_768
+_MEMO_VALUE = 64  # value bytes at most
+# short VRs (a 16-bit length) whose values may repeat; not UI: UIDs are unique
+_MEMO_VRS = (_CHARSET_VRS | _ASCII_VRS) - _LONG_VRS - {"UI"}
+#: Element headers already seen in explicit VR little endian data, by their 8 bytes: ``(tag,
+#: VR, length, whether the value may be remembered)``. Only headers of plain elements are kept
+#: (a short VR; not a delimiter, group length, file meta or Specific Character Set), which the
+#: dataset loop reads with one look-up; any other header takes the full way.
+_HEADERS: dict[bytes, tuple[int, str, int, bool]] = {}
+_HEADERS_LIMIT = 16_384
 
 
 class Incomplete(ValueError):
@@ -98,6 +121,7 @@ class _Parser:
         self.data = data
         self.implicit = implicit
         self.e = "<" if little else ">"
+        self.fast = little and not implicit
         self.depth = 0
 
     def need(self, pos: int, size: int, what: str) -> None:
@@ -136,14 +160,21 @@ class _Parser:
         """Skip the file meta group (always explicit VR little endian); return the position
         after it and the transfer syntax it names."""
         syntax = ""
-        while pos + 8 <= len(self.data):
-            if struct.unpack_from("<H", self.data, pos)[0] != 0x0002:
+        data = self.data
+        size = len(data)
+        while pos + 8 <= size:
+            group, element, vr_bytes, length = _EXPLICIT_LE(data, pos)
+            if group != 0x0002:
                 break
-            tag, _vr, length, value = self.header(pos, False, "<")
-            if value + length > len(self.data):
+            tag = (group << 16) | element
+            if vr_bytes in _SHORT_VR_NAMES:
+                value = pos + 8
+            else:  # a long VR, or an invalid one: as the header says
+                tag, _vr, length, value = self.header(pos, False, "<")
+            if value + length > size:
                 self.need(value, length, f"the value of {_name(tag)}")
             if tag == _TRANSFER_SYNTAX:
-                syntax = self.data[value : value + length].decode("latin-1").strip("\x00 ")
+                syntax = data[value : value + length].decode("latin-1").strip("\x00 ")
             pos = value + length
         return pos, syntax
 
@@ -151,23 +182,93 @@ class _Parser:
         self, pos: int, end: int | None, encodings: list[str]
     ) -> tuple[Record, int, list[str]]:
         """Parse elements up to ``end`` (or an item delimiter when ``end`` is None)."""
-        elements: list[tuple[int, str, Value]] = []
+        tags: list[int] = []
+        vrs: list[str] = []
+        values: list[Value] = []
+        add_tag, add_vr, add_value = tags.append, vrs.append, values.append
         data, header, value_of = self.data, self.header, self.value
-        implicit, e, size = self.implicit, self.e, len(self.data)
-        append = elements.append
-        while end is None or pos < end:
-            if end is None and pos >= size:
+        implicit, e, size, fast = self.implicit, self.e, len(self.data), self.fast
+        # module constants as locals: this loop runs once per element of every file
+        explicit_le, short_vrs, delimiters = _EXPLICIT_LE, _SHORT_VR_NAMES, _DELIMITERS
+        remember, memo_vrs = _MEMO.get, _MEMO_VRS
+        # plain headers are known only in explicit VR little endian
+        headers: dict[bytes, tuple[int, str, int, bool]] = _HEADERS if fast else {}
+        known_header = headers.get
+        undefined, charset_tag = _UNDEFINED, _SPECIFIC_CHARACTER_SET
+        last = -1  # the tag before, to tell whether the elements come in tag order
+        ordered = True
+        # a defined end lies inside the data (the caller checked it): only an item of
+        # undefined length can reach the end of the data before its own
+        limit = sys.maxsize if end is None else end
+        while pos < limit:
+            # the common case: a plain element whose header was seen before (fewer than 8
+            # bytes left match no header, and take the full way below, which says why)
+            plain = known_header(data[pos : pos + 8])
+            if plain is not None:
+                tag, vr, length, memo_ok = plain
+                value_pos = pos + 8
+                pos = value_pos + length
+                if pos > size:
+                    self.need(value_pos, length, f"the value of {_name(tag)}")
+                if tag <= last:
+                    ordered = False
+                last = tag
+                add_tag(tag)
+                add_vr(vr)
+                if memo_ok:
+                    key = data[value_pos - 4 : pos]  # VR, length, value
+                    known = remember(key)
+                    if known is None:
+                        known = _remember(key, vr, value_of(tag, vr, key[4:], encodings))
+                    add_value(known)
+                else:
+                    add_value(value_of(tag, vr, data[value_pos:pos], encodings))
+                continue
+            if pos >= size:
                 raise Incomplete("an item of undefined length is not closed")
-            tag, vr, length, value_pos = header(pos, implicit, e)
-            if tag == _ITEM_END:
-                return Record(elements), value_pos, encodings
-            if tag in _DELIMITERS:
-                raise Undecodable(f"unexpected {_name(tag)} at byte {pos}")
-            if length == _UNDEFINED:
+            if fast:  # explicit VR little endian: what header() does, inline
+                if pos + 8 > size:
+                    raise Incomplete(f"the file ends inside an element header at byte {pos}")
+                group, element, vr_bytes, length = explicit_le(data, pos)
+                tag = (group << 16) | element
+                found = short_vrs.get(vr_bytes)
+                if found is not None and group != 0xFFFE:
+                    vr = found
+                    value_pos = pos + 8
+                elif tag in delimiters:
+                    if tag == _ITEM_END:
+                        return _record(tags, vrs, values, ordered), pos + 8, encodings
+                    raise Undecodable(f"unexpected {_name(tag)} at byte {pos}")
+                else:
+                    found = _VR_NAMES.get(vr_bytes)
+                    if found is None:
+                        raise Undecodable(
+                            f"{_name(tag)} has an invalid VR {vr_bytes.decode('latin-1')!r}"
+                        )
+                    vr = found
+                    if vr in _LONG_VRS:
+                        if pos + 12 > size:
+                            raise Incomplete(f"the file ends inside {_name(tag)} at byte {pos}")
+                        (length,) = _LENGTH_LE(data, pos + 8)
+                        value_pos = pos + 12
+                    else:
+                        value_pos = pos + 8
+            else:
+                tag, vr, length, value_pos = header(pos, implicit, e)
+                if tag == _ITEM_END:
+                    return _record(tags, vrs, values, ordered), value_pos, encodings
+                if tag in delimiters:
+                    raise Undecodable(f"unexpected {_name(tag)} at byte {pos}")
+            if length == undefined:
                 if vr not in ("SQ", "UN"):
                     raise Undecodable(f"{_name(tag)} ({vr}) has an undefined length")
+                if tag <= last:
+                    ordered = False
+                last = tag
                 items, pos = self.sequence(value_pos, None, encodings, tag)
-                append((tag, "SQ", items))
+                add_tag(tag)
+                add_vr("SQ")
+                add_value(items)
                 continue
             pos = value_pos + length
             if pos > size:
@@ -179,18 +280,26 @@ class _Parser:
                 )
             if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:
                 continue  # group lengths; file meta found inside a bare dataset
+            if tag <= last:
+                ordered = False
+            last = tag
+            add_tag(tag)
+            add_vr(vr)
+            # a plain element (a short VR, so an 8-byte header): read faster the next time
+            if fast and vr not in _LONG_VRS and tag != charset_tag and tag >> 16 != 0xFFFE:
+                if len(_HEADERS) >= _HEADERS_LIMIT:
+                    _HEADERS.clear()
+                memo_ok = length <= _MEMO_VALUE and vr in memo_vrs
+                _HEADERS[data[value_pos - 8 : value_pos]] = (tag, vr, length, memo_ok)
             if vr == "SQ":
-                items, _ = self.sequence(value_pos, pos, encodings, tag)
-                append((tag, "SQ", items))
-                continue
-            raw = data[value_pos:pos]
-            if tag == _SPECIFIC_CHARACTER_SET:
-                names = charset_values(raw)
+                add_value(self.sequence(value_pos, pos, encodings, tag)[0])
+            elif tag == charset_tag:
+                names = charset_values(data[value_pos:pos])
                 encodings = charset_encodings(names)
-                append((tag, vr, names))
-                continue
-            append((tag, vr, value_of(tag, vr, raw, encodings)))
-        return Record(elements), pos, encodings
+                add_value(names)
+            else:
+                add_value(value_of(tag, vr, data[value_pos:pos], encodings))
+        return _record(tags, vrs, values, ordered), pos, encodings
 
     def sequence(
         self, pos: int, end: int | None, encodings: list[str], seq: int
@@ -207,8 +316,15 @@ class _Parser:
         self, pos: int, end: int | None, encodings: list[str], seq: int
     ) -> tuple[tuple[Record, ...], int]:
         items: list[Record] = []
+        data, size, fast = self.data, len(self.data), self.fast
         while end is None or pos < end:
-            tag, _vr, length, value_pos = self.header(pos, self.implicit, self.e)
+            tag = -1
+            if fast and pos + 8 <= size:  # an item or delimiter tag: read here
+                group, element, length = _DELIMITER_LE(data, pos)
+                tag = (group << 16) | element
+                value_pos = pos + 8
+            if tag not in _DELIMITERS:
+                tag, _vr, length, value_pos = self.header(pos, self.implicit, self.e)
             if tag == _SEQUENCE_END:
                 if end is not None:
                     raise Undecodable(
@@ -220,7 +336,7 @@ class _Parser:
             if length == _UNDEFINED:
                 item, pos, _ = self.dataset(value_pos, None, encodings)
             else:
-                if value_pos + length > len(self.data):
+                if value_pos + length > size:
                     self.need(value_pos, length, f"an item of {_name(seq)}")
                 item, pos, _ = self.dataset(value_pos, value_pos + length, encodings)
             items.append(item)
@@ -242,6 +358,25 @@ class _Parser:
             pairs = struct.unpack_from(f"{self.e}{len(raw) // 2}H", raw)
             return tuple(f"{pairs[i]:04X}{pairs[i + 1]:04X}" for i in range(0, len(pairs) - 1, 2))
         return (raw.hex(),) if raw else ()
+
+
+def _remember(key: bytes, vr: str, values: Values) -> Values:
+    """Keep the decoded value of an element (by the bytes of its VR, length and value) when
+    it decodes alike in every character set (see ``_MEMO``); return it."""
+    raw = key[4:]
+    if vr in _ASCII_VRS or (raw.isascii() and b"\x1b" not in raw):
+        if len(_MEMO) >= _MEMO_LIMIT:
+            _MEMO.clear()
+        _MEMO[key] = values
+    return values
+
+
+def _record(tags: list[int], vrs: list[str], values: list[Value], ordered: bool) -> Record:
+    """The record of a dataset's elements: assembled directly when they came in strictly
+    increasing tag order (files almost always do), else sorted by :class:`Record`."""
+    if ordered:
+        return Record.assembled(layout_for(tuple(tags), tuple(vrs)), tuple(values))
+    return Record(list(zip(tags, vrs, values, strict=True)))
 
 
 def _split(text: str, vr: str) -> Values:

@@ -16,7 +16,7 @@ from pydicom.datadict import tag_for_keyword
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import REQUIRED_SPS, REQUIRED_TOP, SPS_SEQUENCE_TAG
 from wlmserver.matching.primitives import sortable_instant
-from wlmserver.matching.record import Record
+from wlmserver.matching.record import Layout, Record, Values, layout_for
 from wlmserver.store.dicomfile import Incomplete, Undecodable, parse
 from wlmserver.store.files import FileCutShort, FileResult, WorklistFileError, read_file_bytes
 
@@ -29,11 +29,17 @@ def missing_type1(record: Record, required: tuple[tuple[str, ...], ...]) -> list
 
     A requirement with alternatives (``A`` or ``B``) is met by either having a value.
     """
-    return [
-        " or ".join(alternatives)
-        for alternatives in required
-        if not any(record.has_value(_TAGS[keyword]) for keyword in alternatives)
-    ]
+    layout, values = record.parts()
+    positions = layout.positions
+    missing = []
+    for name, tags in _requirements(required):
+        for tag in tags:
+            i = positions.get(tag)
+            if i is not None and values[i]:  # what Record.has_value says, inline
+                break
+        else:
+            missing.append(name)
+    return missing
 
 
 _TAGS = {
@@ -41,6 +47,62 @@ _TAGS = {
     for alternatives in (*REQUIRED_TOP, *REQUIRED_SPS)
     for keyword in alternatives
 }
+_REQUIREMENTS: dict[tuple[tuple[str, ...], ...], tuple[tuple[str, tuple[int, ...]], ...]] = {}
+
+
+def _requirements(
+    required: tuple[tuple[str, ...], ...],
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Each requirement's readable name and the tags of its alternatives."""
+    found = _REQUIREMENTS.get(required)
+    if found is None:
+        found = tuple(
+            (" or ".join(alternatives), tuple(_TAGS[keyword] for keyword in alternatives))
+            for alternatives in required
+        )
+        _REQUIREMENTS[required] = found
+    return found
+
+
+_CUTS: dict[Layout, tuple[Layout, int] | None] = {}
+_CUTS_LIMIT = 4096  # layouts remembered at most (cleared when full)
+
+
+def _without_sps(record: Record) -> Record:
+    """The record without its Scheduled Procedure Step Sequence: its layout cut once per
+    layout (the files of one RIS share a few), its values sliced."""
+    layout, values = record.parts()
+    if layout in _CUTS:
+        cut = _CUTS[layout]
+    else:
+        tags = layout.tags
+        cut = None
+        if tags.count(SPS_SEQUENCE_TAG) == 1 and list(tags) == sorted(tags):
+            i = tags.index(SPS_SEQUENCE_TAG)
+            cut = (layout_for(tags[:i] + tags[i + 1 :], layout.vrs[:i] + layout.vrs[i + 1 :]), i)
+        if len(_CUTS) >= _CUTS_LIMIT:
+            _CUTS.clear()
+        _CUTS[layout] = cut
+    if cut is None:  # the general way: sorted again
+        return Record([e for e in record if e[0] != SPS_SEQUENCE_TAG])
+    top, i = cut
+    return Record.assembled(top, values[:i] + values[i + 1 :])
+
+
+_INSTANTS: dict[tuple[Values, Values], str] = {}
+_INSTANTS_LIMIT = 16_384  # start dates and times remembered at most (cleared when full)
+
+
+def _instant(dates: Values, times: Values) -> str:
+    """:func:`sortable_instant`, remembered: start dates and times repeat across entries."""
+    key = (dates, times)
+    instant = _INSTANTS.get(key)
+    if instant is None:
+        instant = sortable_instant(dates, times)
+        if len(_INSTANTS) >= _INSTANTS_LIMIT:
+            _INSTANTS.clear()
+        _INSTANTS[key] = instant
+    return instant
 
 
 def _parse_record(data: bytes) -> tuple[Record, tuple[str, ...]]:
@@ -105,11 +167,12 @@ def split_entries(
         raise WorklistFileError(f"{label}no ScheduledProcedureStepSequence (0040,0100)")
     if not items:
         raise WorklistFileError(f"{label}ScheduledProcedureStepSequence (0040,0100) has no item")
-    top = Record([e for e in record if e[0] != SPS_SEQUENCE_TAG])
+    top = _without_sps(record)
     top_missing = missing_type1(top, REQUIRED_TOP)
 
     entries: list[Entry] = []
     problems: list[str] = []
+    file_path, file_name = str(path), path.name
     for index, item in enumerate(items):
         missing = top_missing + missing_type1(item, REQUIRED_SPS)
         if missing:
@@ -118,7 +181,7 @@ def split_entries(
             problems.append(f"{label}{what} lacks Type 1 {', '.join(missing)}: {verdict}")
             if reject_incomplete:
                 continue
-        instant = sortable_instant(item.text(_START_DATE), item.text(_START_TIME))
+        instant = _instant(item.text(_START_DATE), item.text(_START_TIME))
         number = first_item + index
-        entries.append(Entry(str(path), number, top, item, charset, (instant, path.name, number)))
+        entries.append(Entry(file_path, number, top, item, charset, (instant, file_name, number)))
     return FileResult(tuple(entries), tuple(problems))
