@@ -16,6 +16,7 @@ from conftest import write_wl
 from wlmserver.store.files import FileResult
 from wlmserver.store.formats import Formats
 from wlmserver.store.index import LockBusy, WorklistStore, is_safe_ae_title
+from wlmserver.store.reader import ReadOptions
 
 
 def _spying(reads: list[str], fail: str = "") -> Formats:
@@ -399,13 +400,13 @@ def test_read_resolves_a_path_unless_told_it_is_no_link(
     write_wl(db / "WLM" / "plain.wl", PatientID="PLAIN")
     store = WorklistStore(db)
     resolved: list[str] = []
-    is_inside = store._is_inside
+    is_inside = ReadOptions.is_inside
 
-    def spy(path: Path) -> bool:
-        resolved.append(path.name)
-        return is_inside(path)
+    def spy(options: ReadOptions, path: Path) -> bool:
+        resolved.append(Path(path).name)
+        return is_inside(options, path)
 
-    monkeypatch.setattr(store, "_is_inside", spy)
+    monkeypatch.setattr(ReadOptions, "is_inside", spy)
     signature = (0, 0, 0, 0)
     for is_link in (None, True):
         state = store._read(db / "WLM" / "link.wl", signature, None, is_link)
