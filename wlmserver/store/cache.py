@@ -37,7 +37,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from functools import lru_cache, partial
-from itertools import repeat
+from itertools import accumulate, repeat
 from operator import attrgetter
 from pathlib import Path
 from types import MappingProxyType
@@ -58,7 +58,7 @@ _T = TypeVar("_T")
 #: The cache file's name in the cache folder.
 CACHE_FILE = "index.wlmcache"
 #: Bumped whenever what is cached, or how, changes.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 _MAGIC = b"wlmserver index cache\n"
 _HEADER_LENGTH_BYTES = 4
 _DIGEST_BYTES = 32
@@ -153,9 +153,9 @@ class _Encoder(RecordPacker):
                 tag,
                 tuple(k for k, b in table.items() if len(b) == 1),
                 tuple(place[id(b[0])] for b in table.values() if len(b) == 1),
-                tuple(
-                    (k, tuple([place[id(e)] for e in b])) for k, b in table.items() if len(b) > 1
-                ),
+                tuple(k for k, b in table.items() if len(b) > 1),
+                tuple(place[id(e)] for b in table.values() if len(b) > 1 for e in b),
+                tuple(len(b) for b in table.values() if len(b) > 1),
             )
             for tag, table in lookup.buckets.items()
         )
@@ -235,9 +235,13 @@ def decode(payload: bytes) -> Cached:
         for fname, signature, problem, places in others:
             states[fname] = FileState(signature, _picked(ordered, places), problem)
         tables = {}
-        for tag, single_keys, single_places, keyed in buckets:
+        for tag, single_keys, single_places, keys, places, lengths in buckets:
             table = dict(zip(single_keys, zip(_picked(ordered, single_places)), strict=True))
-            table.update({key: _picked(ordered, places) for key, places in keyed})
+            # the others: one tuple of all their entries, cut in C by slices of it
+            flat = _picked(ordered, places)
+            ends = list(accumulate(lengths))
+            cuts = map(slice, [0, *ends[:-1]], ends)
+            table.update(zip(keys, map(flat.__getitem__, cuts), strict=True))
             tables[tag] = MappingProxyType(table)
         name_keys, name_places = names
         named = _picked(ordered, name_places)

@@ -27,7 +27,7 @@ from wlmserver.matching.entry import Entry
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE, FileState, Signature
 from wlmserver.store.formats import Formats
 from wlmserver.store.listing import Listing, ListingsAhead, signature_of
-from wlmserver.store.lookup import Lookup
+from wlmserver.store.lookup import Lookup, LookupBuilder
 from wlmserver.store.reader import (
     LOCKFILE,
     LockBusy,
@@ -358,12 +358,16 @@ class WorklistStore:
                 else []
             )
             done = 0  # stale files dealt with
+            # a folder read whole: its lookup is built as its files come (while workers read)
+            builder = LookupBuilder() if is_new and not files else None
             try:
                 for count, read in self._read_stale(folder_path, stale, on_disk, listing):
                     done = count
                     for fname, state in read:
                         files[fname] = state
                         changed += 1
+                        if builder is not None:
+                            builder.add(state.entries)
             except LockBusy:
                 LOGGER.warning("%s: lockfile held by a writer; will retry", folder_path)
                 if is_new:  # cached states not checked against the disk: never published
@@ -371,7 +375,8 @@ class WorklistStore:
                         if files.pop(fname, None) is not None:
                             changed += 1
             if changed or is_new:
-                self._publish(name, files, vanished | set(stale), base=base)
+                lookup = builder.build() if builder is not None else None
+                self._publish(name, files, vanished | set(stale), base=base, lookup=lookup)
             return changed
 
     def _read_stale(
@@ -597,19 +602,23 @@ class WorklistStore:
         files: dict[str, FileState],
         changed: set[str] | None = None,
         base: FolderSnapshot | None = None,
+        lookup: Lookup | None = None,
     ) -> None:
         """Swap in a new snapshot of a folder.
 
         ``changed`` names the files that differ from the current snapshot (None: unknown, or
         a new folder); with few changed entries the lookup is updated, not rebuilt. ``base``
         stands for the current snapshot of a folder not indexed yet (the cached one).
+        ``lookup``, when given, is the lookup of exactly ``files``' entries, built already.
         """
+        if lookup is not None:
+            self._folders[name] = FolderSnapshot(name, lookup, MappingProxyType(files))
+            return
         old = self._folders.get(name, base)
         if old is not None and changed is None:
             changed = {
                 f for f in old.files.keys() | files.keys() if old.files.get(f) is not files.get(f)
             }
-        lookup: Lookup | None = None
         if old is not None and changed is not None:
             removed = [e for f in changed if f in old.files for e in old.files[f].entries]
             added = [e for f in changed if f in files for e in files[f].entries]

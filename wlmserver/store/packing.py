@@ -17,7 +17,7 @@ from operator import itemgetter
 from typing import Any, TypeVar
 
 from wlmserver.matching.entry import Entry, entries_from_rows
-from wlmserver.matching.record import Layout, Record, layout_for
+from wlmserver.matching.record import Layout, Record, assembled_all, layout_for
 from wlmserver.store.files import FileState
 
 _T = TypeVar("_T")
@@ -118,7 +118,7 @@ def unpack_records(table: LayoutTable, flat: tuple[Any, ...]) -> list[Record]:
     plain_numbers, plain_values, nested = flat
     layouts = [layout_for(tuple(tags), tuple(vrs)) for tags, vrs in table]
     sequences = [tuple(i for i, vr in enumerate(layout.vrs) if vr == "SQ") for layout in layouts]
-    records = list(map(Record.assembled, map(layouts.__getitem__, plain_numbers), plain_values))
+    records = assembled_all(map(layouts.__getitem__, plain_numbers), plain_values)
     append, assembled = records.append, Record.assembled
     for number, values in nested:  # each after the records it holds
         values = list(values)
