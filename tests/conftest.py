@@ -83,6 +83,94 @@ def make_dataset(sps: list[dict[str, Any]] | None = None, **top: Any) -> Dataset
     return ds
 
 
+#: One scheduled step as an MPPS names it (Scheduled Step Attributes Sequence item).
+STEP_DEFAULTS: dict[str, Any] = {
+    "StudyInstanceUID": TOP_DEFAULTS["StudyInstanceUID"],
+    "ReferencedStudySequence": [],
+    "AccessionNumber": TOP_DEFAULTS["AccessionNumber"],
+    "RequestedProcedureID": TOP_DEFAULTS["RequestedProcedureID"],
+    "RequestedProcedureDescription": "CT HEAD",
+    "ScheduledProcedureStepID": SPS_DEFAULTS["ScheduledProcedureStepID"],
+    "ScheduledProcedureStepDescription": "HEAD W/O CONTRAST",
+    "ScheduledProtocolCodeSequence": [],
+}
+#: An N-CREATE attribute list with every Type 1 and 2 attribute of PS3.4 Table F.7.2-1.
+MPPS_DEFAULTS: dict[str, Any] = {
+    "PatientName": TOP_DEFAULTS["PatientName"],
+    "PatientID": TOP_DEFAULTS["PatientID"],
+    "PatientBirthDate": TOP_DEFAULTS["PatientBirthDate"],
+    "PatientSex": TOP_DEFAULTS["PatientSex"],
+    "ReferencedPatientSequence": [],
+    "PerformedProcedureStepID": "PPS001",
+    "PerformedStationAETitle": "CT01",
+    "PerformedStationName": "CTROOM1",
+    "PerformedLocation": "",
+    "PerformedProcedureStepStartDate": "20261122",
+    "PerformedProcedureStepStartTime": "101700",
+    "PerformedProcedureStepStatus": "IN PROGRESS",
+    "PerformedProcedureStepDescription": "",
+    "PerformedProcedureTypeDescription": "",
+    "ProcedureCodeSequence": [],
+    "PerformedProcedureStepEndDate": "",
+    "PerformedProcedureStepEndTime": "",
+    "Modality": "CT",
+    "StudyID": "",
+    "PerformedProtocolCodeSequence": [],
+    "PerformedSeriesSequence": [],
+}
+SERIES_DEFAULTS: dict[str, Any] = {
+    "PerformingPhysicianName": "",
+    "ProtocolName": "HEAD",
+    "OperatorsName": "",
+    "SeriesInstanceUID": "1.2.826.0.1.3680043.10.9999.1.1",
+    "SeriesDescription": "",
+    "RetrieveAETitle": "",
+    "ReferencedImageSequence": [],
+    "ReferencedNonImageCompositeSOPInstanceSequence": [],
+}
+
+
+def _fill(ds: Dataset, defaults: dict[str, Any], overrides: dict[str, Any]) -> Dataset:
+    for keyword, value in {**defaults, **overrides}.items():
+        if value is not None:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def make_mpps(steps: list[dict[str, Any]] | None = None, **top: Any) -> Dataset:
+    """An MPPS N-CREATE attribute list: the defaults above, overridden by keyword (``None``
+    removes a key); ``steps``: one Scheduled Step Attributes item per dict (default one)."""
+    ds = _fill(Dataset(), MPPS_DEFAULTS, top)
+    ds.ScheduledStepAttributesSequence = [
+        _fill(Dataset(), STEP_DEFAULTS, step) for step in (steps if steps is not None else [{}])
+    ]
+    return ds
+
+
+def make_final(status: str = "COMPLETED", series: int = 1, **top: Any) -> Dataset:
+    """An N-SET modification list ending a step: status, end date and time, ``series``
+    Performed Series Sequence items; overridden by keyword (``None`` removes a key)."""
+    ds = _fill(
+        Dataset(),
+        {
+            "PerformedProcedureStepStatus": status,
+            "PerformedProcedureStepEndDate": "20261122",
+            "PerformedProcedureStepEndTime": "103000",
+        },
+        top,
+    )
+    if "PerformedSeriesSequence" not in top:
+        ds.PerformedSeriesSequence = [
+            _fill(
+                Dataset(),
+                SERIES_DEFAULTS,
+                {"SeriesInstanceUID": f"1.2.826.0.1.3680043.10.9999.2.{n}"},
+            )
+            for n in range(1, series + 1)
+        ]
+    return ds
+
+
 def write_wl(path: Path, ds: Dataset | None = None, **kwargs: Any) -> Path:
     """Write a worklist file as dump2dcm would (Part 10, explicit VR little endian)."""
     ds = ds if ds is not None else make_dataset(**kwargs)

@@ -26,6 +26,7 @@ from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 from wlmserver.store.index import is_safe_ae_title
+from wlmserver.store.mpps import folder_problem
 
 LOG_LEVELS = {
     "fatal": logging.CRITICAL,
@@ -264,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="read files in N worker processes when many are to be read (the first index); "
         "0: in the server's own process (default: one per CPU, none on one CPU)",
+    )
+    g.add_argument(
+        "--mpps-folder",
+        type=Path,
+        metavar="DIR",
+        help="keep the MPPS instances modalities send (N-CREATE, N-SET) in DIR, one DICOM "
+        "file each (default: ROOT/.mpps, never served as an AE folder; patient data: keep "
+        "DIR private)",
     )
     g.add_argument(
         "-rfp",
@@ -856,6 +865,7 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         follow_links=args.follow_links,
         index_cache=args.index_cache,
         index_workers=args.index_workers,
+        mpps_folder=args.mpps_folder,
         access=access,
         profiles=file.profiles if file is not None else Profiles(),
         config_file=file.path if file is not None else None,
@@ -1081,6 +1091,9 @@ def main(argv: list[str] | None = None) -> int:
             f"use -dfp {shlex.quote(str(root.parent))} (it is then served as AE title "
             f"{root.name!r})"
         )
+    problem = folder_problem(config.mpps_path, root)
+    if problem is not None:
+        parser.error(f"--mpps-folder {config.mpps_path}: {problem}; give a folder of its own")
     check_tls(parser, args, config)
     try:
         setup_logging(args)

@@ -11,6 +11,7 @@ from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
+from wlmserver.store.mpps import default_folder
 
 DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "WLMSERVER"
@@ -104,6 +105,10 @@ class Config:
     index_workers : int or None
         Worker processes reading files when many are to be read (``--index-workers``; see
         :mod:`wlmserver.store.workers`); 0: none; None: one per CPU (none on one CPU).
+    mpps_folder : Path or None
+        The folder of its own MPPS instances are kept in, one DICOM file each
+        (``--mpps-folder``; see :mod:`wlmserver.store.mpps`); None: ``<root>/.mpps``
+        (:attr:`mpps_path`).
     access : Access
         Who may ask: calling AE title and address allow-lists (``--allow-calling-aet``,
         ``--allow-host`` and the configuration file's ``[access]``).
@@ -176,6 +181,7 @@ class Config:
     follow_links: bool = False
     index_cache: Path | None = None
     index_workers: int | None = None
+    mpps_folder: Path | None = None
     # access control and modality profiles
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)
@@ -195,6 +201,16 @@ class Config:
     tls_ca_dirs: tuple[Path, ...] = ()
     tls_peer_cert: str | None = None
     tls_port: int | None = None
+
+    @property
+    def mpps_path(self) -> Path:
+        """Where MPPS instances are kept: ``mpps_folder``, or ``<root>/.mpps`` (a dot-name
+        is never an AE title, so never served as an AE folder)."""
+        return (
+            self.mpps_folder
+            if self.mpps_folder is not None
+            else default_folder(self.data_files_path)
+        )
 
     @property
     def tls_enabled(self) -> bool:

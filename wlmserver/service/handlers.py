@@ -50,7 +50,8 @@ def called_ae_title(assoc: Any) -> str:
     return str(assoc.requestor.primitive.called_ae_title).strip()
 
 
-def _peer(assoc: Any) -> str:
+def peer_of(assoc: Any) -> str:
+    """``CALLING@address:port``, for logs."""
     requestor = assoc.requestor
     calling = getattr(requestor.primitive, "calling_ae_title", None) or requestor.ae_title
     return f"{str(calling).strip()}@{requestor.address}:{requestor.port}"
@@ -117,7 +118,9 @@ def handle_requested(
     calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
     refused = config.access.refusal(calling, aet, str(assoc.requestor.address))
     if refused is not None:
-        LOGGER.warning("association from %s to %s rejected: %s", _peer(assoc), aet, refused.reason)
+        LOGGER.warning(
+            "association from %s to %s rejected: %s", peer_of(assoc), aet, refused.reason
+        )
         assoc.__dict__["_wlmserver_end"] = f"rejected: {refused.reason}"
         assoc.acse.send_reject(*refused.reject)
         assoc.kill()
@@ -125,7 +128,7 @@ def handle_requested(
     if not is_served(store, config, aet):
         LOGGER.info(
             "association from %s rejected: called AE title %r not recognized (no folder %s)",
-            _peer(assoc),
+            peer_of(assoc),
             aet,
             store.root / aet if is_safe_ae_title(aet) else "(unsafe title)",
         )
@@ -137,7 +140,7 @@ def handle_requested(
     if refusal is not None:
         LOGGER.warning(
             "association from %s to %s rejected (transient, local limit exceeded): %s",
-            _peer(assoc),
+            peer_of(assoc),
             aet,
             refusal,
         )
@@ -248,7 +251,7 @@ def association_ended(assoc: Any, config: Config) -> None:
 
 def handle_echo(event: Any) -> int:
     """EVT_C_ECHO: Verification always succeeds."""
-    LOGGER.debug("C-ECHO from %s", _peer(event.assoc))
+    LOGGER.debug("C-ECHO from %s", peer_of(event.assoc))
     return int(Status.SUCCESS)
 
 
@@ -391,7 +394,7 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
     """
     started = time.perf_counter()
     aet = called_ae_title(event.assoc)
-    peer = _peer(event.assoc)
+    peer = peer_of(event.assoc)
     with contextlib.suppress(AttributeError, TypeError):
         event.assoc.__dict__["_wlmserver_queries"] = (
             event.assoc.__dict__.get("_wlmserver_queries", 0) + 1

@@ -35,16 +35,20 @@ from wlmserver.service.handlers import (
     handle_find,
     handle_requested,
 )
+from wlmserver.service.mpps import handle_n_create, handle_n_set
 from wlmserver.service.pacing import Pacing
 from wlmserver.store.cache import IndexCache, log_cached_problems
 from wlmserver.store.index import WorklistStore
 from wlmserver.store.listing import ListingsAhead
+from wlmserver.store.mpps import MppsStore, folder_problem
 from wlmserver.store.watcher import Watcher
 
 LOGGER = logging.getLogger(__name__)
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 VERIFICATION = "1.2.840.10008.1.1"
+#: PS3.4 F.7: N-CREATE and N-SET, on the same port and association policy as C-FIND.
+MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 
 #: The transfer syntaxes accepted, most preferred first, per wlmscpfs option (``+x=``,
@@ -65,6 +69,10 @@ TRANSFER_SYNTAX_PREFERENCES: dict[TransferSyntaxPreference, list[UID]] = {
     "deflated": [DeflatedExplicitVRLittleEndian, *TRANSFER_SYNTAXES],
     "implicit": [ImplicitVRLittleEndian],
 }
+
+
+class MppsFolderError(ValueError):
+    """The MPPS folder cannot be used (the message names it and says why)."""
 
 
 class WorklistServer:
@@ -96,6 +104,8 @@ class WorklistServer:
         self.cache = (
             IndexCache(config.index_cache, self.store) if config.index_cache is not None else None
         )
+        #: The MPPS instances (``--mpps-folder``), read back at :meth:`start`.
+        self.mpps = MppsStore(config.mpps_path)
         self.watcher: Watcher | None = None
         self._server: Any = None
         self._indexer: threading.Thread | None = None
@@ -119,6 +129,7 @@ class WorklistServer:
         syntaxes = TRANSFER_SYNTAX_PREFERENCES[config.transfer_syntax_preference]
         ae.add_supported_context(MODALITY_WORKLIST_FIND, syntaxes)
         ae.add_supported_context(VERIFICATION, syntaxes)
+        ae.add_supported_context(MODALITY_PERFORMED_PROCEDURE_STEP, syntaxes)
         ae.acse_timeout = config.acse_timeout
         ae.dimse_timeout = config.dimse_timeout
         ae.network_timeout = config.network_timeout
@@ -160,6 +171,7 @@ class WorklistServer:
             raise FileNotFoundError(f"the database root {root} is not a folder")
         # TLS: read the key and certificates first (a TlsSetupError names the file)
         tls_context = tls.server_context(self.config) if self.config.tls_enabled else None
+        self._load_mpps()
         # watch first, so that no change made while indexing is missed
         self.watcher = Watcher(
             self.store, poll=self.config.poll, rescan_interval=self.config.rescan_interval
@@ -179,6 +191,10 @@ class WorklistServer:
         self._pacing = Pacing.from_config(self.config)
         if self._pacing is not None:  # --sleep-before/-during/-after: answers slowed on purpose
             handlers[-1] = (evt.EVT_C_FIND, self._pacing.find, [self.store, self.config])
+        handlers += [
+            (evt.EVT_N_CREATE, handle_n_create, [self.mpps]),
+            (evt.EVT_N_SET, handle_n_set, [self.mpps]),
+        ]
         tls_handlers = list(handlers)
         if tls_context is not None:
             # after handle_connection_open, which applies the per-host connection limit
@@ -213,6 +229,36 @@ class WorklistServer:
         self._indexer.start()
         if wait:
             self.wait_indexed()
+
+    def _load_mpps(self) -> None:
+        """Read the MPPS instances back. A folder given with ``--mpps-folder`` is made now,
+        and one that cannot be used stops the start; the default one (``<root>/.mpps``) is
+        made at the first N-CREATE, and when it cannot be (a read-only database) MPPS is
+        refused with 0x0110 and a warning says so now."""
+        folder = self.config.mpps_path
+        root = self.config.data_files_path
+        problem = folder_problem(folder, root)
+        if problem is not None:
+            raise MppsFolderError(f"--mpps-folder {folder}: {problem}; give a folder of its own")
+        explicit = self.config.mpps_folder is not None
+        try:
+            self.mpps.load(create=explicit)
+        except OSError as exc:
+            if explicit:
+                raise MppsFolderError(f"--mpps-folder {folder}: {exc.strerror or exc}") from exc
+            LOGGER.warning(
+                "MPPS not stored: cannot use %s (%s); N-CREATE and N-SET will fail until "
+                "--mpps-folder names a writable folder",
+                folder,
+                exc.strerror or exc,
+            )
+            return
+        if not explicit and not folder.exists() and not os.access(root, os.W_OK):
+            LOGGER.warning(
+                "MPPS: %s cannot be made (the database root is not writable): N-CREATE will "
+                "fail until --mpps-folder names a writable folder",
+                folder,
+            )
 
     def _index(self) -> None:
         started = time.perf_counter()
@@ -343,7 +389,7 @@ def run(config: Config, ready_message: str | None = None) -> int:
     server = WorklistServer(config)
     try:
         server.start(wait=False)
-    except tls.TlsSetupError as exc:
+    except (tls.TlsSetupError, MppsFolderError) as exc:
         LOGGER.error("cannot start: %s", exc)
         return 1
     except OSError as exc:

@@ -1,0 +1,184 @@
+"""Thin pynetdicom glue for Modality Performed Procedure Step: N-CREATE and N-SET.
+
+The association policy is the C-FIND one (same port, AE titles, allow-lists and TLS): these
+handlers only run on an association :func:`~wlmserver.service.handlers.handle_requested`
+accepted. Each turns the request into a call of :class:`~wlmserver.store.mpps.MppsStore`
+(which checks the PS3.4 F.7 rules, writes the file and updates the link to the steps) and the
+outcome into a response: success, or a failure status with an ErrorComment (0000,0902) naming
+the attribute and the rule, Error ID (0000,0903) where PS3.4 Table F.7.2-2 gives one, and, on
+an N-SET, the Attribute Identifier List (0000,1005) (pynetdicom sends no such list in an
+N-CREATE response, PS3.7 10.3.5).
+
+Logging: one INFO line per request with the peer, the SOP Instance UID, the status and the
+procedure identifiers of the steps (Requested Procedure ID, Scheduled Procedure Step ID,
+Accession Number), never patient names or IDs; an unscheduled MPPS says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from wlmserver.matching.mpps import (
+    MPPS_SOP_CLASS,
+    MppsError,
+    MppsStatus,
+    Performed,
+)
+from wlmserver.service.handlers import peer_of
+from wlmserver.store.mpps import MppsStore
+
+LOGGER = logging.getLogger(__name__)
+
+MppsResponse = tuple[int | Dataset, Dataset | None]
+
+
+def failure(exc: MppsError, n_set: bool = False) -> Dataset:
+    """The status dataset of a refused N-CREATE or N-SET.
+
+    Examples
+    --------
+    >>> from wlmserver.matching.mpps import NO_LONGER_UPDATABLE, NO_LONGER_UPDATABLE_ERROR_ID
+    >>> ds = failure(MppsError(MppsStatus.PROCESSING_FAILURE, NO_LONGER_UPDATABLE,
+    ...                        error_id=NO_LONGER_UPDATABLE_ERROR_ID), n_set=True)
+    >>> hex(ds.Status), ds.ErrorComment, hex(ds.ErrorID)
+    ('0x110', 'Performed Procedure Step Object may no longer be updated', '0xa710')
+    """
+    ds = Dataset()
+    ds.Status = int(exc.status)
+    ds.ErrorComment = exc.comment
+    if exc.error_id is not None:
+        ds.ErrorID = exc.error_id
+    if n_set and exc.tags:
+        ds.AttributeIdentifierList = list(exc.tags)
+    return ds
+
+
+def describe(performed: Performed | None) -> str:
+    """The procedure identifiers of an MPPS for the log: its status and the steps it performs
+    (``RP/SPS`` with the accession number), or that it is unscheduled. No patient data.
+
+    Examples
+    --------
+    >>> from wlmserver.matching.mpps import PpsStatus, StepKey
+    >>> describe(Performed("1.2.3", PpsStatus.IN_PROGRESS, (StepKey("1.4", "RP1", "S1", "A7"),)))
+    'IN PROGRESS, 1 step: RP1/S1 (accession A7, study 1.4)'
+    >>> describe(Performed("1.2.3", PpsStatus.IN_PROGRESS, ()))
+    'IN PROGRESS, unscheduled (no scheduled step named)'
+    """
+    if performed is None:
+        return "?"
+    if performed.unscheduled:
+        return f"{performed.status.value}, unscheduled (no scheduled step named)"
+    steps = ", ".join(
+        f"{s.requested_procedure_id or '-'}/{s.scheduled_procedure_step_id or '-'} "
+        f"(accession {s.accession_number or '-'}, study {s.study_instance_uid or '-'})"
+        for s in performed.steps
+    )
+    count = len(performed.steps)
+    return f"{performed.status.value}, {count} step{'s' if count > 1 else ''}: {steps}"
+
+
+def _wrong_class(sop_class: object) -> MppsError | None:
+    if sop_class is not None and str(sop_class) != MPPS_SOP_CLASS:
+        return MppsError(MppsStatus.NO_SUCH_SOP_CLASS, "SOP Class UID: only MPPS is served")
+    return None
+
+
+def handle_n_create(event: Any, store: MppsStore) -> MppsResponse:
+    """EVT_N_CREATE: create an MPPS instance (PS3.4 F.7.2.1).
+
+    Returns success with the Affected SOP Instance UID the SCP assigned when the request had
+    none (PS3.7 10.1.5.1.4), or a failure status dataset; see
+    :meth:`MppsStore.create <wlmserver.store.mpps.MppsStore.create>` for which.
+    """
+    peer = peer_of(event.assoc)
+    request = event.request
+    given = request.AffectedSOPInstanceUID
+    uid = str(given) if given else None
+    try:
+        refused = _wrong_class(request.AffectedSOPClassUID)
+        if refused is not None:
+            raise refused
+        try:
+            attributes = event.attribute_list
+        except Exception as exc:  # pynetdicom decodes lazily and may fail here
+            raise MppsError(
+                MppsStatus.PROCESSING_FAILURE, "cannot decode the attribute list"
+            ) from exc
+        checked = store.create(uid, attributes)
+    except MppsError as exc:
+        _log_refusal("N-CREATE", peer, uid, exc)
+        return failure(exc), None
+    except Exception:
+        LOGGER.exception("MPPS N-CREATE from %s: %s failed", peer, uid or "(no UID)")
+        return failure(MppsError(MppsStatus.PROCESSING_FAILURE, "internal error")), None
+    created = str(checked.instance.SOPInstanceUID)
+    performed = store.steps.get(created)
+    LOGGER.info(
+        "MPPS N-CREATE from %s: %s%s %s",
+        peer,
+        created,
+        "" if uid else " (UID assigned)",
+        describe(performed),
+    )
+    if checked.lenient:
+        LOGGER.warning(
+            "MPPS N-CREATE from %s: %s accepted without the Type 2 attributes %s "
+            "(PS3.4 Table F.7.2-1: send them, empty when unknown)",
+            peer,
+            created,
+            ", ".join(checked.lenient),
+        )
+    if uid is None:
+        answer = Dataset()
+        answer.AffectedSOPInstanceUID = created
+        return int(MppsStatus.SUCCESS), answer
+    return int(MppsStatus.SUCCESS), None
+
+
+def handle_n_set(event: Any, store: MppsStore) -> MppsResponse:
+    """EVT_N_SET: update an MPPS instance while it is IN PROGRESS (PS3.4 F.7.2.2); see
+    :meth:`MppsStore.set <wlmserver.store.mpps.MppsStore.set>` for the failures."""
+    peer = peer_of(event.assoc)
+    request = event.request
+    uid = str(request.RequestedSOPInstanceUID or "")
+    try:
+        refused = _wrong_class(request.RequestedSOPClassUID)
+        if refused is not None:
+            raise refused
+        try:
+            modification = event.modification_list
+        except Exception as exc:  # pynetdicom decodes lazily and may fail here
+            raise MppsError(
+                MppsStatus.PROCESSING_FAILURE, "cannot decode the modification list"
+            ) from exc
+        checked = store.set(uid, modification)
+    except MppsError as exc:
+        _log_refusal("N-SET", peer, uid, exc)
+        return failure(exc, n_set=True), None
+    except Exception:
+        LOGGER.exception("MPPS N-SET from %s: %s failed", peer, uid)
+        return failure(MppsError(MppsStatus.PROCESSING_FAILURE, "internal error"), True), None
+    LOGGER.info("MPPS N-SET from %s: %s %s", peer, uid, describe(store.steps.get(uid)))
+    if checked.lenient:
+        LOGGER.warning(
+            "MPPS N-SET from %s: %s accepted without the Type 2 attributes %s",
+            peer,
+            uid,
+            ", ".join(checked.lenient),
+        )
+    return int(MppsStatus.SUCCESS), None
+
+
+def _log_refusal(what: str, peer: str, uid: str | None, exc: MppsError) -> None:
+    LOGGER.warning(
+        "MPPS %s from %s: %s refused, status 0x%04X: %s",
+        what,
+        peer,
+        uid or "(no UID)",
+        int(exc.status),
+        exc.comment,
+    )
