@@ -24,6 +24,7 @@ from wlmserver.config.file import load as load_config_file
 from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
+from wlmserver.matching.stepstatus import DEFAULT_HIDDEN, parse_statuses
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 from wlmserver.store.index import is_safe_ae_title
 from wlmserver.store.mpps import folder_problem
@@ -54,6 +55,13 @@ def _seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return value
+
+
+def _step_statuses(text: str) -> frozenset[str]:
+    try:
+        return parse_statuses(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> int:
@@ -273,6 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the MPPS instances modalities send (N-CREATE, N-SET) in DIR, one DICOM "
         "file each (default: ROOT/.mpps, never served as an AE folder; patient data: keep "
         "DIR private)",
+    )
+    g.add_argument(
+        "--hide-status",
+        action="append",
+        type=_step_statuses,
+        metavar="STATUS[,STATUS]",
+        help="do not answer steps whose status (the file's, or the one an MPPS reported) is "
+        "one of these (repeatable; none: hide nothing; default: COMPLETED,DISCONTINUED); a "
+        "query that asks for a status gets it anyway",
     )
     g.add_argument(
         "-rfp",
@@ -866,6 +883,9 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         index_cache=args.index_cache,
         index_workers=args.index_workers,
         mpps_folder=args.mpps_folder,
+        hide_statuses=(
+            frozenset().union(*args.hide_status) if args.hide_status is not None else DEFAULT_HIDDEN
+        ),
         access=access,
         profiles=file.profiles if file is not None else Profiles(),
         config_file=file.path if file is not None else None,

@@ -274,3 +274,18 @@ def test_any_file_content_is_accepted_or_named_never_a_crash(data: dict) -> None
         apply_config_file(build_parser(), file)
     except ConfigFileError as exc:
         assert str(exc).startswith(str(path))
+
+
+def test_profiles_hide_statuses_and_refuse_unknown_ones(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(
+        '[profiles.us]\ncalling-ae-titles = ["US*"]\nhide-status = ["COMPLETED"]\n'
+        '[profiles.default]\nhide-status = "none"\n'
+    )
+    profiles = load(good).profiles
+    assert profiles.for_calling("US01").hide_statuses == frozenset({"COMPLETED"})
+    assert profiles.for_calling("CT01").hide_statuses == frozenset()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[profiles.us]\ncalling-ae-titles = ["US*"]\nhide-status = ["DONE"]\n')
+    with pytest.raises(ConfigFileError, match=r"bad\.toml:3: profiles\.us\.hide-status: 'DONE'"):
+        load(bad)

@@ -10,6 +10,7 @@ from wlmserver.config.access import Access
 from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
+from wlmserver.matching.stepstatus import DEFAULT_HIDDEN
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 from wlmserver.store.mpps import default_folder
 
@@ -109,6 +110,10 @@ class Config:
         The folder of its own MPPS instances are kept in, one DICOM file each
         (``--mpps-folder``; see :mod:`wlmserver.store.mpps`); None: ``<root>/.mpps``
         (:attr:`mpps_path`).
+    hide_statuses : frozenset of str
+        Step statuses not answered (``--hide-status``; by default COMPLETED and
+        DISCONTINUED), whether the file or an MPPS says so (see
+        :mod:`wlmserver.matching.stepstatus`); a query asking for a status is not affected.
     access : Access
         Who may ask: calling AE title and address allow-lists (``--allow-calling-aet``,
         ``--allow-host`` and the configuration file's ``[access]``).
@@ -182,6 +187,7 @@ class Config:
     index_cache: Path | None = None
     index_workers: int | None = None
     mpps_folder: Path | None = None
+    hide_statuses: frozenset[str] = DEFAULT_HIDDEN
     # access control and modality profiles
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)

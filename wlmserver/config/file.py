@@ -37,6 +37,7 @@ from typing import Any
 from wlmserver.config.access import Access, AllowList, parse_network, valid_ae_pattern
 from wlmserver.config.profiles import DEFAULT_PROFILE, Profile, Profiles
 from wlmserver.matching.answers import CharsetPolicy
+from wlmserver.matching.stepstatus import parse_statuses
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +54,7 @@ _PROFILE_KEYS = (
     "charset",
     "sq-expansion",
     "omit-empty-optional",
+    "hide-status",
 )
 _CHARSETS = {"file": CharsetPolicy.FILE, "latin1": CharsetPolicy.LATIN1}
 
@@ -269,6 +271,18 @@ def _bool(draft: ConfigFile, key: str, value: object) -> bool:
     return value
 
 
+def _statuses(draft: ConfigFile, dotted: str, value: Any) -> frozenset[str]:
+    """Step statuses: a list of defined terms (or a string of them); [] or "none": none."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = " ".join(value)
+    if not isinstance(value, str):
+        raise draft.error(dotted, 'must be a list of step statuses, like ["COMPLETED"]')
+    try:
+        return parse_statuses(value)
+    except ValueError as exc:
+        raise draft.error(dotted, str(exc)) from None
+
+
 def _profiles(draft: ConfigFile, table: Mapping[str, Any]) -> Profiles:
     profiles = []
     for name, settings in table.items():
@@ -302,6 +316,8 @@ def _profiles(draft: ConfigFile, table: Mapping[str, Any]) -> Profiles:
                 kwargs["expand_empty_sps"] = _bool(draft, dotted, value)
             elif key == "omit-empty-optional":
                 kwargs["omit_empty_optional"] = _bool(draft, dotted, value)
+            elif key == "hide-status":
+                kwargs["hide_statuses"] = _statuses(draft, dotted, value)
             else:
                 raise draft.error(dotted, f"unknown key; {_suggest(key, _PROFILE_KEYS)}")
         if name != DEFAULT_PROFILE and not kwargs.get("calling_ae_titles"):

@@ -13,7 +13,9 @@ file; else the profile named ``default``; else the server's options unchanged) a
 - choose the answers' character set policy (``charset``), turn the expansion of an empty SPS
   item off (``sq-expansion = false``, as ``-nse``), and leave out requested keys that are
   empty in the answer and optional (Type 3 in Table K.6-1, or not in it) for stacks that choke
-  on zero-length values (``omit-empty-optional``).
+  on zero-length values (``omit-empty-optional``);
+- hide other step statuses than the server does (``hide-status = ["COMPLETED"]``), e.g. show
+  DISCONTINUED steps to the modality that may resume them.
 
 The constraints a profile adds only narrow which steps answer: they are not returned, since the
 query did not ask for them.
@@ -51,6 +53,9 @@ class Profile:
         Expand an empty SPS item of a query to the Table K.6-1 SPS keys.
     omit_empty_optional : bool
         Leave out empty Type 3 (and non-Table K.6-1) keys from answers.
+    hide_statuses : frozenset of str or None
+        Step statuses not answered to this modality (``hide-status``), instead of the
+        server's ``--hide-status``.
     """
 
     name: str
@@ -60,6 +65,7 @@ class Profile:
     charset_policy: CharsetPolicy | None = None
     expand_empty_sps: bool | None = None
     omit_empty_optional: bool = False
+    hide_statuses: frozenset[str] | None = None
 
     def applies_to(self, calling: str) -> bool:
         """Whether the profile names this calling AE title."""
@@ -92,6 +98,7 @@ class Profile:
             and self.charset_policy is None
             and self.expand_empty_sps is None
             and not self.omit_empty_optional
+            and self.hide_statuses is None
         )
 
 

@@ -21,17 +21,21 @@ from wlmserver.config.profiles import Profile
 from wlmserver.matching.answers import build_answer, build_encoded
 from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL, EncodedAnswer
 from wlmserver.matching.keys import describe_tag
+from wlmserver.matching.mpps import PerformedSteps
 from wlmserver.matching.narrow import narrow
 from wlmserver.matching.query import QueryError, compile_query, fit_comment
 from wlmserver.matching.status import Status
+from wlmserver.matching.stepstatus import StatusView, asks_for_status
 from wlmserver.service import capture, reactor
 from wlmserver.service import fastpath as encode
 from wlmserver.service.admission import Admission
 from wlmserver.service.identifier import refused_before_decoding
 from wlmserver.service.tls import negotiated_version
 from wlmserver.store.index import FolderSnapshot, WorklistStore, is_safe_ae_title
+from wlmserver.store.mpps import MppsStore
 
 LOGGER = logging.getLogger(__name__)
+NO_STEPS = PerformedSteps()
 
 # A-ASSOCIATE-RJ: rejected permanent, by the service user, "called AE title not recognized"
 _REJECT_CALLED_AET = (0x01, 0x01, 0x07)
@@ -381,7 +385,9 @@ def profile_notes(profile: Profile, narrowed: tuple[str, ...] = ()) -> tuple[str
     return (f"wlmserver profile: {profile.name}{added}",)
 
 
-def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[FindResponse]:
+def handle_find(
+    event: Any, store: WorklistStore, config: Config, mpps: MppsStore | None = None
+) -> Iterator[FindResponse]:
     """EVT_C_FIND: one Pending answer per matching scheduled procedure step, then Success.
 
     Invalid identifiers get a failure status naming the offending element; a C-CANCEL between
@@ -391,6 +397,10 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
     with an ErrorComment naming the limit or the problem. After ``--max-answers`` answers
     the operation ends with 0xA700 (Refused: Out of Resources, PS3.4 K.4.1.1.4): the answers
     sent are not the whole worklist, which Success would claim.
+
+    Each step is answered with its status as an MPPS reported it (``mpps``; see
+    :mod:`wlmserver.matching.stepstatus`), and steps whose status is hidden
+    (``--hide-status``, or the profile's) are not answered unless the query asks for a status.
     """
     started = time.perf_counter()
     aet = called_ae_title(event.assoc)
@@ -482,9 +492,16 @@ def handle_find(event: Any, store: WorklistStore, config: Config) -> Iterator[Fi
     # (with --sleep-during, each answer is yielded, so it leaves before the next sleep)
     streamed = build is build_encoded and not config.sleep_during_find
     stream = encode.answer_stream(event) if streamed else None
+    hidden = config.hide_statuses if profile.hide_statuses is None else profile.hide_statuses
+    view = StatusView(
+        mpps.steps if mpps is not None else NO_STEPS,
+        frozenset() if asks_for_status(query) else hidden,
+    )
+    seen = None if view.changes_nothing else view.seen
     count = 0
-    for entry in folder.lookup.candidates(query):
-        if not query.matches(entry):
+    for candidate in folder.lookup.candidates(query):
+        entry = candidate if seen is None else seen(candidate)
+        if entry is None or not query.matches(entry):
             continue
         if count % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1:
             _let_the_peer_speak(event.assoc)

@@ -27,6 +27,7 @@ from wlmserver.config import Config
 from wlmserver.service import fastpath
 from wlmserver.service.handlers import FindResponse, handle_find
 from wlmserver.store.index import WorklistStore
+from wlmserver.store.mpps import MppsStore
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class Pacing:
             if not getattr(assoc, "is_established", True):
                 return
 
-    def find(self, event: Any, store: WorklistStore, config: Config) -> Iterator[FindResponse]:
+    def find(
+        self, event: Any, store: WorklistStore, config: Config, mpps: MppsStore | None = None
+    ) -> Iterator[FindResponse]:
         """EVT_C_FIND: :func:`~wlmserver.service.handlers.handle_find`, delayed.
 
         With ``--sleep-during`` the handler yields every answer to pynetdicom (it does not
@@ -80,7 +83,7 @@ class Pacing:
             LOGGER.debug("C-FIND: sleeping %g s before matching (--sleep-before)", self.before)
             self.sleep(assoc, self.before)
         try:
-            for response in handle_find(event, store, config):
+            for response in handle_find(event, store, config, mpps):
                 if self.during:
                     fastpath.flush(assoc)  # what was answered so far reaches the peer first
                     self.sleep(assoc, self.during)

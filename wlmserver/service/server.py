@@ -186,11 +186,15 @@ class WorklistServer:
             (evt.EVT_CONN_OPEN, handle_connection_open, [self.config, admission]),
             (evt.EVT_REQUESTED, handle_requested, [self.store, self.config, admission]),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_FIND, handle_find, [self.store, self.config]),
+            (evt.EVT_C_FIND, handle_find, [self.store, self.config, self.mpps]),
         ]
         self._pacing = Pacing.from_config(self.config)
         if self._pacing is not None:  # --sleep-before/-during/-after: answers slowed on purpose
-            handlers[-1] = (evt.EVT_C_FIND, self._pacing.find, [self.store, self.config])
+            handlers[-1] = (
+                evt.EVT_C_FIND,
+                self._pacing.find,
+                [self.store, self.config, self.mpps],
+            )
         handlers += [
             (evt.EVT_N_CREATE, handle_n_create, [self.mpps]),
             (evt.EVT_N_SET, handle_n_set, [self.mpps]),
