@@ -59,7 +59,7 @@ def test_the_unit_matches_the_configuration(tmp_path: Path) -> None:
     assert command[0] == "/opt/wlmserver/bin/wlmserver"
     assert command[1:] == ["--config", "/etc/wlmserver/wlmserver.toml"]
     assert unit["ReadOnlyPaths"] == [str(args.data_files_path)]
-    assert unit["ReadWritePaths"] == [str(args.request_file_path)]
+    assert unit["ReadWritePaths"] == [str(args.request_file_path), str(args.mpps_folder)]
     # the index cache is the unit's CacheDirectory, private to the service
     assert args.index_cache == Path("/var/cache") / unit["CacheDirectory"][0]
     assert unit["CacheDirectoryMode"] == ["0700"]
