@@ -128,3 +128,18 @@ def test_findscu_sees_the_started_status(start_server: StartServer, two_steps: P
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "CS [STARTED ]" in out and "[SPS001]" in out and "[SPS002]" in out
+
+
+def test_an_unscheduled_mpps_is_kept_and_changes_no_step(
+    start_server: StartServer, two_steps: Path
+) -> None:
+    server = start_server()
+    unscheduled = make_mpps(
+        steps=[{"ScheduledProcedureStepID": "", "RequestedProcedureID": "", "AccessionNumber": ""}]
+    )
+    with modality(server.port) as assoc:
+        assert create(assoc, unscheduled)[0] == 0x0000
+        assert n_set(assoc, make_final())[0] == 0x0000
+    assert _steps(server.port) == [("SPS001", "SCHEDULED"), ("SPS002", "")]
+    assert [p.unscheduled for p in server.mpps.steps] == [True]
+    assert len(list((two_steps / ".mpps").glob("*.dcm"))) == 1
