@@ -241,3 +241,33 @@ def test_a_bad_config_file_is_a_usage_error(
     assert f"{config}:2: profiles.ct.station-filter: must be true or false" in (
         capsys.readouterr().err
     )
+
+
+def test_steps_hidden_by_their_status_say_so(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A step the modality completed (an MPPS in the server's folder) is not answered by
+    default: explain says so, and which setting shows it."""
+    from conftest import make_final, make_mpps
+
+    from wlmserver.store.mpps import MppsStore
+
+    mpps = MppsStore(store / ".mpps")
+    mpps.load()
+    uid = "1.2.826.0.1.3680043.10.9999.77"
+    step = {
+        "StudyInstanceUID": "1.2.826.0.1.3680043.10.9999.1",
+        "AccessionNumber": "A2",
+        "RequestedProcedureID": "RP001",
+        "ScheduledProcedureStepID": "SPS001",
+    }
+    mpps.create(uid, make_mpps(steps=[step]))
+    mpps.set(uid, make_final())
+    status, lines = _run(store, capsys, "--entry-patient-id", "P2")
+    assert status == 1
+    assert lines == [
+        "NO     WLM/mr.wl#1: status COMPLETED (reported by an MPPS) is hidden "
+        "(hide-status COMPLETED,DISCONTINUED; a query asking for a status sees it)"
+    ]
+    status, lines = _run(store, capsys, "--entry-patient-id", "P2", "--hide-status", "none")
+    assert status == 0 and lines == ["MATCH  WLM/mr.wl#1"]

@@ -43,14 +43,23 @@ from wlmserver.config.file import load as load_config_file
 from wlmserver.config.profiles import Profile, Profiles
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import SPS_SEQUENCE_TAG, describe_tag
+from wlmserver.matching.mpps import PerformedSteps
 from wlmserver.matching.narrow import SPS_START_DATE, STATION_AET, narrow
 from wlmserver.matching.primitives import compile_value
 from wlmserver.matching.query import CompiledQuery, ItemQuery, Mismatch, QueryError, compile_query
 from wlmserver.matching.record import Record
+from wlmserver.matching.stepstatus import (
+    DEFAULT_HIDDEN,
+    StatusView,
+    asks_for_status,
+    parse_statuses,
+    step_key,
+)
 from wlmserver.store.dicomfile import parse
 from wlmserver.store.files import FileState, read_file_bytes
 from wlmserver.store.formats import JSON_DROP, Formats
 from wlmserver.store.index import FolderSnapshot, WorklistStore
+from wlmserver.store.mpps import MppsStore, default_folder
 from wlmserver.tools.client import UsageError, add_query_options, build_identifier
 
 _PATIENT_ID, _ACCESSION = 0x00100020, 0x00080050
@@ -275,6 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-dfr", "--disable-file-reject", action="store_true", help="as the server's option"
     )
+    p.add_argument(
+        "--mpps-folder",
+        type=Path,
+        metavar="DIR",
+        help="the server's MPPS folder, whose reported statuses apply (default: --config's "
+        "mpps-folder, else ROOT/.mpps)",
+    )
+    p.add_argument(
+        "--hide-status",
+        metavar="STATUS[,STATUS]",
+        help="as the server's option (default: --config's hide-status, else "
+        "COMPLETED,DISCONTINUED)",
+    )
     p.add_argument("--entry-patient-id", help="explain only the entries of this patient ID")
     p.add_argument("--entry-accession", help="explain only the entries of this accession number")
     return p
@@ -296,12 +318,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         parser.error(str(exc))
     profiles = Profiles()
+    server: dict[str, object] = {}
     if args.config is not None:
         try:
-            profiles = load_config_file(args.config).profiles
+            config_file = load_config_file(args.config)
         except ConfigFileError as exc:
             parser.error(f"--config {exc}")
+        profiles = config_file.profiles
+        server = {option.name: option.value for option in config_file.server}
     profile = profiles.for_calling(args.calling_aet)
+    try:
+        hidden = _hidden(args.hide_status, server.get("hide-status"), profile)
+    except ValueError as exc:
+        parser.error(f"--hide-status: {exc}")
     expand = True if profile.expand_empty_sps is None else profile.expand_empty_sps
     try:
         query = compile_query(identifier, pn_fold=args.pn_case_insensitive, expand_empty_sps=expand)
@@ -335,14 +364,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         calling = f"calling AE title {args.calling_aet!r}" if args.calling_aet else "no -aet"
         added = f"; it adds {'; '.join(narrowed)}" if narrowed else "; it adds no constraint"
         print(f"PROFILE {profile.name} ({calling}){added}")
+    mpps_folder = args.mpps_folder or _server_path(args.config, server.get("mpps-folder"))
+    view = StatusView(
+        _performed(mpps_folder or default_folder(root)),
+        frozenset() if asks_for_status(query) else hidden,
+    )
     wanted = EntryFilter(args.entry_patient_id, args.entry_accession)
     matched = shown = unserved = 0
     for folder in folders:
-        for entry in folder.entries:
-            if wanted and not wanted.matches_record(entry.top):
+        for indexed in folder.entries:
+            if wanted and not wanted.matches_record(indexed.top):
                 continue
             shown += 1
-            where = f"{folder.name}/{Path(entry.path).name}#{entry.item + 1}"
+            where = f"{folder.name}/{Path(indexed.path).name}#{indexed.item + 1}"
+            entry = view.seen(indexed)
+            if entry is None:
+                status = view.status_of(indexed)
+                source = (
+                    "reported by an MPPS"
+                    if len(view.performed)
+                    and (view.performed.status(step_key(indexed)) is not None)
+                    else "in the file"
+                )
+                print(
+                    f"NO     {where}: status {status} ({source}) is hidden "
+                    f"(hide-status {','.join(sorted(view.hidden))}; a query asking for a "
+                    "status sees it)"
+                )
+                continue
             reasons = explain_entry(entry, query, args.pn_case_insensitive, profile)
             if not reasons:
                 matched += 1
@@ -358,6 +407,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary += f"; {_elsewhere(store.root, snapshots, folders, wanted)}"
     print(summary, file=sys.stderr)
     return 0 if matched else 1
+
+
+def _hidden(option: str | None, configured: object, profile: Profile) -> frozenset[str]:
+    """The statuses hidden from this query's modality: the profile's, else ``--hide-status``,
+    else the configuration file's, else the server's default."""
+    if profile.hide_statuses is not None:
+        return profile.hide_statuses
+    if option is not None:
+        return parse_statuses(option)
+    if isinstance(configured, list):
+        return frozenset().union(*(parse_statuses(str(v)) for v in configured))
+    if isinstance(configured, str):
+        return parse_statuses(configured)
+    return DEFAULT_HIDDEN
+
+
+def _server_path(config: Path | None, value: object) -> Path | None:
+    """A ``[server]`` path of the configuration file (relative to the file's folder)."""
+    if config is None or not isinstance(value, str):
+        return None
+    return config.parent / value
+
+
+def _performed(folder: Path) -> PerformedSteps:
+    """What modalities reported, read from the server's MPPS folder (nothing if none)."""
+    store = MppsStore(folder)
+    package_log = logging.getLogger("wlmserver")
+    level = package_log.level
+    package_log.setLevel(logging.ERROR)
+    try:
+        store.load(create=False)
+    except OSError:
+        return PerformedSteps()
+    finally:
+        package_log.setLevel(level)
+    return store.steps
 
 
 def _root_problem(root: Path) -> str | None:
