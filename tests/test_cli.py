@@ -290,3 +290,40 @@ def test_a_port_in_use_is_named(db: Path) -> None:
     assert result.returncode == 1
     assert f"127.0.0.1:{port} is already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--retention-days", "0"], "--retention-days: must be a positive whole number"),
+        (
+            ["--archive-folder", "{tmp}/archive"],
+            "--archive-folder {tmp}/archive needs --retention-days",
+        ),
+        (
+            ["--retention-days", "30", "--archive-folder", "{db}/WLM/old"],
+            "it is inside the AE folder WLM of the database",
+        ),
+        (["--retention-days", "30", "--archive-folder", "{db}"], "it is the database root"),
+    ],
+)
+def test_retention_options_are_checked(
+    db: Path, tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fill(text: str) -> str:
+        return text.format(db=db, tmp=tmp_path)
+
+    with pytest.raises(SystemExit) as info:
+        main(["-dfp", str(db), *map(fill, args)])
+    assert info.value.code == 2
+    assert fill(message) in capsys.readouterr().err
+
+
+def test_retention_options_reach_the_config(db: Path, tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["-dfp", str(db), "--retention-days", "90", "--archive-folder", str(tmp_path / "a")]
+    )
+    config = config_from_args(args)
+    assert config.retention_days == 90 and config.archive_folder == tmp_path / "a"
+    assert config.retention.days == 90
+    assert config_from_args(build_parser().parse_args([])).retention.active is False

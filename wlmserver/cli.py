@@ -28,6 +28,7 @@ from wlmserver.matching.stepstatus import DEFAULT_HIDDEN, parse_statuses
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 from wlmserver.store.index import is_safe_ae_title
 from wlmserver.store.mpps import folder_problem
+from wlmserver.store.retention import archive_problem
 
 LOG_LEVELS = {
     "fatal": logging.CRITICAL,
@@ -290,6 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not answer steps whose status (the file's, or the one an MPPS reported) is "
         "one of these (repeatable; none: hide nothing; default: COMPLETED,DISCONTINUED); a "
         "query that asks for a status gets it anyway",
+    )
+    g.add_argument(
+        "--retention-days",
+        type=_positive,
+        metavar="N",
+        help="do not serve steps scheduled more than N days ago (by their scheduled start "
+        "date; a step scheduled exactly N days ago is still served; default: serve every step)",
+    )
+    g.add_argument(
+        "--archive-folder",
+        type=Path,
+        metavar="DIR",
+        help="with --retention-days: move files whose every step is past retention to "
+        "DIR/<AETitle>/ (never deleted, never overwritten; checked hourly and after midnight; "
+        "not inside an AE folder; patient data: keep DIR private)",
     )
     g.add_argument(
         "-rfp",
@@ -886,6 +902,8 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         hide_statuses=(
             frozenset().union(*args.hide_status) if args.hide_status is not None else DEFAULT_HIDDEN
         ),
+        retention_days=args.retention_days,
+        archive_folder=args.archive_folder,
         access=access,
         profiles=file.profiles if file is not None else Profiles(),
         config_file=file.path if file is not None else None,
@@ -1044,6 +1062,24 @@ def setup_logging(args: argparse.Namespace) -> None:
         logger.setLevel(max(wanted, logger.level) if log_config is not None else wanted)
 
 
+def archive_folder_problem(config: Config) -> str | None:
+    """Why ``--archive-folder`` cannot be used as given, in one line, or None."""
+    folder = config.archive_folder
+    if folder is None:
+        return None
+    if config.retention_days is None:
+        return (
+            f"--archive-folder {folder} needs --retention-days N (which steps are past retention)"
+        )
+    problem = archive_problem(folder, config.data_files_path)
+    if problem is not None:
+        return (
+            f"--archive-folder {folder}: {problem}; give a folder outside the AE folders "
+            "(archived files would be served again)"
+        )
+    return None
+
+
 def ready_line(config: Config) -> str:
     """The one line that says where the server serves from and how to query it."""
     root = config.data_files_path
@@ -1114,6 +1150,9 @@ def main(argv: list[str] | None = None) -> int:
     problem = folder_problem(config.mpps_path, root)
     if problem is not None:
         parser.error(f"--mpps-folder {config.mpps_path}: {problem}; give a folder of its own")
+    retention_problem = archive_folder_problem(config)
+    if retention_problem is not None:
+        parser.error(retention_problem)
     check_tls(parser, args, config)
     try:
         setup_logging(args)

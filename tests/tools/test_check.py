@@ -130,3 +130,93 @@ def test_files_that_are_not_regular_are_reported(db: Path) -> None:
     assert reports["zero.wl"].problems == ["a character device, not a regular file: not read"]
     (one,) = check.check(db / "WLM" / "pipe.wl", today=TODAY)  # named on its own, too
     assert one.verdict == check.NOT_SERVED
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture
+def aged(db: Path) -> Path:
+    def steps(*dates: str) -> list[dict[str, str]]:
+        return [
+            {"ScheduledProcedureStepStartDate": d, "ScheduledProcedureStepID": f"S{n}"}
+            for n, d in enumerate(dates, 1)
+        ]
+
+    write_wl(
+        db / "WLM" / "old.wl", PatientName="SECRET^OLD", AccessionNumber="A1", sps=steps("20250101")
+    )
+    write_wl(db / "WLM" / "mixed.wl", AccessionNumber="A2", sps=steps("20250101", "20261201"))
+    write_wl(db / "WLM" / "current.wl", AccessionNumber="A3", sps=steps("20261201"))
+    return db
+
+
+def test_retention_report_changes_nothing(
+    aged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "archive"
+    before = _tree(aged)
+    assert (
+        main(["check", str(aged), "--retention-days", "30", "--archive-folder", str(archive)]) == 0
+    )
+    out = capsys.readouterr().out.partition("retention --retention-days 30")[2]
+    assert _tree(aged) == before and not archive.exists()
+    assert "WLM: 2 steps would be hidden, 1 files would move" in out
+    assert f"{aged / 'WLM' / 'old.wl'}: item 1 SPS S1 2025-01-01 (would move to" in out
+    assert "mixed.wl: item 1 SPS S1 2025-01-01 (1 of 2 steps hidden, the file stays)" in out
+    assert "current.wl" not in out and "SECRET" not in out
+
+
+def test_retention_report_in_json(aged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(aged / "WLM"), "--json", "--retention-days", "30"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["retention"]["folders"] == {"WLM": {"hidden": 2, "moves": 0}}
+    files = {Path(f["path"]).name: f["retention"] for f in document["files"]}
+    assert files["current.wl"] is None
+    assert files["old.wl"]["hidden"] == [{"item": 1, "sps_id": "S1", "start_date": "2025-01-01"}]
+    assert main(["check", str(aged), "--json"]) == 0  # without the option: no retention key
+    document = json.loads(capsys.readouterr().out)
+    assert "retention" not in document and "retention" not in document["files"][0]
+
+
+def test_retention_uses_the_scheduled_date(aged: Path) -> None:
+    reports = _by_name(
+        check.check(aged, today=TODAY, retention=check.RetentionPolicy(30), archive=True)
+    )
+    old = reports["old.wl"].retention
+    assert old is not None and old.moves
+    mixed = reports["mixed.wl"].retention
+    assert mixed is not None and not mixed.moves
+    assert reports["current.wl"].retention is None
+    # one day more: exactly 30 days after the current step nothing changes for it
+    later = _by_name(
+        check.check(aged, today=date(2026, 12, 31), retention=check.RetentionPolicy(30))
+    )
+    assert later["current.wl"].retention is None
+    assert (
+        _by_name(check.check(aged, today=date(2027, 1, 1), retention=check.RetentionPolicy(30)))[
+            "current.wl"
+        ].retention
+        is not None
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--archive-folder", "ARCHIVE"], "--archive-folder needs --retention-days"),
+        (["--retention-days", "0"], "positive whole number"),
+        (["--retention-days", "30", "--archive-folder", "WLM/old"], "inside the AE folder WLM"),
+    ],
+)
+def test_retention_option_errors(
+    aged: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [str(aged / a) if a.startswith(("WLM", "ARCHIVE")) else a for a in args]
+    with pytest.raises(SystemExit) as exited:
+        main(["check", str(aged), *args])
+    assert exited.value.code == 2 and message in capsys.readouterr().err

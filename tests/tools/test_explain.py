@@ -271,3 +271,13 @@ def test_steps_hidden_by_their_status_say_so(
     ]
     status, lines = _run(store, capsys, "--entry-patient-id", "P2", "--hide-status", "none")
     assert status == 0 and lines == ["MATCH  WLM/mr.wl#1"]
+
+
+def test_steps_past_retention_say_so(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The files are scheduled in November 2026: with a retention of 1 day they are past it,
+    and explain says so instead of matching them."""
+    status, lines = _run(store, capsys, "--entry-patient-id", "P2", "--retention-days", "1")
+    assert status == 1 and len(lines) == 1  # today is after 2026-11-23
+    assert lines[0].startswith("NO     WLM/mr.wl#1: scheduled 2026-11-22, past retention")
+    status, lines = _run(store, capsys, "--entry-patient-id", "P2", "--retention-days", "100000")
+    assert status == 0 and lines == ["MATCH  WLM/mr.wl#1"]

@@ -10,6 +10,7 @@ from wlmserver.config.access import Access
 from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
+from wlmserver.matching.retention import RetentionPolicy
 from wlmserver.matching.stepstatus import DEFAULT_HIDDEN
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
 from wlmserver.store.mpps import default_folder
@@ -114,6 +115,13 @@ class Config:
         Step statuses not answered (``--hide-status``; by default COMPLETED and
         DISCONTINUED), whether the file or an MPPS says so (see
         :mod:`wlmserver.matching.stepstatus`); a query asking for a status is not affected.
+    retention_days : int or None
+        Steps scheduled more than this many days ago are not served (``--retention-days``;
+        see :mod:`wlmserver.matching.retention`); None: every step is served (:attr:`retention`).
+    archive_folder : Path or None
+        Where files whose every step is past retention are moved, ``DIR/<AET>/<file>``
+        (``--archive-folder``, with ``retention_days`` only; see
+        :mod:`wlmserver.store.retention`); None: files stay, their old steps only hidden.
     access : Access
         Who may ask: calling AE title and address allow-lists (``--allow-calling-aet``,
         ``--allow-host`` and the configuration file's ``[access]``).
@@ -188,6 +196,8 @@ class Config:
     index_workers: int | None = None
     mpps_folder: Path | None = None
     hide_statuses: frozenset[str] = DEFAULT_HIDDEN
+    retention_days: int | None = None
+    archive_folder: Path | None = None
     # access control and modality profiles
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)
@@ -217,6 +227,12 @@ class Config:
             if self.mpps_folder is not None
             else default_folder(self.data_files_path)
         )
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        """Which steps are past retention: ``policy.hides(entry, today)`` is what the C-FIND
+        handler asks of each candidate (:class:`~wlmserver.matching.retention.RetentionPolicy`)."""
+        return RetentionPolicy(self.retention_days)
 
     @property
     def tls_enabled(self) -> bool:

@@ -8,6 +8,7 @@ snapshot of the called AE title's folder.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import socket
 import time
@@ -400,7 +401,8 @@ def handle_find(
 
     Each step is answered with its status as an MPPS reported it (``mpps``; see
     :mod:`wlmserver.matching.stepstatus`), and steps whose status is hidden
-    (``--hide-status``, or the profile's) are not answered unless the query asks for a status.
+    (``--hide-status``, or the profile's) are not answered unless the query asks for a status;
+    nor are steps past retention (``--retention-days``, by their scheduled date).
     """
     started = time.perf_counter()
     aet = called_ae_title(event.assoc)
@@ -498,8 +500,12 @@ def handle_find(
         frozenset() if asks_for_status(query) else hidden,
     )
     seen = None if view.changes_nothing else view.seen
+    retention = config.retention
+    today = datetime.date.today() if retention.active else None  # --retention-days
     count = 0
     for candidate in folder.lookup.candidates(query):
+        if today is not None and retention.hides(candidate, today):
+            continue
         entry = candidate if seen is None else seen(candidate)
         if entry is None or not query.matches(entry):
             continue

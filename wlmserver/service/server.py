@@ -41,6 +41,7 @@ from wlmserver.store.cache import IndexCache, log_cached_problems
 from wlmserver.store.index import WorklistStore
 from wlmserver.store.listing import ListingsAhead
 from wlmserver.store.mpps import MppsStore, folder_problem
+from wlmserver.store.retention import RetentionRuns, archive_problem
 from wlmserver.store.watcher import Watcher
 
 LOGGER = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class MppsFolderError(ValueError):
     """The MPPS folder cannot be used (the message names it and says why)."""
 
 
+class ArchiveFolderError(ValueError):
+    """The archive folder cannot be used (the message names it and says why)."""
+
+
 class WorklistServer:
     """A running Modality Worklist SCP.
 
@@ -107,6 +112,8 @@ class WorklistServer:
         #: The MPPS instances (``--mpps-folder``), read back at :meth:`start`.
         self.mpps = MppsStore(config.mpps_path)
         self.watcher: Watcher | None = None
+        #: The retention runs (``--retention-days``), started with the watcher, or None.
+        self.retention: RetentionRuns | None = None
         self._server: Any = None
         self._indexer: threading.Thread | None = None
         self._indexed = threading.Event()
@@ -172,6 +179,7 @@ class WorklistServer:
         # TLS: read the key and certificates first (a TlsSetupError names the file)
         tls_context = tls.server_context(self.config) if self.config.tls_enabled else None
         self._load_mpps()
+        self._check_archive_folder()
         # watch first, so that no change made while indexing is missed
         self.watcher = Watcher(
             self.store, poll=self.config.poll, rescan_interval=self.config.rescan_interval
@@ -231,6 +239,11 @@ class WorklistServer:
             raise
         self._indexer = threading.Thread(target=self._index, name="wlmserver-indexer", daemon=True)
         self._indexer.start()
+        if self.config.retention_days is not None:  # the first run once the index is complete
+            self.retention = RetentionRuns(
+                self.store, self.config.retention, self.config.archive_folder
+            )
+            self.retention.start()
         if wait:
             self.wait_indexed()
 
@@ -263,6 +276,24 @@ class WorklistServer:
                 "fail until --mpps-folder names a writable folder",
                 folder,
             )
+
+    def _check_archive_folder(self) -> None:
+        """Refuse an archive folder inside the database's AE folders, or one given without
+        retention days; make it (0700) when absent."""
+        folder = self.config.archive_folder
+        if folder is None:
+            return
+        if self.config.retention_days is None:
+            raise ArchiveFolderError(f"--archive-folder {folder} needs --retention-days N")
+        problem = archive_problem(folder, self.config.data_files_path)
+        if problem is not None:
+            raise ArchiveFolderError(
+                f"--archive-folder {folder}: {problem}; give a folder outside the AE folders"
+            )
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArchiveFolderError(f"--archive-folder {folder}: {exc.strerror or exc}") from exc
 
     def _index(self) -> None:
         started = time.perf_counter()
@@ -354,6 +385,9 @@ class WorklistServer:
                 assoc.join(max(0.0, deadline - time.monotonic()))
                 if assoc.is_alive():
                     assoc.abort()
+        if self.retention is not None:
+            self.retention.stop()
+            self.retention = None
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
@@ -393,7 +427,7 @@ def run(config: Config, ready_message: str | None = None) -> int:
     server = WorklistServer(config)
     try:
         server.start(wait=False)
-    except (tls.TlsSetupError, MppsFolderError) as exc:
+    except (tls.TlsSetupError, MppsFolderError, ArchiveFolderError) as exc:
         LOGGER.error("cannot start: %s", exc)
         return 1
     except OSError as exc:
@@ -454,6 +488,8 @@ def policy_lines(config: Config) -> list[str]:
     >>> from wlmserver.config.access import Access, AllowList
     >>> policy_lines(Config(Path("."), access=Access(AllowList(("CT*",)))))
     ['access: calling AE titles CT*; any address']
+    >>> policy_lines(Config(Path("."), retention_days=90))[0][:54]
+    'retention: steps scheduled more than 90 days ago are n'
     """
     lines = []
     if config.config_file is not None:
@@ -479,6 +515,17 @@ def policy_lines(config: Config) -> list[str]:
     for profile in config.profiles.profiles:
         names = ", ".join(profile.calling_ae_titles) or "every other calling AE title"
         lines.append(f"profile {profile.name}: {names}")
+    if config.retention_days is not None:
+        archive = config.archive_folder
+        lines.append(
+            f"retention: steps scheduled more than {config.retention_days} days ago are not "
+            "served; "
+            + (
+                f"files whose every step is are moved to {archive}/<AET>/"
+                if archive is not None
+                else "their files stay (no --archive-folder)"
+            )
+        )
     return lines
 
 

@@ -189,6 +189,15 @@ class WorklistStore:
         return [self._folders[name] for name in self.folder_names()]
 
     # ------------------------------------------------------------------ writing side
+    def writing(self) -> contextlib.AbstractContextManager[bool]:
+        """Hold the index's write lock: no file is read into the index meanwhile.
+
+        What moving files out of an AE folder holds (:mod:`wlmserver.store.retention`):
+        POSIX record locks belong to the process, so no read of this process may hold a
+        folder's ``lockfile`` while the mover holds it exclusively.
+        """
+        return self._write_lock
+
     def scan(
         self,
         cached: Mapping[str, FolderSnapshot] | None = None,

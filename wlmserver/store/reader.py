@@ -10,6 +10,7 @@ once (:mod:`wlmserver.store.workers`) say exactly the same of every file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -135,20 +136,32 @@ def read_state(
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, timeout: float) -> Iterator[bool]:
+def folder_lock(folder: Path, timeout: float, *, exclusive: bool = False) -> Iterator[bool]:
     """Hold a folder's ``lockfile`` shared while its files are read, as wlmscpfs writers
     expect; yields whether one is held (there may be none).
+
+    With ``exclusive``, hold it as a writer does (what moving files out of the folder needs,
+    :mod:`wlmserver.store.retention`): readers and writers wait meanwhile.
 
     Raises
     ------
     LockBusy
-        A writer holds it longer than ``timeout`` seconds.
+        A writer (or, with ``exclusive``, a reader) holds it longer than ``timeout`` seconds.
+    OSError
+        With ``exclusive`` only: there is a lockfile, but it cannot be opened for writing
+        (an exclusive POSIX lock needs that), so it cannot be honoured.
     """
     lock_path = folder / LOCKFILE
+    mode = os.O_RDWR if exclusive else os.O_RDONLY
     try:  # never blocks: a FIFO named lockfile must not stall the indexer
-        fd = os.open(lock_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        fd = os.open(lock_path, mode | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
         yield False  # no lockfile: nothing to honour
+        return
+    except OSError as exc:
+        if exclusive and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise  # a lockfile writers use, which cannot be held as one of them
+        yield False  # not a lockfile the reader can use: nothing to honour
         return
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -156,9 +169,10 @@ def folder_lock(folder: Path, timeout: float) -> Iterator[bool]:
         return
     with open(fd, "rb") as handle:
         deadline = time.monotonic() + timeout
+        kind = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         while True:
             try:
-                fcntl.lockf(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.lockf(handle.fileno(), kind | fcntl.LOCK_NB)
                 break
             except OSError:
                 if time.monotonic() >= deadline:

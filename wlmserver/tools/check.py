@@ -17,6 +17,11 @@ verdict:
 
 Messages name the attribute and the rule, never the value (values are patient data). The exit
 status is 1 when any file (or step) would not be served, else 0.
+
+With ``--retention-days N`` (and ``--archive-folder DIR``), a retention report follows: per AE
+folder, the steps a retention run would hide (file, item, SPS ID and scheduled date only) and
+the files it would move to ``DIR/<AET>/`` (:mod:`wlmserver.store.retention`). The check changes
+nothing: no file is moved, no folder made.
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ from wlmserver.config import bundled_database
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import describe_tag
 from wlmserver.matching.record import Record
+from wlmserver.matching.retention import RetentionPolicy
 from wlmserver.store.files import WorklistFileError
 from wlmserver.store.formats import Formats
 from wlmserver.store.index import is_safe_ae_title, unexpected_reason
+from wlmserver.store.retention import FilePlan, archive_problem, plan_file
 
 SERVED, WARNING, NOT_SERVED = "served", "warning", "not served"
 
@@ -70,6 +77,8 @@ class FileReport:
         How many scheduled procedure steps are served from it.
     problems : list of str
         Why it is not served, or what the warnings are.
+    retention : FilePlan or None
+        With a retention policy: its steps past retention, and whether the file would move.
     """
 
     path: str
@@ -77,6 +86,7 @@ class FileReport:
     verdict: str = SERVED
     entries: int = 0
     problems: list[str] = field(default_factory=list)
+    retention: FilePlan | None = None
 
     def note(self, verdict: str, problem: str) -> None:
         """Add a problem; the verdict only gets worse."""
@@ -165,6 +175,8 @@ def check(
     today: date | None = None,
     reject_incomplete: bool = True,
     json_drops: bool = False,
+    retention: RetentionPolicy | None = None,
+    archive: bool = False,
 ) -> list[FileReport]:
     """Check every worklist file under ``target``.
 
@@ -180,6 +192,10 @@ def check(
         As the server's default (``-efr``); ``False`` as with ``-dfr``.
     json_drops : bool
         Also check ``*.json`` drop files (as the server's ``--json-drops``).
+    retention : RetentionPolicy or None
+        Say which steps a retention run would hide (each report's ``retention``).
+    archive : bool
+        An archive folder is set: say which files a retention run would move.
 
     Returns
     -------
@@ -196,6 +212,10 @@ def check(
             path, folder, reject_incomplete=reject_incomplete, json_drops=json_drops
         )
         reports.append(report)
+        if retention is not None:
+            report.retention = plan_file(
+                folder, path.name, entries, retention, today, archive=archive
+            )
         for entry in entries:
             sps_id = _first(entry.sps, _SPS_ID)
             if sps_id:
@@ -257,6 +277,59 @@ def format_text(reports: Sequence[FileReport], target: Path) -> str:
     return "\n".join(lines)
 
 
+def format_retention(
+    reports: Sequence[FileReport], policy: RetentionPolicy, today: date, archive: Path | None
+) -> str:
+    """The retention report: per AE folder, the steps a run would hide and the files it would
+    move (file names, item numbers, SPS IDs and dates only)."""
+    cutoff = policy.cutoff(today)
+    assert cutoff is not None
+    lines = [
+        f"retention --retention-days {policy.days}: steps scheduled before "
+        f"{cutoff.isoformat()} would be hidden"
+        + (f", files whose every step is would move to {archive}/<AET>/" if archive else "")
+        + " (check changes nothing)"
+    ]
+    for folder in sorted({r.folder for r in reports}):
+        plans = [(r.path, r.retention) for r in reports if r.folder == folder and r.retention]
+        hidden = sum(len(plan.hidden) for _, plan in plans)
+        moves = sum(1 for _, plan in plans if plan.moves)
+        line = f"  {folder}: {hidden} steps would be hidden"
+        lines.append(line + (f", {moves} files would move" if archive else ""))
+        for path, plan in plans:
+            steps = ", ".join(
+                f"item {step.item}"
+                + (f" SPS {step.sps_id}" if step.sps_id else "")
+                + f" {step.start_date}"
+                for step in plan.hidden
+            )
+            if plan.moves:
+                fate = f"would move to {archive}/{folder}/"
+            else:
+                fate = f"{len(plan.hidden)} of {plan.served} steps hidden, the file stays"
+            lines.append(f"    {path}: {steps} ({fate})")
+    return "\n".join(lines)
+
+
+def retention_document(
+    reports: Sequence[FileReport], policy: RetentionPolicy, today: date, archive: Path | None
+) -> dict[str, object]:
+    """The retention report for ``--json``."""
+    cutoff = policy.cutoff(today)
+    folders: dict[str, dict[str, int]] = {}
+    for report in reports:
+        counts = folders.setdefault(report.folder, {"hidden": 0, "moves": 0})
+        if report.retention is not None:
+            counts["hidden"] += len(report.retention.hidden)
+            counts["moves"] += int(report.retention.moves)
+    return {
+        "days": policy.days,
+        "oldest_kept": cutoff.isoformat() if cutoff else None,
+        "archive_folder": str(archive) if archive is not None else None,
+        "folders": folders,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``wlmserver check``."""
     p = argparse.ArgumentParser(
@@ -279,6 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="warn about steps scheduled more than N days ago (default 30; -1: never)",
     )
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        metavar="N",
+        help="also report which steps a server with --retention-days N would hide (scheduled "
+        "more than N days ago), without changing anything",
+    )
+    p.add_argument(
+        "--archive-folder",
+        type=Path,
+        metavar="DIR",
+        help="with --retention-days: also report which files would move to DIR/<AET>/",
+    )
     p.add_argument("--json-drops", action="store_true", help="also check *.json drop files")
     p.add_argument(
         "-dfr",
@@ -296,20 +382,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     target: Path = args.target or bundled_database()
     if not target.exists():
         parser.error(f"{target} does not exist")
+    policy = _retention_policy(parser, args, target)
+    today = date.today()
+    archive: Path | None = args.archive_folder
     reports = check(
         target,
         past_days=None if args.past_days < 0 else args.past_days,
+        today=today,
         reject_incomplete=not args.disable_file_reject,
         json_drops=args.json_drops,
+        retention=policy,
+        archive=archive is not None,
     )
     if args.json:
+        files = [asdict(r) for r in reports]
+        if policy is None:
+            for file in files:
+                del file["retention"]
         document = {
             "target": str(target),
             "summary": summary(reports),
-            "files": [asdict(r) for r in reports],
+            "files": files,
         }
+        if policy is not None:
+            document["retention"] = retention_document(reports, policy, today, archive)
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         print(format_text(reports, target))
+        if policy is not None:
+            print(format_retention(reports, policy, today, archive))
     sys.stdout.flush()
     return 1 if any(r.verdict == NOT_SERVED for r in reports) else 0
+
+
+def _retention_policy(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, target: Path
+) -> RetentionPolicy | None:
+    """The retention policy asked for, or None; the server's rules for the two options."""
+    if args.retention_days is None:
+        if args.archive_folder is not None:
+            parser.error("--archive-folder needs --retention-days N")
+        return None
+    if args.retention_days < 1:
+        parser.error("--retention-days must be a positive whole number")
+    if args.archive_folder is not None:
+        if not target.is_dir():  # one file: <root>/<AET>/<file>
+            root = target.parent.parent
+        elif Formats.chosen(json_drops=args.json_drops).holds_served_files(target):
+            root = target.parent  # an AE folder
+        else:
+            root = target
+        problem = archive_problem(args.archive_folder, root)
+        if problem is not None:
+            parser.error(f"--archive-folder {args.archive_folder}: {problem}")
+    return RetentionPolicy(args.retention_days)

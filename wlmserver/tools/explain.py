@@ -25,6 +25,7 @@ the server, on their own terminal.
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import logging
 import sys
@@ -48,6 +49,7 @@ from wlmserver.matching.narrow import SPS_START_DATE, STATION_AET, narrow
 from wlmserver.matching.primitives import compile_value
 from wlmserver.matching.query import CompiledQuery, ItemQuery, Mismatch, QueryError, compile_query
 from wlmserver.matching.record import Record
+from wlmserver.matching.retention import RetentionPolicy, scheduled_date
 from wlmserver.matching.stepstatus import (
     DEFAULT_HIDDEN,
     StatusView,
@@ -297,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="as the server's option (default: --config's hide-status, else "
         "COMPLETED,DISCONTINUED)",
     )
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        metavar="N",
+        help="as the server's option (default: --config's retention-days, else none)",
+    )
     p.add_argument("--entry-patient-id", help="explain only the entries of this patient ID")
     p.add_argument("--entry-accession", help="explain only the entries of this accession number")
     return p
@@ -369,6 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _performed(mpps_folder or default_folder(root)),
         frozenset() if asks_for_status(query) else hidden,
     )
+    days = args.retention_days if args.retention_days is not None else server.get("retention-days")
+    try:
+        retention = RetentionPolicy(days if isinstance(days, int) else None)
+    except ValueError as exc:
+        parser.error(f"--retention-days: {exc}")
+    today = datetime.date.today()
     wanted = EntryFilter(args.entry_patient_id, args.entry_accession)
     matched = shown = unserved = 0
     for folder in folders:
@@ -377,6 +391,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             shown += 1
             where = f"{folder.name}/{Path(indexed.path).name}#{indexed.item + 1}"
+            if retention.hides(indexed, today):
+                print(
+                    f"NO     {where}: scheduled {scheduled_date(indexed)}, past retention "
+                    f"(retention-days {retention.days}: steps before {retention.cutoff(today)} "
+                    "are not served)"
+                )
+                continue
             entry = view.seen(indexed)
             if entry is None:
                 status = view.status_of(indexed)
