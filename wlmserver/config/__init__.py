@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from wlmserver.config.access import Access
+from wlmserver.config.forward import ForwardTarget
 from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
@@ -109,6 +110,12 @@ class Config:
         The folder of its own MPPS instances are kept in, one DICOM file each
         (``--mpps-folder``; see :mod:`wlmserver.store.mpps`); None: ``<root>/.mpps``
         (:attr:`mpps_path`).
+    mpps_forward : ForwardTarget or None
+        Another MPPS SCP (the RIS) every accepted N-CREATE and N-SET is forwarded to, from
+        an on-disk queue in ``<mpps folder>/forward`` (``--mpps-forward AET@HOST:PORT``; see
+        :mod:`wlmserver.service.forwarder`); None: not forwarded.
+    mpps_forward_aet : str or None
+        The calling AE title towards it (``--mpps-forward-aet``); None: ``ae_title``.
     access : Access
         Who may ask: calling AE title and address allow-lists (``--allow-calling-aet``,
         ``--allow-host`` and the configuration file's ``[access]``).
@@ -182,6 +189,8 @@ class Config:
     index_cache: Path | None = None
     index_workers: int | None = None
     mpps_folder: Path | None = None
+    mpps_forward: ForwardTarget | None = None
+    mpps_forward_aet: str | None = None
     # access control and modality profiles
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)

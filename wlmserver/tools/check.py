@@ -17,6 +17,11 @@ verdict:
 
 Messages name the attribute and the rule, never the value (values are patient data). The exit
 status is 1 when any file (or step) would not be served, else 0.
+
+For a database whose MPPS messages are forwarded to a RIS (``--mpps-forward``), it also says
+how the forwarding queue stands (:mod:`wlmserver.store.forward`): messages waiting, the age of
+the oldest, messages the RIS refused for good (in ``forward/failed/``). The MPPS folder is
+``<root>/.mpps`` unless ``--mpps-folder`` names the server's.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -38,7 +44,9 @@ from wlmserver.matching.keys import describe_tag
 from wlmserver.matching.record import Record
 from wlmserver.store.files import WorklistFileError
 from wlmserver.store.formats import Formats
+from wlmserver.store.forward import QueueState, forward_folder, queue_state
 from wlmserver.store.index import is_safe_ae_title, unexpected_reason
+from wlmserver.store.mpps import default_folder
 
 SERVED, WARNING, NOT_SERVED = "served", "warning", "not served"
 
@@ -257,6 +265,32 @@ def format_text(reports: Sequence[FileReport], target: Path) -> str:
     return "\n".join(lines)
 
 
+def forwarding(target: Path, mpps_folder: Path | None) -> tuple[Path, QueueState] | None:
+    """The MPPS forwarding queue of a database (its folder and state), or None when there is
+    none (not a database root, or its MPPS messages were never forwarded)."""
+    folder = mpps_folder
+    if folder is None:
+        if not target.is_dir():
+            return None
+        folder = default_folder(target)
+    state = queue_state(folder)
+    return None if state is None else (forward_folder(folder), state)
+
+
+def format_forwarding(folder: Path, state: QueueState) -> str:
+    """The queue's line of the text report.
+
+    Examples
+    --------
+    >>> format_forwarding(Path("db/.mpps/forward"), QueueState(0, None, 1))
+    'MPPS forwarding queue db/.mpps/forward: 0 queued, 1 failed (see db/.mpps/forward/failed)'
+    """
+    text = f"MPPS forwarding queue {folder}: {state.describe()}"
+    if state.failed:
+        text += f" (see {folder / 'failed'})"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``wlmserver check``."""
     p = argparse.ArgumentParser(
@@ -286,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="as the server's option: incomplete steps are served (reported as warnings)",
     )
+    p.add_argument(
+        "--mpps-folder",
+        type=Path,
+        metavar="DIR",
+        help="the server's --mpps-folder, for the state of its MPPS forwarding queue "
+        "(default: ROOT/.mpps)",
+    )
     return p
 
 
@@ -302,14 +343,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         reject_incomplete=not args.disable_file_reject,
         json_drops=args.json_drops,
     )
+    queue = forwarding(target, args.mpps_folder)
     if args.json:
-        document = {
+        document: dict[str, object] = {
             "target": str(target),
             "summary": summary(reports),
             "files": [asdict(r) for r in reports],
         }
+        if queue is not None:
+            folder, state = queue
+            document["mpps_forward"] = {
+                "folder": str(folder),
+                "pending": state.pending,
+                "oldest_age_seconds": (
+                    None if state.oldest is None else round(time.time() - state.oldest, 1)
+                ),
+                "failed": state.failed,
+            }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         print(format_text(reports, target))
+        if queue is not None:
+            print(format_forwarding(*queue))
     sys.stdout.flush()
     return 1 if any(r.verdict == NOT_SERVED for r in reports) else 0
