@@ -217,7 +217,7 @@ def test_console_script_without_arguments_serves_the_bundled_database(tmp_path: 
     assert "serving the bundled EXAMPLE database" in err and "fictional" in err
 
 
-@pytest.mark.parametrize("tool", ["create", "check", "query", "explain"])
+@pytest.mark.parametrize("tool", ["create", "check", "query", "explain", "mpps"])
 def test_tools_are_subcommands(tool: str, capsys: pytest.CaptureFixture[str]) -> None:
     from wlmserver.cli import main as cli_main
 

@@ -21,6 +21,7 @@ from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT, Config, bundled_dat
 from wlmserver.config.access import Access, AllowList, parse_network, valid_ae_pattern
 from wlmserver.config.file import ConfigFile, ConfigFileError
 from wlmserver.config.file import load as load_config_file
+from wlmserver.config.forward import ForwardTarget, valid_ae_title
 from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
@@ -85,6 +86,21 @@ def _ae_pattern(text: str) -> str:
     return text.strip()
 
 
+def _forward_target(text: str) -> ForwardTarget:
+    try:
+        return ForwardTarget.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ae_title(text: str) -> str:
+    if not valid_ae_title(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an AE title (1 to 16 characters, no backslash or control character)"
+        )
+    return text
+
+
 def _network(text: str) -> str:
     try:
         parse_network(text)
@@ -98,6 +114,7 @@ TOOLS = {
     "check": "wlmserver.tools.check",
     "create": "wlmserver.tools.create",
     "explain": "wlmserver.tools.explain",
+    "mpps": "wlmserver.tools.mpps",
     "query": "wlmserver.tools.client",
 }
 
@@ -165,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wlmserver",
         description="DICOM Modality Worklist SCP serving <root>/<CalledAETitle>/*.wl "
         "(the wlmscpfs layout) from a live, watched index.",
-        epilog="tools: wlmserver create | check | query | explain (each with --help)",
+        epilog="tools: wlmserver create | check | query | explain | mpps (each with --help)",
         allow_abbrev=False,
         prefix_chars="-+",  # wlmscpfs's +x... options
     )
@@ -306,6 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --retention-days: move files whose every step is past retention to "
         "DIR/<AETitle>/ (never deleted, never overwritten; checked hourly and after midnight; "
         "not inside an AE folder; patient data: keep DIR private)",
+    )
+    g.add_argument(
+        "--mpps-forward",
+        type=_forward_target,
+        metavar="AET@HOST:PORT",
+        help="forward every N-CREATE and N-SET accepted to this MPPS SCP (the RIS), from a "
+        "queue on disk (MPPS folder/forward) that survives restarts and outages",
+    )
+    g.add_argument(
+        "--mpps-forward-aet",
+        type=_ae_title,
+        metavar="AET",
+        help="our calling AE title towards the --mpps-forward SCP (default: -aet)",
     )
     g.add_argument(
         "-rfp",
@@ -904,6 +934,8 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         ),
         retention_days=args.retention_days,
         archive_folder=args.archive_folder,
+        mpps_forward=args.mpps_forward,
+        mpps_forward_aet=args.mpps_forward_aet,
         access=access,
         profiles=file.profiles if file is not None else Profiles(),
         config_file=file.path if file is not None else None,
@@ -1153,6 +1185,8 @@ def main(argv: list[str] | None = None) -> int:
     retention_problem = archive_folder_problem(config)
     if retention_problem is not None:
         parser.error(retention_problem)
+    if args.mpps_forward_aet is not None and args.mpps_forward is None:
+        parser.error("--mpps-forward-aet needs --mpps-forward AET@HOST:PORT (where to forward)")
     check_tls(parser, args, config)
     try:
         setup_logging(args)

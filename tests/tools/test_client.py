@@ -71,7 +71,12 @@ def served(db: Path) -> Path:
         PatientID="P1",
         sps=[
             {"Modality": "CT", "ScheduledStationAETitle": "CT01"},
-            {"Modality": "MR", "ScheduledStationAETitle": "MR01", "ScheduledProcedureStepID": "S2"},
+            {
+                "Modality": "MR",
+                "ScheduledStationAETitle": "MR01",
+                "ScheduledProcedureStepID": "S2",
+                "ScheduledProcedureStepStatus": "SCHEDULED",
+            },
         ],
     )
     write_wl(db / "WLM" / "b.wl", PatientName="OSEI^ABENA", PatientID="P2", AccessionNumber="A2")
@@ -84,8 +89,11 @@ def test_table(start_server: StartServer, served: Path, capsys: pytest.CaptureFi
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines[0].split() == ["Date", "Time", "Mod", "Station", "PatientName", "PatientID",
-                                "Accession", "Step"]  # fmt: skip
+                                "Accession", "Step", "Status"]  # fmt: skip
     assert len(lines) == 3 and all(" CT " in line for line in lines[1:])
+    assert main(["query", str(server.port), "-aec", "WLM", "--modality", "MR"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()[1:]
+    assert row.endswith(" SCHEDULED")  # the step's status, requested by default
     assert "2 answers; final status 0x0000 (Success)" in captured.err
 
 

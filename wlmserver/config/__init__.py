@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from wlmserver.config.access import Access
+from wlmserver.config.forward import ForwardTarget
 from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
@@ -122,6 +123,12 @@ class Config:
         Where files whose every step is past retention are moved, ``DIR/<AET>/<file>``
         (``--archive-folder``, with ``retention_days`` only; see
         :mod:`wlmserver.store.retention`); None: files stay, their old steps only hidden.
+    mpps_forward : ForwardTarget or None
+        Another MPPS SCP (the RIS) every accepted N-CREATE and N-SET is forwarded to, from
+        an on-disk queue in ``<mpps folder>/forward`` (``--mpps-forward AET@HOST:PORT``; see
+        :mod:`wlmserver.service.forwarder`); None: not forwarded.
+    mpps_forward_aet : str or None
+        The calling AE title towards it (``--mpps-forward-aet``); None: ``ae_title``.
     access : Access
         Who may ask: calling AE title and address allow-lists (``--allow-calling-aet``,
         ``--allow-host`` and the configuration file's ``[access]``).
@@ -198,6 +205,8 @@ class Config:
     hide_statuses: frozenset[str] = DEFAULT_HIDDEN
     retention_days: int | None = None
     archive_folder: Path | None = None
+    mpps_forward: ForwardTarget | None = None
+    mpps_forward_aet: str | None = None
     # access control and modality profiles
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)

@@ -9,6 +9,11 @@ the attribute and the rule, Error ID (0000,0903) where PS3.4 Table F.7.2-2 gives
 an N-SET, the Attribute Identifier List (0000,1005) (pynetdicom sends no such list in an
 N-CREATE response, PS3.7 10.3.5).
 
+With ``--mpps-forward``, each accepted request is then queued for the RIS
+(:meth:`Forwarder.enqueue <wlmserver.service.forwarder.Forwarder.enqueue>`) before the
+response is sent, so a modality's next request is always queued after it; the response is
+Success whatever becomes of the forwarding.
+
 Logging: one INFO line per request with the peer, the SOP Instance UID, the status and the
 procedure identifiers of the steps (Requested Procedure ID, Scheduled Procedure Step ID,
 Accession Number), never patient names or IDs; an unscheduled MPPS says so.
@@ -27,7 +32,9 @@ from wlmserver.matching.mpps import (
     MppsStatus,
     Performed,
 )
+from wlmserver.service.forwarder import Forwarder
 from wlmserver.service.handlers import peer_of
+from wlmserver.store.forward import Kind
 from wlmserver.store.mpps import MppsStore
 
 LOGGER = logging.getLogger(__name__)
@@ -87,12 +94,15 @@ def _wrong_class(sop_class: object) -> MppsError | None:
     return None
 
 
-def handle_n_create(event: Any, store: MppsStore) -> MppsResponse:
+def handle_n_create(
+    event: Any, store: MppsStore, forwarder: Forwarder | None = None
+) -> MppsResponse:
     """EVT_N_CREATE: create an MPPS instance (PS3.4 F.7.2.1).
 
     Returns success with the Affected SOP Instance UID the SCP assigned when the request had
     none (PS3.7 10.1.5.1.4), or a failure status dataset; see
-    :meth:`MppsStore.create <wlmserver.store.mpps.MppsStore.create>` for which.
+    :meth:`MppsStore.create <wlmserver.store.mpps.MppsStore.create>` for which. Once stored,
+    the request is queued for ``forwarder`` (with the UID assigned, if any).
     """
     peer = peer_of(event.assoc)
     request = event.request
@@ -116,6 +126,8 @@ def handle_n_create(event: Any, store: MppsStore) -> MppsResponse:
         LOGGER.exception("MPPS N-CREATE from %s: %s failed", peer, uid or "(no UID)")
         return failure(MppsError(MppsStatus.PROCESSING_FAILURE, "internal error")), None
     created = str(checked.instance.SOPInstanceUID)
+    if forwarder is not None:
+        forwarder.enqueue(Kind.N_CREATE, created, attributes)
     performed = store.steps.get(created)
     LOGGER.info(
         "MPPS N-CREATE from %s: %s%s %s",
@@ -139,9 +151,10 @@ def handle_n_create(event: Any, store: MppsStore) -> MppsResponse:
     return int(MppsStatus.SUCCESS), None
 
 
-def handle_n_set(event: Any, store: MppsStore) -> MppsResponse:
+def handle_n_set(event: Any, store: MppsStore, forwarder: Forwarder | None = None) -> MppsResponse:
     """EVT_N_SET: update an MPPS instance while it is IN PROGRESS (PS3.4 F.7.2.2); see
-    :meth:`MppsStore.set <wlmserver.store.mpps.MppsStore.set>` for the failures."""
+    :meth:`MppsStore.set <wlmserver.store.mpps.MppsStore.set>` for the failures. Once stored,
+    the request is queued for ``forwarder``."""
     peer = peer_of(event.assoc)
     request = event.request
     uid = str(request.RequestedSOPInstanceUID or "")
@@ -162,6 +175,8 @@ def handle_n_set(event: Any, store: MppsStore) -> MppsResponse:
     except Exception:
         LOGGER.exception("MPPS N-SET from %s: %s failed", peer, uid)
         return failure(MppsError(MppsStatus.PROCESSING_FAILURE, "internal error"), True), None
+    if forwarder is not None:
+        forwarder.enqueue(Kind.N_SET, uid, modification)
     LOGGER.info("MPPS N-SET from %s: %s %s", peer, uid, describe(store.steps.get(uid)))
     if checked.lenient:
         LOGGER.warning(

@@ -29,6 +29,7 @@ from wlmserver.config import Config, TransferSyntaxPreference, bundled_database
 from wlmserver.service import fastpath as encode
 from wlmserver.service import reactor, tls
 from wlmserver.service.admission import Admission
+from wlmserver.service.forwarder import Backoff, Forwarder
 from wlmserver.service.handlers import (
     handle_connection_open,
     handle_echo,
@@ -38,6 +39,7 @@ from wlmserver.service.handlers import (
 from wlmserver.service.mpps import handle_n_create, handle_n_set
 from wlmserver.service.pacing import Pacing
 from wlmserver.store.cache import IndexCache, log_cached_problems
+from wlmserver.store.forward import ForwardQueue, forward_folder
 from wlmserver.store.index import WorklistStore
 from wlmserver.store.listing import ListingsAhead
 from wlmserver.store.mpps import MppsStore, folder_problem
@@ -87,6 +89,12 @@ class WorklistServer:
     ----------
     config : Config
         What to serve and how.
+    forward_backoff : Backoff or None
+        With ``--mpps-forward``: the waits between attempts while the RIS is unavailable
+        (default 1 s doubling to 60 s; tests shorten it).
+    forward_idle_release : float
+        With ``--mpps-forward``: seconds without a message before the association to the RIS
+        is released.
 
     Notes
     -----
@@ -94,8 +102,16 @@ class WorklistServer:
     starts watching it and listens on a free port (``server.port``) until the block ends.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        forward_backoff: Backoff | None = None,
+        forward_idle_release: float = 2.0,
+    ) -> None:
         self.config = config
+        self._forward_backoff = forward_backoff
+        self._forward_idle_release = forward_idle_release
         self.store = WorklistStore(
             config.data_files_path,
             reject_incomplete=config.reject_incomplete,
@@ -111,6 +127,8 @@ class WorklistServer:
         )
         #: The MPPS instances (``--mpps-folder``), read back at :meth:`start`.
         self.mpps = MppsStore(config.mpps_path)
+        #: The sender of accepted MPPS requests to the RIS (``--mpps-forward``), from start.
+        self.forwarder: Forwarder | None = None
         self.watcher: Watcher | None = None
         #: The retention runs (``--retention-days``), started with the watcher, or None.
         self.retention: RetentionRuns | None = None
@@ -180,6 +198,7 @@ class WorklistServer:
         tls_context = tls.server_context(self.config) if self.config.tls_enabled else None
         self._load_mpps()
         self._check_archive_folder()
+        self._start_forwarder()
         # watch first, so that no change made while indexing is missed
         self.watcher = Watcher(
             self.store, poll=self.config.poll, rescan_interval=self.config.rescan_interval
@@ -204,8 +223,8 @@ class WorklistServer:
                 [self.store, self.config, self.mpps],
             )
         handlers += [
-            (evt.EVT_N_CREATE, handle_n_create, [self.mpps]),
-            (evt.EVT_N_SET, handle_n_set, [self.mpps]),
+            (evt.EVT_N_CREATE, handle_n_create, [self.mpps, self.forwarder]),
+            (evt.EVT_N_SET, handle_n_set, [self.mpps, self.forwarder]),
         ]
         tls_handlers = list(handlers)
         if tls_context is not None:
@@ -236,6 +255,7 @@ class WorklistServer:
                 self._server.shutdown()
                 self._server = None
             self.watcher.stop()
+            self._stop_forwarder()
             raise
         self._indexer = threading.Thread(target=self._index, name="wlmserver-indexer", daemon=True)
         self._indexer.start()
@@ -294,6 +314,32 @@ class WorklistServer:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise ArchiveFolderError(f"--archive-folder {folder}: {exc.strerror or exc}") from exc
+
+    def _start_forwarder(self) -> None:
+        """With ``--mpps-forward``: open the queue (``<mpps folder>/forward``, made now) and
+        start sending it; a queue folder that cannot be used stops the start."""
+        target = self.config.mpps_forward
+        if target is None:
+            return
+        queue = ForwardQueue(forward_folder(self.config.mpps_path))
+        try:
+            queue.open()
+        except OSError as exc:
+            raise MppsFolderError(
+                f"--mpps-forward: cannot use the queue folder {queue.folder}: {exc.strerror or exc}"
+            ) from exc
+        self.forwarder = Forwarder(
+            queue,
+            target,
+            self.config.mpps_forward_aet or self.config.ae_title,
+            backoff=self._forward_backoff,
+            idle_release=self._forward_idle_release,
+        )
+        self.forwarder.start()
+
+    def _stop_forwarder(self, timeout: float = 5.0) -> None:
+        if self.forwarder is not None:
+            self.forwarder.stop(timeout)
 
     def _index(self) -> None:
         started = time.perf_counter()
@@ -388,6 +434,8 @@ class WorklistServer:
         if self.retention is not None:
             self.retention.stop()
             self.retention = None
+        # after the associations: the requests they accepted are queued by now
+        self._stop_forwarder()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None

@@ -22,6 +22,10 @@ With ``--retention-days N`` (and ``--archive-folder DIR``), a retention report f
 folder, the steps a retention run would hide (file, item, SPS ID and scheduled date only) and
 the files it would move to ``DIR/<AET>/`` (:mod:`wlmserver.store.retention`). The check changes
 nothing: no file is moved, no folder made.
+For a database whose MPPS messages are forwarded to a RIS (``--mpps-forward``), it also says
+how the forwarding queue stands (:mod:`wlmserver.store.forward`): messages waiting, the age of
+the oldest, messages the RIS refused for good (in ``forward/failed/``). The MPPS folder is
+``<root>/.mpps`` unless ``--mpps-folder`` names the server's.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -44,7 +49,9 @@ from wlmserver.matching.record import Record
 from wlmserver.matching.retention import RetentionPolicy
 from wlmserver.store.files import WorklistFileError
 from wlmserver.store.formats import Formats
+from wlmserver.store.forward import QueueState, forward_folder, queue_state
 from wlmserver.store.index import is_safe_ae_title, unexpected_reason
+from wlmserver.store.mpps import default_folder
 from wlmserver.store.retention import FilePlan, archive_problem, plan_file
 
 SERVED, WARNING, NOT_SERVED = "served", "warning", "not served"
@@ -330,6 +337,32 @@ def retention_document(
     }
 
 
+def forwarding(target: Path, mpps_folder: Path | None) -> tuple[Path, QueueState] | None:
+    """The MPPS forwarding queue of a database (its folder and state), or None when there is
+    none (not a database root, or its MPPS messages were never forwarded)."""
+    folder = mpps_folder
+    if folder is None:
+        if not target.is_dir():
+            return None
+        folder = default_folder(target)
+    state = queue_state(folder)
+    return None if state is None else (forward_folder(folder), state)
+
+
+def format_forwarding(folder: Path, state: QueueState) -> str:
+    """The queue's line of the text report.
+
+    Examples
+    --------
+    >>> format_forwarding(Path("db/.mpps/forward"), QueueState(0, None, 1))
+    'MPPS forwarding queue db/.mpps/forward: 0 queued, 1 failed (see db/.mpps/forward/failed)'
+    """
+    text = f"MPPS forwarding queue {folder}: {state.describe()}"
+    if state.failed:
+        text += f" (see {folder / 'failed'})"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``wlmserver check``."""
     p = argparse.ArgumentParser(
@@ -372,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="as the server's option: incomplete steps are served (reported as warnings)",
     )
+    p.add_argument(
+        "--mpps-folder",
+        type=Path,
+        metavar="DIR",
+        help="the server's --mpps-folder, for the state of its MPPS forwarding queue "
+        "(default: ROOT/.mpps)",
+    )
     return p
 
 
@@ -394,23 +434,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         retention=policy,
         archive=archive is not None,
     )
+    queue = forwarding(target, args.mpps_folder)
     if args.json:
         files = [asdict(r) for r in reports]
         if policy is None:
             for file in files:
                 del file["retention"]
-        document = {
+        document: dict[str, object] = {
             "target": str(target),
             "summary": summary(reports),
             "files": files,
         }
         if policy is not None:
             document["retention"] = retention_document(reports, policy, today, archive)
+        if queue is not None:
+            folder, state = queue
+            document["mpps_forward"] = {
+                "folder": str(folder),
+                "pending": state.pending,
+                "oldest_age_seconds": (
+                    None if state.oldest is None else round(time.time() - state.oldest, 1)
+                ),
+                "failed": state.failed,
+            }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         print(format_text(reports, target))
         if policy is not None:
             print(format_retention(reports, policy, today, archive))
+        if queue is not None:
+            print(format_forwarding(*queue))
     sys.stdout.flush()
     return 1 if any(r.verdict == NOT_SERVED for r in reports) else 0
 

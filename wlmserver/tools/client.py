@@ -68,6 +68,7 @@ DEFAULT_SPS = (
     "Modality",
     "ScheduledProcedureStepDescription",
     "ScheduledProcedureStepID",
+    "ScheduledProcedureStepStatus",  # the performed status, where the server links MPPS
 )
 #: Table columns: (heading, path); a path with a dot is in the SPS item.
 COLUMNS = (
@@ -79,6 +80,7 @@ COLUMNS = (
     ("PatientID", "PatientID"),
     ("Accession", "AccessionNumber"),
     ("Step", f"{SPS}.ScheduledProcedureStepDescription"),
+    ("Status", f"{SPS}.ScheduledProcedureStepStatus"),
 )
 
 _TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$")
@@ -436,9 +438,17 @@ def connect_problem(host: str, port: int, timeout: float) -> str:
 
 
 def association_problem(
-    assoc: Any, watch: _Watch, host: str, port: int, timeout: float, calling: str, called: str
+    assoc: Any,
+    watch: _Watch,
+    host: str,
+    port: int,
+    timeout: float,
+    calling: str,
+    called: str,
+    service: str = "Modality Worklist queries",
 ) -> str:
-    """Why an association was not established, as far as it is known."""
+    """Why an association was not established, as far as it is known (``service``: what
+    was asked for, in the message for an association without a presentation context)."""
     where = f"{host}:{port}"
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
@@ -460,8 +470,9 @@ def association_problem(
     rsp = assoc.acceptor.primitive
     if rsp is not None and getattr(rsp, "result", None) == 0:
         return (
-            f"{where} accepted the association but not Modality Worklist queries "
-            "(no presentation context for its SOP class): is it a worklist server?"
+            f"{where} accepted the association but not {service} "
+            "(no presentation context for its SOP class): is it a "
+            + ("worklist server?" if "Worklist" in service else "server for them?")
         )
     if time.monotonic() - watch.last_received >= timeout * 0.95:
         return f"no answer to the association request from {where} within {timeout:g} s (--timeout)"

@@ -1,0 +1,391 @@
+"""The on-disk queue of MPPS messages to forward to another MPPS SCP (the RIS).
+
+Every N-CREATE and N-SET the server accepted (after :class:`~wlmserver.store.mpps.MppsStore`
+stored it) is appended here as one file, and deleted only once the RIS acknowledged it, so
+that nothing is lost while the RIS is down, or when either side restarts. This module is the
+files alone, no network: :mod:`wlmserver.service.forwarder` sends them.
+
+One message, one DICOM Part 10 file (explicit VR little endian, readable with ``dcmdump``)
+in ``<mpps folder>/forward/``, named ``<sequence>-<create|set>-<SOP Instance UID>.dcm``:
+
+- the sequence number is twenty digits, one more than the highest held (pending or failed),
+  so the queue's order (an N-CREATE before the N-SETs of its instance, as they were accepted)
+  survives a restart, and the names sort as the numbers do;
+- the data set is the request's: the N-CREATE Attribute List or the N-SET Modification List
+  (PS3.4 F.7.2.1, F.7.2.2); the file meta information names the SOP Class and Instance
+  (MediaStorageSOPClassUID, MediaStorageSOPInstanceUID) and the request's kind (Private
+  Information (0002,0102) under :data:`CREATOR_UID`), so the file says everything by itself
+  and its name is checked against it.
+
+A file is written whole or not at all, as the MPPS store's: a temporary dot-name in the same
+folder (0600, exclusive), flushed and fsync'ed, renamed with :func:`os.replace`, the folder
+fsync'ed. A temporary file left by a crash is removed when the queue is opened.
+
+A message the RIS refuses for good is moved to ``forward/failed/`` (same name), never
+dropped: an administrator reads it there, and may move it back to resend it. The N-SETs of an
+instance whose N-CREATE failed follow it there (:meth:`ForwardQueue.failed_creates`).
+
+The MPPS store never takes these files for instances: it reads only the ``*.dcm`` files of
+its own folder, not of its subfolders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from wlmserver.matching.mpps import MPPS_SOP_CLASS, is_valid_uid
+
+LOGGER = logging.getLogger(__name__)
+
+#: The queue's folder inside the MPPS folder, and the refused messages' inside it.
+FOLDER_NAME = "forward"
+FAILED_NAME = "failed"
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+_TEMPORARY = ".tmp"
+_DIGITS = 20
+_NAME = re.compile(r"([0-9]{20})-(create|set)-([0-9.]{1,64})\.dcm")
+
+#: Private Information Creator UID (0002,0100) of the queue files: PS3.10 7.1 lets the file
+#: meta information carry private information under a UID naming its creator.
+CREATOR_UID = "2.25.211302760596546146011410883283542377953"
+
+
+class Kind(str, Enum):
+    """Which DIMSE request a message is (PS3.7 10.1.5, 10.1.3)."""
+
+    N_CREATE = "create"
+    N_SET = "set"
+
+    @property
+    def label(self) -> str:
+        """``N-CREATE`` or ``N-SET``."""
+        return "N-CREATE" if self is Kind.N_CREATE else "N-SET"
+
+
+def forward_folder(mpps_folder: Path) -> Path:
+    """The queue's folder for an MPPS folder: ``<mpps folder>/forward``."""
+    return mpps_folder / FOLDER_NAME
+
+
+@dataclass(frozen=True)
+class Message:
+    """One queued request.
+
+    Attributes
+    ----------
+    sequence : int
+        Its place in the queue.
+    kind : Kind
+        N-CREATE or N-SET.
+    uid : str
+        The SOP Instance UID (Affected for N-CREATE, Requested for N-SET).
+    path : Path
+        Its file.
+    """
+
+    sequence: int
+    kind: Kind
+    uid: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """What the log calls it: ``N-CREATE 1.2.3``."""
+        return f"{self.kind.label} {self.uid}"
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What the queue holds.
+
+    Attributes
+    ----------
+    pending : int
+        Messages waiting to be sent.
+    oldest : float or None
+        When the oldest pending message was queued (seconds since the epoch: its file's
+        modification time), or None.
+    failed : int
+        Messages the RIS refused for good (in ``failed/``).
+    """
+
+    pending: int
+    oldest: float | None
+    failed: int
+
+    def describe(self, now: float | None = None) -> str:
+        """The state in words, for the log and ``wlmserver check``.
+
+        Examples
+        --------
+        >>> QueueState(2, 100.0, 1).describe(now=190.0)
+        '2 queued (oldest 1 min 30 s ago), 1 failed'
+        >>> QueueState(0, None, 0).describe()
+        '0 queued, 0 failed'
+        """
+        text = f"{self.pending} queued"
+        if self.oldest is not None:
+            age = max(0.0, (time.time() if now is None else now) - self.oldest)
+            text += f" (oldest {format_age(age)} ago)"
+        return f"{text}, {self.failed} failed"
+
+
+def format_age(seconds: float) -> str:
+    """A duration, coarsely.
+
+    Examples
+    --------
+    >>> format_age(5.2), format_age(90), format_age(7300), format_age(200000)
+    ('5 s', '1 min 30 s', '2 h 1 min', '2 d 7 h')
+    """
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def parse_name(path: Path) -> Message | None:
+    """The message a file name stands for, or None for any other name.
+
+    Examples
+    --------
+    >>> parse_name(Path("q/00000000000000000007-set-1.2.3.dcm")).name
+    'N-SET 1.2.3'
+    >>> parse_name(Path("q/.00000000000000000007-set-1.2.3.dcm.1f2e.tmp")) is None
+    True
+    """
+    match = _NAME.fullmatch(path.name)
+    if match is None or not is_valid_uid(match.group(3)):
+        return None
+    return Message(int(match.group(1)), Kind(match.group(2)), match.group(3), path)
+
+
+class DamagedMessage(ValueError):
+    """A queue file that cannot be sent: not DICOM, cut short, or not what its name says."""
+
+
+class ForwardQueue:
+    """The queue folder: append, list in order, read, delete, move to ``failed/``.
+
+    Parameters
+    ----------
+    folder : Path
+        The queue's folder (:func:`forward_folder`); made (0700) by :meth:`open`.
+
+    Notes
+    -----
+    :meth:`open` once; then :meth:`append` from any thread (serialised by a lock), and the
+    rest from the one thread that sends.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> queue = ForwardQueue(Path(tempfile.mkdtemp()) / "forward")
+    >>> queue.open()
+    0
+    >>> ds = Dataset(); ds.PerformedProcedureStepStatus = "COMPLETED"
+    >>> queue.append(Kind.N_SET, "1.2.3", ds).name
+    'N-SET 1.2.3'
+    >>> (first,) = queue.pending()
+    >>> first.sequence, queue.read(first).PerformedProcedureStepStatus
+    (1, 'COMPLETED')
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.failed_folder = folder / FAILED_NAME
+        self._lock = threading.Lock()
+        self._next = itertools.count(1)
+
+    # -- the folder
+
+    def open(self) -> int:
+        """Make the folders, remove temporary files left by a crash, and continue the
+        sequence after the highest number held; returns how many messages are pending.
+
+        Raises
+        ------
+        OSError
+            The folder cannot be made or listed.
+        """
+        self.folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        self.failed_folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
+        for name in os.listdir(self.folder):
+            if name.startswith(".") and name.endswith(_TEMPORARY):
+                LOGGER.warning("MPPS forwarding: removing %s, left by an interrupted write", name)
+                with contextlib.suppress(OSError):
+                    (self.folder / name).unlink()
+        highest = max(
+            (m.sequence for m in (*self.pending(), *self.failed())),
+            default=0,
+        )
+        with self._lock:
+            self._next = itertools.count(highest + 1)
+        return len(self.pending())
+
+    def _listed(self, folder: Path) -> list[Message]:
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        found = (parse_name(folder / name) for name in names)
+        return sorted((m for m in found if m is not None), key=lambda m: m.sequence)
+
+    def pending(self) -> list[Message]:
+        """The messages to send, in order."""
+        return self._listed(self.folder)
+
+    def failed(self) -> list[Message]:
+        """The messages moved to ``failed/``, in order."""
+        return self._listed(self.failed_folder)
+
+    def failed_creates(self) -> set[str]:
+        """The SOP Instance UIDs whose N-CREATE is in ``failed/`` (their N-SETs cannot
+        succeed: they follow it there)."""
+        return {m.uid for m in self.failed() if m.kind is Kind.N_CREATE}
+
+    def state(self) -> QueueState:
+        """Pending count, the oldest's age, failed count."""
+        pending = self.pending()
+        oldest = None
+        for message in pending:
+            with contextlib.suppress(OSError):
+                oldest = message.path.stat().st_mtime
+                break
+        return QueueState(len(pending), oldest, len(self.failed()))
+
+    # -- one message
+
+    def append(self, kind: Kind, uid: str, dataset: Dataset) -> Message:
+        """Queue a request after those queued; on disk (durably) when this returns.
+
+        Parameters
+        ----------
+        kind : Kind
+            N-CREATE or N-SET.
+        uid : str
+            The SOP Instance UID (valid: :func:`~wlmserver.matching.mpps.is_valid_uid`).
+        dataset : Dataset
+            The Attribute List or Modification List (decoded).
+
+        Raises
+        ------
+        ValueError
+            ``uid`` is not a valid UID.
+        OSError
+            The file cannot be written (nothing is queued).
+        """
+        if not is_valid_uid(uid):
+            raise ValueError("not a valid SOP Instance UID")
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MPPS_SOP_CLASS
+        meta.MediaStorageSOPInstanceUID = UID(uid)
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.PrivateInformationCreatorUID = UID(CREATOR_UID)
+        meta.PrivateInformation = kind.label.encode("ascii")
+        out = Dataset()
+        out.update(dataset)
+        out.file_meta = meta
+        with self._lock:  # the sequence and the file go together: no gap, no reordering
+            sequence = next(self._next)
+            name = f"{sequence:0{_DIGITS}d}-{kind.value}-{uid}.dcm"
+            self._write(self.folder / name, out)
+        return Message(sequence, kind, uid, self.folder / name)
+
+    def _write(self, final: Path, ds: Dataset) -> None:
+        self.folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        temporary = self.folder / f".{final.name}.{secrets.token_hex(4)}{_TEMPORARY}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                dcmwrite(stream, ds, enforce_file_format=True)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        sync_folder(self.folder)
+
+    def read(self, message: Message) -> Dataset:
+        """The request's data set.
+
+        Raises
+        ------
+        DamagedMessage
+            The file is not DICOM, or its meta information contradicts its name.
+        OSError
+            It cannot be read.
+        """
+        data = message.path.read_bytes()
+        try:
+            ds = dcmread(BytesIO(data))
+            meta = ds.file_meta
+            uid = str(meta.get("MediaStorageSOPInstanceUID", ""))
+            label = bytes(meta.get("PrivateInformation", b"")).rstrip(b"\0 ").decode("ascii")
+            out = Dataset()
+            out.update(ds)  # without the file meta information
+            for _ in out.iterall():  # decode now: a damaged value fails here, not in sending
+                pass
+        except (InvalidDicomError, ValueError, KeyError, EOFError, UnicodeDecodeError) as exc:
+            raise DamagedMessage(f"not a readable DICOM file ({exc})") from None
+        if uid != message.uid or label != message.kind.label:
+            raise DamagedMessage("its meta information is not what its name says")
+        return out
+
+    def delete(self, message: Message) -> None:
+        """Forget a message the RIS acknowledged (durably)."""
+        with contextlib.suppress(FileNotFoundError):
+            message.path.unlink()
+        sync_folder(self.folder)
+
+    def fail(self, message: Message) -> Path:
+        """Move a message to ``failed/`` (durably); returns where it is now."""
+        self.failed_folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        target = self.failed_folder / message.path.name
+        os.replace(message.path, target)
+        sync_folder(self.failed_folder)
+        sync_folder(self.folder)
+        return target
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename or unlink durable (POSIX: fsync the folder; not possible everywhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def queue_state(mpps_folder: Path) -> QueueState | None:
+    """The forwarding queue's state for an MPPS folder, read-only; None when it has no queue
+    (forwarding never configured)."""
+    folder = forward_folder(mpps_folder)
+    if not folder.is_dir():
+        return None
+    return ForwardQueue(folder).state()
