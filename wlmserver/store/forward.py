@@ -36,7 +36,6 @@ import itertools
 import logging
 import os
 import re
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -47,19 +46,21 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from wlmserver.matching.mpps import MPPS_SOP_CLASS, is_valid_uid
+from wlmserver.store.dicomwrite import (
+    FOLDER_MODE,
+    TEMPORARY,
+    sync_folder,
+    write_atomically,
+)
 
 LOGGER = logging.getLogger(__name__)
 
 #: The queue's folder inside the MPPS folder, and the refused messages' inside it.
 FOLDER_NAME = "forward"
 FAILED_NAME = "failed"
-FILE_MODE = 0o600
-FOLDER_MODE = 0o700
-_TEMPORARY = ".tmp"
 _DIGITS = 20
 _NAME = re.compile(r"([0-9]{20})-(create|set)-([0-9.]{1,64})\.dcm")
 
@@ -233,7 +234,7 @@ class ForwardQueue:
         self.folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
         self.failed_folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
         for name in os.listdir(self.folder):
-            if name.startswith(".") and name.endswith(_TEMPORARY):
+            if name.startswith(".") and name.endswith(TEMPORARY):
                 LOGGER.warning("MPPS forwarding: removing %s, left by an interrupted write", name)
                 with contextlib.suppress(OSError):
                     (self.folder / name).unlink()
@@ -315,20 +316,7 @@ class ForwardQueue:
         return Message(sequence, kind, uid, self.folder / name)
 
     def _write(self, final: Path, ds: Dataset) -> None:
-        self.folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
-        temporary = self.folder / f".{final.name}.{secrets.token_hex(4)}{_TEMPORARY}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            with os.fdopen(fd, "wb") as stream:
-                dcmwrite(stream, ds, enforce_file_format=True)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-        sync_folder(self.folder)
+        write_atomically(final, ds)
 
     def read(self, message: Message) -> Dataset:
         """The request's data set.
@@ -370,16 +358,6 @@ class ForwardQueue:
         sync_folder(self.failed_folder)
         sync_folder(self.folder)
         return target
-
-
-def sync_folder(folder: Path) -> None:
-    """Make a rename or unlink durable (POSIX: fsync the folder; not possible everywhere)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def queue_state(mpps_folder: Path) -> QueueState | None:

@@ -29,7 +29,6 @@ import copy
 import itertools
 import logging
 import os
-import secrets
 import threading
 from io import BytesIO
 from pathlib import Path
@@ -37,7 +36,6 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from wlmserver.matching.mpps import (
@@ -54,6 +52,7 @@ from wlmserver.matching.mpps import (
     performed_from,
 )
 from wlmserver.store.dicomfile import Incomplete, Undecodable, parse
+from wlmserver.store.dicomwrite import FOLDER_MODE, TEMPORARY, write_atomically
 from wlmserver.store.index import is_safe_ae_title
 
 LOGGER = logging.getLogger(__name__)
@@ -61,9 +60,6 @@ LOGGER = logging.getLogger(__name__)
 #: The default MPPS folder's name inside the database root: a dot-name is never an AE title.
 DEFAULT_FOLDER_NAME = ".mpps"
 SUFFIX = ".dcm"
-_TEMPORARY = ".tmp"
-FILE_MODE = 0o600
-FOLDER_MODE = 0o700
 
 
 def default_folder(root: Path) -> Path:
@@ -172,7 +168,7 @@ class MppsStore:
         instances: dict[str, Dataset] = {}
         for name in names:
             path = self.folder / name
-            if name.startswith(".") and name.endswith(_TEMPORARY):
+            if name.startswith(".") and name.endswith(TEMPORARY):
                 LOGGER.warning("MPPS folder: removing %s, left by an interrupted write", path)
                 with contextlib.suppress(OSError):
                     path.unlink()
@@ -304,21 +300,7 @@ class MppsStore:
         out = Dataset()
         out.update(instance)
         out.file_meta = meta
-        final = self.path(uid)
-        self.folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
-        temporary = self.folder / f".{uid}.{secrets.token_hex(4)}{_TEMPORARY}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            with os.fdopen(fd, "wb") as stream:
-                dcmwrite(stream, out, enforce_file_format=True)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-        _sync_folder(self.folder)
+        write_atomically(self.path(uid), out)
 
 
 def _decode(ds: Dataset | None) -> None:
@@ -328,16 +310,6 @@ def _decode(ds: Dataset | None) -> None:
         decode(ds)
     except Exception as exc:  # pydicom's lazy decoding raises many kinds
         raise MppsError(MppsStatus.PROCESSING_FAILURE, "cannot decode the attribute list") from exc
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename durable (POSIX: fsync the folder; not possible everywhere)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _read(path: Path, uid: str) -> Dataset:
