@@ -86,7 +86,7 @@ def test_an_interrupted_write_leaves_nothing_queued(
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("wlmserver.store.forward.dcmwrite", full)
+    monkeypatch.setattr("wlmserver.store.dicomwrite.dcmwrite", full)
     with pytest.raises(OSError):
         queue.append(Kind.N_CREATE, UID, make_mpps())
     assert os.listdir(folder) == [FAILED_NAME]

@@ -17,7 +17,6 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from wlmserver.matching.mpps import MppsError, MppsStatus, PpsStatus, StepKey
-from wlmserver.store import mpps as store_module
 from wlmserver.store.mpps import MppsStore, default_folder, folder_problem
 
 UID = "1.2.826.0.1.3680043.10.9999.50"
@@ -123,7 +122,7 @@ def test_a_failed_write_changes_nothing_and_leaves_no_temporary_file(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_module, "dcmwrite", disk_full)
+    monkeypatch.setattr("wlmserver.store.dicomwrite.dcmwrite", disk_full)
     with caplog.at_level(logging.ERROR), pytest.raises(MppsError) as caught:
         store.set(UID, make_final())
     assert caught.value.status == MppsStatus.PROCESSING_FAILURE
