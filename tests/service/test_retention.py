@@ -73,6 +73,8 @@ def test_archive_folder_receives_whole_files_at_start(
     _aged(db)
     archive = tmp_path / "archive"
     start_server(retention_days=30, archive_folder=archive)
-    assert until(lambda: (archive / "WLM" / "old.wl").exists())
-    assert not (db / "WLM" / "old.wl").exists()
+    # a move links the archived copy, then unlinks the original: wait for both
+    assert until(
+        lambda: (archive / "WLM" / "old.wl").exists() and not (db / "WLM" / "old.wl").exists()
+    )
     assert sorted(p.name for p in (db / "WLM").iterdir()) == ["edge.wl", "mixed.wl"]
