@@ -19,7 +19,7 @@ only when every step it serves is past retention (:mod:`wlmserver.store.retentio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -129,16 +129,26 @@ class RetentionPolicy:
         >>> RetentionPolicy(None).hides(step("19990101"), today)
         False
         """
-        if self.days is None:
-            return False
-        scheduled = scheduled_date(entry)
-        return scheduled is not None and scheduled < today - timedelta(days=self.days)
+        past = self.hider(today)
+        return past is not None and past(entry)
+
+    def hider(self, today: date) -> Callable[[Entry], bool] | None:
+        """:meth:`hides` for one day, its cutoff worked out once (what a C-FIND asks of each
+        candidate); None when no step is hidden (no ``days``)."""
+        cutoff = self.cutoff(today)
+        if cutoff is None:
+            return None
+
+        def past(entry: Entry) -> bool:
+            scheduled = scheduled_date(entry)
+            return scheduled is not None and scheduled < cutoff
+
+        return past
 
     def hidden(self, entries: Iterable[Entry], today: date) -> list[Entry]:
         """The entries past retention on ``today``, in their order."""
-        if self.days is None:
-            return []
-        return [e for e in entries if self.hides(e, today)]
+        past = self.hider(today)
+        return [] if past is None else [e for e in entries if past(e)]
 
     def expires_file(self, entries: Iterable[Entry], today: date) -> bool:
         """Whether a whole file is past retention: it serves at least one step, and every

@@ -124,9 +124,13 @@ class StatusView:
         """Whether every entry is answered as it is (no MPPS, nothing hidden)."""
         return not self.hidden and not len(self.performed)
 
+    def reported(self, entry: Entry) -> PpsStatus | None:
+        """What the newest MPPS performing the step reported, or None (no MPPS names it)."""
+        return self.performed.status(step_key(entry)) if len(self.performed) else None
+
     def status_of(self, entry: Entry) -> str:
         """The step's status as answered: the newest MPPS's, else the file's ('' if none)."""
-        performed = self.performed.status(step_key(entry)) if len(self.performed) else None
+        performed = self.reported(entry)
         if performed is not None:
             return ANSWERED_AS[performed]
         return _first(entry.sps.text(SPS_STATUS)).upper()
@@ -136,7 +140,7 @@ class StatusView:
         its status is hidden."""
         if self.changes_nothing:
             return entry
-        performed = self.performed.status(step_key(entry)) if len(self.performed) else None
+        performed = self.reported(entry)
         if performed is None:  # as the file says
             if self.hidden and _first(entry.sps.text(SPS_STATUS)).upper() in self.hidden:
                 return None

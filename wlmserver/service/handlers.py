@@ -500,11 +500,10 @@ def handle_find(
         frozenset() if asks_for_status(query) else hidden,
     )
     seen = None if view.changes_nothing else view.seen
-    retention = config.retention
-    today = datetime.date.today() if retention.active else None  # --retention-days
+    past_retention = config.retention.hider(datetime.date.today())  # --retention-days
     count = 0
     for candidate in folder.lookup.candidates(query):
-        if today is not None and retention.hides(candidate, today):
+        if past_retention is not None and past_retention(candidate):
             continue
         entry = candidate if seen is None else seen(candidate)
         if entry is None or not query.matches(entry):

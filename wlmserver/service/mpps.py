@@ -112,12 +112,7 @@ def handle_n_create(
         refused = _wrong_class(request.AffectedSOPClassUID)
         if refused is not None:
             raise refused
-        try:
-            attributes = event.attribute_list
-        except Exception as exc:  # pynetdicom decodes lazily and may fail here
-            raise MppsError(
-                MppsStatus.PROCESSING_FAILURE, "cannot decode the attribute list"
-            ) from exc
+        attributes = _decoded(event, "attribute_list", "the attribute list")
         checked = store.create(uid, attributes)
     except MppsError as exc:
         _log_refusal("N-CREATE", peer, uid, exc)
@@ -162,12 +157,7 @@ def handle_n_set(event: Any, store: MppsStore, forwarder: Forwarder | None = Non
         refused = _wrong_class(request.RequestedSOPClassUID)
         if refused is not None:
             raise refused
-        try:
-            modification = event.modification_list
-        except Exception as exc:  # pynetdicom decodes lazily and may fail here
-            raise MppsError(
-                MppsStatus.PROCESSING_FAILURE, "cannot decode the modification list"
-            ) from exc
+        modification = _decoded(event, "modification_list", "the modification list")
         checked = store.set(uid, modification)
     except MppsError as exc:
         _log_refusal("N-SET", peer, uid, exc)
@@ -186,6 +176,15 @@ def handle_n_set(event: Any, store: MppsStore, forwarder: Forwarder | None = Non
             ", ".join(checked.lenient),
         )
     return int(MppsStatus.SUCCESS), None
+
+
+def _decoded(event: Any, name: str, what: str) -> Dataset | None:
+    """The request's data set (``event.attribute_list`` or ``event.modification_list``);
+    pynetdicom decodes it lazily, and a failure there is a processing failure saying so."""
+    try:
+        return getattr(event, name)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise MppsError(MppsStatus.PROCESSING_FAILURE, f"cannot decode {what}") from exc
 
 
 def _log_refusal(what: str, peer: str, uid: str | None, exc: MppsError) -> None:

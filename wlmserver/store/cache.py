@@ -36,7 +36,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Mapping
-from functools import lru_cache, partial
+from functools import lru_cache
 from itertools import accumulate, repeat
 from operator import attrgetter
 from pathlib import Path
@@ -49,7 +49,7 @@ from wlmserver.matching.entry import entries_from_rows
 from wlmserver.store.files import FileState
 from wlmserver.store.index import FolderSnapshot, WorklistStore
 from wlmserver.store.lookup import Lookup
-from wlmserver.store.packing import RecordPacker, unpack_records
+from wlmserver.store.packing import RecordPacker, file_state, unpack_records
 from wlmserver.store.packing import picked as _picked
 
 LOGGER = logging.getLogger(__name__)
@@ -186,9 +186,6 @@ def encode(folders: Mapping[str, FolderSnapshot]) -> bytes:
     )
 
 
-_file_state = partial(tuple.__new__, FileState)  # FileState from a 4-tuple, in C
-
-
 def decode(payload: bytes) -> Cached:
     """The folder snapshots a payload of :func:`encode` holds.
 
@@ -221,7 +218,7 @@ def decode(payload: bytes) -> Cached:
             zip(
                 one_names,
                 map(
-                    _file_state,
+                    file_state,
                     zip(
                         one_signatures,
                         zip(_picked(ordered, one_places)),  # zip of one: the 1-tuples

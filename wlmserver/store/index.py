@@ -97,7 +97,6 @@ class FolderSnapshot:
         return sum(1 for f in self.files.values() if not f.entries)
 
 
-_signature = signature_of
 _SIGNATURE_OF_STATE = operator.itemgetter(0)  # FileState.signature, in C
 
 
@@ -472,7 +471,7 @@ class WorklistStore:
                 return
             files = self._folders[name].files.copy()
             old = files.get(path.name)
-            signature = _signature(st)
+            signature = signature_of(st)
             if old is not None and old.signature == signature:
                 return
             try:
@@ -527,7 +526,7 @@ class WorklistStore:
                     continue
                 path = self.root / name / fname
                 try:
-                    signature = _signature(path.stat())
+                    signature = signature_of(path.stat())
                 except OSError:
                     continue  # gone: its event removes it
                 if signature != state.signature:

@@ -128,7 +128,8 @@ def unpack_records(table: LayoutTable, flat: tuple[Any, ...]) -> list[Record]:
     return records
 
 
-_file_state = partial(tuple.__new__, FileState)  # a FileState from a 4-tuple, in C
+#: A FileState from a 4-tuple ``(signature, entries, problem, cut_short)``, made in C.
+file_state = partial(tuple.__new__, FileState)
 
 
 def pack_states(states: Sequence[tuple[str, FileState]]) -> bytes:
@@ -172,6 +173,7 @@ def unpack_states(data: bytes) -> list[tuple[str, FileState]]:
 __all__ = [
     "LayoutTable",
     "RecordPacker",
+    "file_state",
     "pack_states",
     "picked",
     "unpack_records",

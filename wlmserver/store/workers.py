@@ -32,6 +32,7 @@ from typing import IO
 
 from wlmserver.store.files import FileState, Signature
 from wlmserver.store.formats import FORMATS, Formats
+from wlmserver.store.listing import Listing
 from wlmserver.store.packing import pack_states, unpack_states
 from wlmserver.store.reader import LockBusy, Note, ReadOptions, folder_lock, read_state
 
@@ -97,11 +98,10 @@ def read_batch(
             for name, signature, is_link in rows:
                 path = folder_path / name
                 if locked:  # a writer may have finished it meanwhile: as it is now
-                    try:
-                        st = path.stat()
-                    except OSError:
+                    now = Listing.signature_now(path)
+                    if now is None:
                         continue  # gone: its event removes it
-                    signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+                    signature = now
                 state, said = read_state(path, tuple(signature), options, is_link)  # type: ignore[arg-type]
                 states.append((name, state))
                 notes.append(said)

@@ -55,7 +55,6 @@ from wlmserver.matching.stepstatus import (
     StatusView,
     asks_for_status,
     parse_statuses,
-    step_key,
 )
 from wlmserver.store.dicomfile import parse
 from wlmserver.store.files import FileState, read_file_bytes
@@ -401,12 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             entry = view.seen(indexed)
             if entry is None:
                 status = view.status_of(indexed)
-                source = (
-                    "reported by an MPPS"
-                    if len(view.performed)
-                    and (view.performed.status(step_key(indexed)) is not None)
-                    else "in the file"
-                )
+                source = "in the file" if view.reported(indexed) is None else "reported by an MPPS"
                 print(
                     f"NO     {where}: status {status} ({source}) is hidden "
                     f"(hide-status {','.join(sorted(view.hidden))}; a query asking for a "
