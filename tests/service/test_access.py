@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
-from conftest import StartServer, find, make_dataset, write_wl
+from conftest import StartServer, find, make_dataset, until, write_wl
 from pynetdicom import AE
 
 from wlmserver.config.access import Access, AllowList, parse_network
@@ -59,7 +59,13 @@ def test_a_calling_ae_title_off_the_list_is_rejected_with_its_reason(
     assert "Association Rejected" in refused, refused
     assert "Rejected Permanent, Source: Service User" in refused, refused
     assert "Reason: Calling AE Title Not Recognized" in refused, refused
-    lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+
+    def rejected() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+
+    # the server logs after it sent the A-ASSOCIATE-RJ, which echoscu may see first
+    assert until(rejected, 10), rejected()
+    lines = rejected()
     assert len(lines) == 1, lines
     assert "US01" in lines[0] and "calling AE title not allowed" in lines[0]
     assert "exit 0" in _echoscu(server.port, "CT01")  # and it keeps serving
