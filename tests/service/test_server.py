@@ -16,8 +16,9 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from wlmserver.config import Config
 from wlmserver.matching.status import Status
-from wlmserver.service.server import MODALITY_WORKLIST_FIND
+from wlmserver.service.server import MODALITY_WORKLIST_FIND, WorklistServer
 from wlmserver.store.formats import Formats
 
 PENDING, SUCCESS = int(Status.PENDING), int(Status.SUCCESS)
@@ -517,3 +518,62 @@ def test_a_restart_from_the_index_cache_answers_the_same_without_reading_files(
     without = start_server()  # and a server without a cache answers the same
     assert len(reads) == 41
     assert {aet: _universal(without.port, aet) for aet in ("WLM", "CT01")} == before
+
+
+def test_after_a_full_index_the_cache_is_written_once_associations_are_done(
+    db: Path, tmp_path: Path
+) -> None:
+    """Writing the cache costs seconds of CPU at 100,000 entries: the modalities that waited
+    for the index are answered first. It waits for no association to be open (or for
+    ``cache_wait`` at most), and a server stopped before then writes it on its way out."""
+    write_wl(db / "WLM" / "a.wl", PatientID="PIDQUIET")
+    cache = tmp_path / "cache" / "index.wlmcache"
+    server = WorklistServer(
+        Config(data_files_path=db, port=0, bind="127.0.0.1", index_cache=cache.parent)
+    )
+    server.cache_quiet, server.cache_wait = 0.3, 3.0
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(MODALITY_WORKLIST_FIND)
+    server.start(wait=False)
+    try:
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")  # a modality waiting
+        assert assoc.is_established
+        assert server.wait_indexed(10)
+        indexed = time.monotonic()
+        time.sleep(1.0)
+        assert not cache.exists()  # an association is open, and cache_wait is not over
+        while not cache.exists() and time.monotonic() < indexed + 20:
+            time.sleep(0.05)
+        assert cache.exists()  # written after cache_wait, the association still open
+        assert time.monotonic() - indexed >= 2.9
+        assoc.release()
+    finally:
+        server.stop()
+
+    cache.unlink()
+    server = WorklistServer(
+        Config(data_files_path=db, port=0, bind="127.0.0.1", index_cache=cache.parent)
+    )
+    server.cache_quiet = 0.3
+    server.start()
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")
+    time.sleep(0.6)
+    assert not cache.exists()
+    assoc.release()  # quiet from now on
+    deadline = time.monotonic() + 20
+    while not cache.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.exists()
+    cache.unlink()
+    server.stop()
+    assert not cache.exists()  # it held the index already: nothing to write
+
+    server = WorklistServer(
+        Config(data_files_path=db, port=0, bind="127.0.0.1", index_cache=cache.parent)
+    )
+    server.cache_quiet = 30.0  # stopped before the quiet moment comes
+    server.start()
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 10  # the wait ends with the stop
+    assert cache.exists()  # and the stop wrote it
