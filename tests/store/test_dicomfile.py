@@ -285,3 +285,57 @@ def test_remembered_values_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
             assert record.text(0x00100020) == (value.decode(),)
             assert record.text(0x00100021) == (("X" * (n % 7),) if n % 7 else ())
         assert len(dicomfile._MEMO) <= 8 and len(dicomfile._HEADERS) <= 4
+
+
+def _sps_with_item(*elements: bytes) -> bytes:
+    """An SPS sequence of one item (explicit lengths) holding these elements."""
+    item = b"".join(elements)
+    item_header = b"\xfe\xff\x00\xe0" + len(item).to_bytes(4, "little")
+    return (
+        b"\x40\x00\x00\x01SQ\x00\x00" + (len(item) + 8).to_bytes(4, "little") + item_header + item
+    )
+
+
+def test_a_remembered_item_is_shared_and_parses_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code items of a RIS repeat from file to file: an item's record is remembered by its
+    bytes and shared (records are immutable), and is what parsing it gives."""
+    from wlmserver.store import dicomfile
+
+    code = _sps_with_item(_el(0x0008, 0x0100, b"SH", b"CT003 "), _MODALITY)
+    first, _ = parse(_NAME + _ID + code)
+    second, _ = parse(_NAME + _el(0x0010, 0x0020, b"LO", b"PID2") + code)
+    assert second.items(0x00400100)[0] is first.items(0x00400100)[0]
+    monkeypatch.setattr(dicomfile, "_ITEMS", {})
+    fresh, _ = parse(_NAME + _ID + code)
+    assert fresh == first and fresh.items(0x00400100)[0] is not first.items(0x00400100)[0]
+
+
+def test_an_item_is_remembered_only_when_it_decodes_alike_and_holds_no_sequence() -> None:
+    """Item bytes that are not ASCII decode in each file's character set; an item holding a
+    sequence is parsed every time (its nesting is checked every time)."""
+    latin = _sps_with_item(_el(0x0040, 0x0007, b"LO", b"M\xfcller"))
+    for _ in range(2):
+        record, _ = parse(_with_charset(b"ISO_IR 100") + latin)
+        assert record.items(0x00400100)[0].text(0x00400007) == ("Müller",)
+        with pytest.raises(Undecodable, match="decode"):
+            parse(_with_charset(b"ISO_IR 192") + latin)
+    from wlmserver.store import dicomfile
+
+    empty_sequence = b"\x40\x00\x08\x00SQ\x00\x00" + bytes(4)  # ASCII bytes, yet a sequence
+    item = _MODALITY + empty_sequence
+    parse(_sps_with_item(item))
+    assert item not in dicomfile._ITEMS
+    parse(_sps_with_item(_MODALITY))
+    assert _MODALITY in dicomfile._ITEMS
+
+
+def test_remembered_items_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wlmserver.store import dicomfile
+
+    monkeypatch.setattr(dicomfile, "_ITEMS", {})
+    monkeypatch.setattr(dicomfile, "_ITEMS_LIMIT", 4)
+    for n in range(20):
+        value = f"C{n:03d}".encode()
+        record, _ = parse(_ID + _sps_with_item(_el(0x0008, 0x0100, b"SH", value)))
+        assert record.items(0x00400100)[0].text(0x00080100) == (value.decode(),)
+        assert len(dicomfile._ITEMS) <= 4

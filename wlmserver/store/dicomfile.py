@@ -84,6 +84,13 @@ _MEMO_LIMIT = 32_768
 _MEMO_VALUE = 64  # value bytes at most
 # short VRs (a 16-bit length) whose values may repeat; not UI: UIDs are unique
 _MEMO_VRS = (_CHARSET_VRS | _ASCII_VRS) - _LONG_VRS - {"UI"}
+#: Item records already seen, by the bytes of the item (explicit VR little endian, a defined
+#: length): the code items of a RIS's procedures and protocols repeat from file to file, and
+#: records are immutable, so one is shared. Only items of ASCII text without ESC (decoded
+#: alike in every character set) and without sequences (no nesting to check) are kept.
+_ITEMS: dict[bytes, Record] = {}
+_ITEMS_LIMIT = 8_192
+_ITEM_MEMO_BYTES = 256
 #: Element headers already seen in explicit VR little endian data, by their 8 bytes: ``(tag,
 #: VR, length, whether the value may be remembered)``. Only headers of plain elements are kept
 #: (a short VR; not a delimiter, group length, file meta or Specific Character Set), which the
@@ -336,9 +343,21 @@ class _Parser:
             if length == _UNDEFINED:
                 item, pos, _ = self.dataset(value_pos, None, encodings)
             else:
-                if value_pos + length > size:
+                item_end = value_pos + length
+                if item_end > size:
                     self.need(value_pos, length, f"an item of {_name(seq)}")
-                item, pos, _ = self.dataset(value_pos, value_pos + length, encodings)
+                if fast and length <= _ITEM_MEMO_BYTES:
+                    raw = data[value_pos:item_end]
+                    known = _ITEMS.get(raw)
+                    if known is not None:
+                        items.append(known)
+                        pos = item_end
+                        continue
+                    item, pos, _ = self.dataset(value_pos, item_end, encodings)
+                    if pos == item_end and raw.isascii() and b"\x1b" not in raw:
+                        _remember_item(raw, item)
+                else:
+                    item, pos, _ = self.dataset(value_pos, item_end, encodings)
             items.append(item)
         if end is None:
             raise Incomplete(f"{_name(seq)}: a sequence of undefined length is not closed")
@@ -369,6 +388,14 @@ def _remember(key: bytes, vr: str, values: Values) -> Values:
             _MEMO.clear()
         _MEMO[key] = values
     return values
+
+
+def _remember_item(raw: bytes, item: Record) -> None:
+    """Keep an item's record by its bytes (see ``_ITEMS``) when it holds no sequence."""
+    if "SQ" not in item.parts()[0].vrs:
+        if len(_ITEMS) >= _ITEMS_LIMIT:
+            _ITEMS.clear()
+        _ITEMS[raw] = item
 
 
 def _record(tags: list[int], vrs: list[str], values: list[Value], ordered: bool) -> Record:
