@@ -420,8 +420,12 @@ class WorklistStore:
                         self.workers,
                     )
                     for done, batch in pool.read(folder_path, rows):
+                        # a file without a problem has only a debug line to log: no path
+                        # is made for it unless that is shown
+                        debug = LOGGER.isEnabledFor(logging.DEBUG)
                         for fname, state, notes in batch:
-                            self._took(folder_path / fname, state, notes)
+                            if debug or state.problem is not None or state.cut_short:
+                                self._took(folder_path / fname, state, notes)
                         yield done, [(fname, state) for fname, state, _ in batch]
                         if time.monotonic() - last_report > _PROGRESS_SECONDS:
                             last_report = time.monotonic()

@@ -16,6 +16,7 @@ change in a folder of 100,000 entries costs milliseconds.
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from wlmserver.matching.primitives import (
     pn_candidates,
 )
 from wlmserver.matching.query import CompiledQuery, ItemQuery
+from wlmserver.matching.record import Layout
 
 STATION = 0x00400001
 MODALITY = 0x00080060
@@ -59,8 +61,8 @@ _T = TypeVar("_T")
 _NAME_END = "\U0010ffff"
 
 
-def _order(entry: Entry) -> tuple[str, str, int]:
-    return entry.order
+#: An entry's :attr:`~Entry.order` (its field 5), read in C: the key of every sort here.
+_order: Callable[[Entry], tuple[str, str, int]] = operator.itemgetter(5)
 
 
 def _keys(entry: Entry, tag: int) -> tuple[str, ...]:
@@ -85,8 +87,9 @@ def _name_rows(entry: Entry) -> list[NameRow]:
     return [(name, entry.order, entry) for name in _names(entry)]
 
 
-def _name_order(row: NameRow) -> tuple[str, tuple[str, str, int]]:
-    return row[0], row[1]
+#: A name row's sort key, ``(name, order)``, made in C; and its name alone.
+_name_order: Callable[[NameRow], tuple[str, tuple[str, str, int]]] = operator.itemgetter(0, 1)
+_name: Callable[[NameRow], str] = operator.itemgetter(0)
 
 
 def _name_identity(row: NameRow) -> tuple[str, int]:
@@ -269,6 +272,9 @@ class Lookup:
         return (n[2] for n in self.names[first:last])
 
 
+_Plan = tuple[tuple[dict[str, list[Entry]], int], ...]
+
+
 class LookupBuilder:
     """A lookup built a batch of entries at a time (while worker processes read the next
     files, see :mod:`wlmserver.store.workers`), then sorted once: what is left to do when the
@@ -278,26 +284,64 @@ class LookupBuilder:
         self._entries: list[Entry] = []
         self._buckets: dict[int, dict[str, list[Entry]]] = {tag: {} for tag in BUCKETED}
         self._names: list[NameRow] = []
+        # per record layout, top level and SPS item apart: (table, value position) of each
+        # bucketed attribute it holds (the files of one RIS share a few layouts)
+        self._plans: tuple[dict[Layout, _Plan], dict[Layout, _Plan]] = ({}, {})
+
+    def _plan(self, layout: Layout, sps: bool) -> _Plan:
+        plans = self._plans[sps]
+        plan = plans.get(layout)
+        if plan is None:
+            plan = plans[layout] = tuple(
+                (self._buckets[tag], layout.positions[tag])
+                for tag, in_sps in BUCKETED.items()
+                if in_sps is sps
+                and tag in layout.positions
+                and layout.vrs[layout.positions[tag]] != "SQ"
+            )
+        return plan
 
     def add(self, entries: Iterable[Entry]) -> None:
         """Take some more entries (of files not taken yet)."""
-        added, buckets, names = self._entries, self._buckets, self._names
+        added, names, plan_for = self._entries, self._names, self._plan
+        top_plans, sps_plans = self._plans
         for entry in entries:
             added.append(entry)
-            for tag, table in buckets.items():
-                for key in set(_keys(entry, tag)):
-                    table.setdefault(key, []).append(entry)
+            for record, plans, sps in ((entry.top, top_plans, False), (entry.sps, sps_plans, True)):
+                layout, values = record.parts()
+                plan = plans.get(layout)
+                if plan is None:
+                    plan = plan_for(layout, sps)
+                for table, i in plan:
+                    keys = values[i]
+                    if len(keys) == 1:  # nearly always
+                        table.setdefault(keys[0], []).append(entry)  # type: ignore[arg-type]
+                    else:
+                        for key in set(keys):
+                            table.setdefault(key, []).append(entry)  # type: ignore[arg-type]
             names.extend((name, entry.order, entry) for name in _names(entry))
 
     def build(self) -> Lookup:
-        """The lookup of every entry taken, each table in answer order."""
+        """The lookup of every entry taken, each table in answer order.
+
+        The entries are sorted once; every other sort is by their place in that order (an
+        int, found in C), and buckets of one entry (most patient IDs and accession numbers)
+        are not sorted at all: half a second less at 100,000 entries, all of it after the
+        last file is read.
+        """
         ordered = tuple(sorted(self._entries, key=_order))
-        self._names.sort(key=_name_order)
-        frozen = {
-            tag: MappingProxyType({k: tuple(sorted(v, key=_order)) for k, v in table.items()})
-            for tag, table in self._buckets.items()
-        }
-        return Lookup(ordered, MappingProxyType(frozen), tuple(self._names))
+        place = dict(zip(ordered, range(len(ordered)), strict=True)).__getitem__  # by identity
+        names = self._names
+        names.sort(key=lambda row: place(row[2]))
+        names.sort(key=_name)  # stable: by name, then in answer order
+        frozen = {}
+        for tag, table in self._buckets.items():
+            made = dict(zip(table, map(tuple, table.values()), strict=True))
+            for key, bucket in made.items():
+                if len(bucket) > 1:
+                    made[key] = tuple(sorted(bucket, key=place))
+            frozen[tag] = MappingProxyType(made)
+        return Lookup(ordered, MappingProxyType(frozen), tuple(names))
 
 
 def _prefixes(matcher: object) -> list[str] | None:

@@ -49,7 +49,11 @@ class RecordPacker:
     their place in a table.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, merge_alike: bool = True) -> None:
+        #: Whether records alike (equal values, distinct objects) are written once: worth it
+        #: for the whole index (the cache), not for one batch of files, whose records are
+        #: nearly all different (and whose repeated items are one object already)
+        self.merge_alike = merge_alike
         self.layouts: dict[int, int] = {}  # id(layout) -> its number
         self.table: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
         self.sequences: list[tuple[int, ...]] = []  # layout number -> its SQ positions
@@ -84,9 +88,11 @@ class RecordPacker:
                 encoded[i] = tuple(self.record(item) for item in values[i])  # type: ignore[arg-type]
             values = tuple(encoded)
         key = (number, values)
-        place = self._numbers.get(key)
+        place = self._numbers.get(key) if self.merge_alike else None
         if place is None:
-            place = self._numbers[key] = len(self.records)
+            place = len(self.records)
+            if self.merge_alike:
+                self._numbers[key] = place
             self.records.append(key)
         self._done[id(record)] = (place, record)  # the record is kept: its id stays its own
         return place
@@ -134,7 +140,7 @@ file_state = partial(tuple.__new__, FileState)
 
 def pack_states(states: Sequence[tuple[str, FileState]]) -> bytes:
     """File states (by file name) as marshalled plain data (what a worker sends back)."""
-    packer = RecordPacker()
+    packer = RecordPacker(merge_alike=False)
     rows = []
     for fname, state in states:
         entries = tuple(
