@@ -148,3 +148,51 @@ def test_worker_count_follows_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     assert workers_module.worker_count() == 4
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(64)))
     assert workers_module.worker_count() == 8
+
+
+def test_workers_start_before_the_folder_is_listed_and_end_when_not_needed(
+    varied: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder indexed for the first time with many files: the workers are started before
+    it is listed (they import the parser meanwhile), and used; if the files to read turn out
+    fewer (the count was of names, not served files), they are ended unused."""
+    caplog.set_level(logging.INFO, logger="wlmserver.store.index")
+    monkeypatch.setattr(index_module, "PARALLEL_ABOVE", 30)
+    happened: list[str] = []
+    started: list[workers_module._Worker] = []
+    real_worker, real_listing = workers_module._Worker.__init__, WorklistStore._listing
+
+    def start(self: workers_module._Worker, *args: object) -> None:
+        real_worker(self, *args)  # type: ignore[arg-type]
+        started.append(self)
+        happened.append("worker")
+
+    def listing(self: WorklistStore, folder: Path) -> object:
+        happened.append("listing")
+        return real_listing(self, folder)
+
+    monkeypatch.setattr(workers_module._Worker, "__init__", start)
+    monkeypatch.setattr(WorklistStore, "_listing", listing)
+    reference = WorklistStore(varied, workers=0)
+    reference.scan()
+    happened.clear()
+    store = WorklistStore(varied, workers=2)
+    store.scan()
+    assert happened == ["worker", "worker", "listing"]  # started first, and only once
+    assert _seen(store) == _seen(reference)
+    assert any("in 2 worker processes" in r.getMessage() for r in caplog.records)
+    assert all(w.process.poll() is not None for w in started)
+
+    # 45 names, but 30 files to read only once the other names are known not to be served
+    for n in range(40):
+        if n % 4:
+            (varied / "WLM" / f"{n:03}.wl").rename(varied / "WLM" / f"{n:03}.txt")
+    happened.clear()
+    started.clear()
+    caplog.clear()
+    store = WorklistStore(varied, workers=2)
+    store.scan()
+    assert happened == ["worker", "worker", "listing"]
+    assert not any("worker processes" in r.getMessage() for r in caplog.records)
+    assert all(w.process.poll() is not None for w in started)  # ended unused
+    assert store.folder("WLM") is not None
