@@ -12,14 +12,16 @@ rescan does (:meth:`WorklistStore.scan`).
 
 What is cached is plain data (tuples of strings and numbers; the record layouts and the records
 in tables, referred to by number), written with :mod:`marshal`, which makes no objects but
-those (no code runs when it is read, unlike :mod:`pickle`), in frames of at most :data:`_PIECE`
-values each, so that writing it never holds the interpreter lock for long. It is still only
-read when it is this server's own: owned by the user the server runs as, writable by nobody
-else, and whole (a digest of its contents). Any other wlmserver version or code, Python,
-pydicom, database root or option that changes what is indexed (``-efr``/``-dfr``,
-``--json-drops``, ``--max-file-size``, ``--follow-links``) makes it unusable, as does damage:
-then the database is indexed fully, with one log line saying why. Nothing in the cache is ever
-answered without its file's signature checked first.
+those (no code runs when it is read, unlike :mod:`pickle`), in one call: written in pieces it
+was read back slower and larger (values alike in two pieces become two objects: 0.4 s and 25 MB
+more at 100,000 entries), and the call holding the interpreter lock (1.3 s at 100,000 entries)
+is why a full index's cache waits for a quiet moment. It is still only read when it is this
+server's own: owned by the user the server runs as, writable by nobody else, and whole (a
+digest of its contents). Any other wlmserver version or code, Python, pydicom, database root or
+option that changes what is indexed (``-efr``/``-dfr``, ``--json-drops``, ``--max-file-size``,
+``--follow-links``) makes it unusable, as does damage: then the database is indexed fully, with
+one log line saying why. Nothing in the cache is ever answered without its file's signature
+checked first.
 
 One file for the whole index, rather than one per AE folder: one atomic rename publishes a
 consistent index, one header says what it was made with, and a server moved to another database
@@ -37,12 +39,11 @@ import logging
 import marshal
 import os
 import stat
-import struct
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, repeat
 from operator import attrgetter
 from pathlib import Path
 from types import MappingProxyType
@@ -63,17 +64,11 @@ _T = TypeVar("_T")
 #: The cache file's name in the cache folder.
 CACHE_FILE = "index.wlmcache"
 #: Bumped whenever what is cached, or how, changes.
-CACHE_FORMAT = 5
+CACHE_FORMAT = 4
 _MAGIC = b"wlmserver index cache\n"
 _HEADER_LENGTH_BYTES = 4
 _DIGEST_BYTES = 32
 _MARSHAL_VERSION = 4
-#: Values per piece of a long column (see :class:`_Frames`): at most 0.15 s of marshal each
-#: at 100,000 entries. Smaller pieces hold the lock less long but share less: values alike in
-#: two pieces are read back as two objects (20,000: 26 MB more memory after a restart).
-_PIECE = 50_000
-_COUNT = struct.Struct("<I")
-_SIZE = struct.Struct("<Q")
 
 Cached = dict[str, FolderSnapshot]
 """What a cache holds: AE title -> the folder's snapshot (file states and lookup), whose
@@ -191,19 +186,10 @@ def encode(folders: Mapping[str, FolderSnapshot]) -> bytes:
         columns[2] = tuple([place[n] for n in columns[2]])
         columns[3] = tuple([place[n] for n in columns[3]])
         folder[1] = tuple(columns)
-    frames = _Frames()
-    frames.put((CACHE_FORMAT, tuple(encoder.table), len(encoded)))
-    for column in records:
-        frames.put(column)
-    for name, columns, files, buckets, names in encoded:
-        frames.put(name)
-        for column in (*columns, *files, *names):
-            frames.put(column)
-        frames.put(len(buckets))
-        for bucket in buckets:
-            for column in bucket:
-                frames.put(column)
-    return frames.payload()
+    return marshal.dumps(
+        (CACHE_FORMAT, tuple(encoder.table), records, tuple(tuple(f) for f in encoded)),
+        _MARSHAL_VERSION,
+    )
 
 
 def decode(payload: bytes) -> Cached:
@@ -217,22 +203,14 @@ def decode(payload: bytes) -> Cached:
     CacheUnusable
         It is not such a payload.
     """
-    frames = _FrameReader(payload)
     try:
-        head = frames.take()
-        if not (isinstance(head, tuple) and len(head) == 3 and head[0] == CACHE_FORMAT):
-            raise CacheUnusable("not a cache of this format")
-        _, table, folder_count = head
-        record_columns = (frames.take(), frames.take(), frames.take())
-        folders = []
-        for _ in range(folder_count):
-            name = frames.take()
-            columns = [frames.take() for _ in range(6 + 5 + 2)]
-            buckets = [tuple(frames.take() for _ in range(6)) for _ in range(frames.take())]
-            folders.append((name, columns[:6], columns[6:11], buckets, columns[11:]))
-    except (EOFError, ValueError, TypeError, struct.error) as exc:
+        data = marshal.loads(payload)
+    except (EOFError, ValueError, TypeError) as exc:
         raise CacheUnusable(f"damaged ({exc})") from None
-    records = unpack_records(table, record_columns)
+    if not (isinstance(data, tuple) and len(data) == 4 and data[0] == CACHE_FORMAT):
+        raise CacheUnusable("not a cache of this format")
+    _, table, flat, folders = data
+    records = unpack_records(table, flat)
 
     cached: Cached = {}
     for name, entries, files, buckets, names in folders:
@@ -280,65 +258,6 @@ def decode(payload: bytes) -> Cached:
 
 
 _order_of = attrgetter("order")
-
-
-class _Frames:
-    """A payload written as frames: each value one :func:`marshal.dumps`, and a long column
-    in pieces of :data:`_PIECE` values, so that no single call holds the interpreter lock for
-    long while a serving server writes its cache (one call for 100,000 entries took 1.3 s,
-    every association waiting).
-
-    A frame is a 4-byte count of pieces, then each piece as an 8-byte length and its bytes;
-    :class:`_FrameReader` joins the pieces back into one tuple.
-    """
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def put(self, value: object) -> None:
-        """Add one value (a column, or anything marshal writes)."""
-        if isinstance(value, tuple) and len(value) > _PIECE:
-            pieces: list[Any] = [value[i : i + _PIECE] for i in range(0, len(value), _PIECE)]
-        else:
-            pieces = [value]
-        self._parts.append(_COUNT.pack(len(pieces)))
-        for piece in pieces:
-            data = marshal.dumps(piece, _MARSHAL_VERSION)
-            self._parts.append(_SIZE.pack(len(data)))
-            self._parts.append(data)
-
-    def payload(self) -> bytes:
-        """The frames, one after the other."""
-        return b"".join(self._parts)
-
-
-class _FrameReader:
-    """The values of a payload of :class:`_Frames`, in the order they were put."""
-
-    def __init__(self, payload: bytes) -> None:
-        self._data = memoryview(payload)
-        self._pos = 0
-
-    def _next(self, size: int) -> memoryview:
-        end = self._pos + size
-        if end > len(self._data):
-            raise EOFError("the payload ends inside a frame")
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def take(self) -> Any:
-        """The next value."""
-        (count,) = _COUNT.unpack(self._next(_COUNT.size))
-        pieces = []
-        for _ in range(count):
-            (size,) = _SIZE.unpack(self._next(_SIZE.size))
-            pieces.append(marshal.loads(self._next(size)))
-        if count == 1:
-            return pieces[0]
-        if not all(isinstance(piece, tuple) for piece in pieces):
-            raise ValueError("a column in pieces that are not tuples")
-        return tuple(chain.from_iterable(pieces))
 
 
 # --------------------------------------------------------------------------- the file
