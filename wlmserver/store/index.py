@@ -153,9 +153,6 @@ class WorklistStore:
         self._outside: set[str] = set()  # AE folders leading out of the root, logged once
         #: (AE folder, file name) of files found cut short and not warned about -> deadline
         self._settling: dict[tuple[str, str], float] = {}
-        #: Worker processes started at the beginning of a scan that will need them, for its
-        #: first large folder (see :meth:`scan`).
-        self._early_workers: WorkerReads | None = None
         #: Called (from any thread) when a file starts settling; the watcher sets it to wake.
         self.on_settling: Callable[[], None] | None = None
         self.reject_incomplete = reject_incomplete
@@ -232,35 +229,11 @@ class WorklistStore:
             for gone in set(self._folders) - names:
                 corrected += len(self._folders[gone].files)
                 self.remove_folder(gone)
-            self._start_workers_early(
-                [n for n in names if n not in self._folders and n not in (cached or {})]
-            )
-            try:
-                for name in sorted(names):
-                    listing = listings.take(name) if listings is not None else None
-                    corrected += self.scan_folder(name, (cached or {}).get(name), listing)
-            finally:
-                early, self._early_workers = self._early_workers, None
-                if early is not None:  # no folder needed them after all
-                    early.__exit__()
+            for name in sorted(names):
+                listing = listings.take(name) if listings is not None else None
+                corrected += self.scan_folder(name, (cached or {}).get(name), listing)
         self.ready.set()
         return corrected
-
-    def _start_workers_early(self, new_folders: list[str]) -> None:
-        """Start the worker processes now when folders indexed for the first time hold many
-        files: they import the parser (about half a second) while the folders are listed
-        and their files stat'ed, instead of after."""
-        if not self.workers or not new_folders:
-            return
-        try:  # a count of names only (no stat): an upper bound of the files to read
-            count = sum(len(os.listdir(self.root / name)) for name in new_folders)
-        except OSError:
-            return
-        if count >= PARALLEL_ABOVE:
-            workers = WorkerReads(self.workers, self.read_options, self.lock_timeout)
-            with contextlib.suppress(WorkersFailed):  # started later, or read here
-                workers.start()
-                self._early_workers = workers
 
     def listed_folder_names(self) -> list[str]:
         """The AE folders in the database root now, sorted; raises OSError when the root
@@ -439,9 +412,7 @@ class WorklistStore:
         rows = [(f, on_disk[f], f in listing.links) for f in stale]
         if self.workers and len(rows) >= PARALLEL_ABOVE:
             try:
-                early, self._early_workers = self._early_workers, None
-                workers = early or WorkerReads(self.workers, self.read_options, self.lock_timeout)
-                with workers as pool:
+                with WorkerReads(self.workers, self.read_options, self.lock_timeout) as pool:
                     LOGGER.info(
                         "indexing %s: %d files, in %d worker processes",
                         name,

@@ -225,25 +225,13 @@ class WorkerReads:
         self._lock_timeout = lock_timeout
         self._processes: list[_Worker] = []
 
-    def start(self) -> None:
-        """Start the processes (once; they import the parser while the caller goes on).
-
-        Raises
-        ------
-        WorkersFailed
-            They could not be started.
-        """
-        if self._processes:
-            return
+    def __enter__(self) -> WorkerReads:
         try:
             for _ in range(self.workers):
                 self._processes.append(_Worker(self._options, self._lock_timeout))
         except (OSError, ValueError) as exc:
             self.__exit__()
             raise WorkersFailed(str(exc)) from exc
-
-    def __enter__(self) -> WorkerReads:
-        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
