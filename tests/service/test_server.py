@@ -577,3 +577,33 @@ def test_after_a_full_index_the_cache_is_written_once_associations_are_done(
     server.stop()
     assert time.monotonic() - started < 10  # the wait ends with the stop
     assert cache.exists()  # and the stop wrote it
+
+
+def test_without_a_usable_cache_the_listing_made_ahead_is_stopped(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing child only serves a start from the cache (signatures to check); with no
+    cache every folder is read whole, and the child would only take a core from the workers."""
+    from wlmserver.store.listing import ListingsAhead
+
+    write_wl(db / "WLM" / "a.wl", PatientID="PIDAHEAD")
+    cancelled: list[int] = []
+    real_cancel = ListingsAhead.cancel
+
+    def cancel(self: ListingsAhead) -> None:
+        cancelled.append(1)
+        real_cancel(self)
+
+    monkeypatch.setattr(ListingsAhead, "cancel", cancel)
+    config = Config(data_files_path=db, port=0, bind="127.0.0.1", index_cache=tmp_path / "c")
+    for expected in ([1], [1]):  # no cache yet; then one written at the stop
+        server = WorklistServer(config)
+        server.start()
+        try:
+            query = Dataset()
+            query.PatientID = "PIDAHEAD"
+            answers = [a for status, a in find(server.port, query) if status == 0xFF00]
+            assert [a.PatientID for a in answers] == ["PIDAHEAD"]
+        finally:
+            server.stop()
+        assert cancelled == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,22 @@ def test_a_scan_from_listings_made_ahead_equals_one_without(odd_folder: Path) ->
         assert [(e.path, list(e.top), list(e.sps)) for e in one.entries] == [
             (e.path, list(e.top), list(e.sps)) for e in other.entries
         ]
+
+
+def test_a_listing_made_ahead_can_be_cancelled(
+    odd_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server without a usable cache reads every folder whole and needs no listing made
+    ahead: the child is stopped (here one that would take a minute), and gives nothing."""
+    monkeypatch.setattr(listing_module, "_CHILD", "import time; time.sleep(60)")
+    ahead = ListingsAhead(odd_folder, ["WLM"], RULE)
+    time.sleep(0.3)  # the child runs
+    started = time.monotonic()
+    ahead.cancel()
+    assert time.monotonic() - started < 10
+    assert ahead.take("WLM") is None
+    monkeypatch.undo()
+    done = ListingsAhead(odd_folder, ["WLM"], RULE)
+    done.take("CT01")  # finished: cancelling is harmless
+    done.cancel()
+    assert done.take("WLM") is None

@@ -148,3 +148,35 @@ def test_worker_count_follows_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     assert workers_module.worker_count() == 4
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(64)))
     assert workers_module.worker_count() == 8
+
+
+def test_a_folder_read_whole_by_workers_is_stat_ed_by_them(
+    varied: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder indexed for the first time is listed without a stat per file: each worker
+    stats a file just before it reads it, so a file gone since the listing is left out, and
+    every signature is the file's as it was read."""
+    monkeypatch.setattr(index_module, "PARALLEL_ABOVE", 1)
+    real_listing = WorklistStore._listing
+    stats: list[str] = []
+    real_signatures = WorklistStore._signatures
+
+    def listing(self: WorklistStore, folder: Path) -> object:
+        listed = real_listing(self, folder)
+        (folder / "005.wl").unlink()  # gone after it was listed
+        return listed
+
+    def signatures(listed: object) -> object:
+        stats.append("listing")
+        return real_signatures(listed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(WorklistStore, "_listing", listing)
+    monkeypatch.setattr(WorklistStore, "_signatures", staticmethod(signatures))
+    store = WorklistStore(varied, workers=2)
+    store.scan()
+    folder = store.folder("WLM")
+    assert folder is not None and stats == []  # no stat of every file first
+    assert "005.wl" not in folder.files and "004.wl" in folder.files
+    for fname, state in folder.files.items():
+        st = os.stat(varied / "WLM" / fname)
+        assert state.signature == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)

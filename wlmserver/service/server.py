@@ -363,6 +363,11 @@ class WorklistServer:
             # signature is checked against the disk before its entries are served
             listings, self._listings = self._listings, None
             cached = self.cache.load() if self.cache is not None else None
+            if cached is None and listings is not None:
+                # no cache to check: every folder is read whole, and each file is stat'ed
+                # just before it is read (the child would only take the cores from them)
+                listings.cancel()
+                listings = None
             corrected = self.store.scan(cached, listings)
         finally:
             # The index is long-lived: move it out of the garbage collector's generations.

@@ -352,19 +352,37 @@ class WorklistStore:
                 old = cached or FolderSnapshot(name)
             files = old.files.copy()
             is_new = name not in self._folders
-            on_disk = self._signatures(listing)
+            on_disk: Mapping[str, Signature | None]
+            vanished: set[str] = set()
             changed = 0
-            vanished = files.keys() - on_disk.keys()
-            for gone in vanished:
-                del files[gone]
-                changed += 1  # cached states not on the disk any more: never published
-            # one comparison in C when nothing changed (a restart from a current cache)
-            known = dict(zip(files.keys(), map(_SIGNATURE_OF_STATE, files.values()), strict=True))
-            stale = (
-                sorted(f for f, signature in on_disk.items() if known.get(f) != signature)
-                if known != on_disk
-                else []
-            )
+            if (
+                is_new
+                and not files
+                and listing.signatures is None
+                and self.workers
+                and len(listing.names) >= PARALLEL_ABOVE
+            ):
+                # a folder read whole by workers: each file is stat'ed by the worker just
+                # before it reads it (its signature is then that stat's, as when a writer held
+                # the lockfile), not here first, all of them one after the other
+                on_disk = dict.fromkeys(listing.names)
+                stale = list(listing.names)
+            else:
+                signatures = self._signatures(listing)
+                on_disk = signatures
+                vanished = files.keys() - signatures.keys()
+                for gone in vanished:
+                    del files[gone]
+                    changed += 1  # cached states not on the disk any more: never published
+                # one comparison in C when nothing changed (a restart from a current cache)
+                known = dict(
+                    zip(files.keys(), map(_SIGNATURE_OF_STATE, files.values()), strict=True)
+                )
+                stale = (
+                    sorted(f for f, signature in signatures.items() if known.get(f) != signature)
+                    if known != signatures
+                    else []
+                )
             done = 0  # stale files dealt with
             # a folder read whole: its lookup is built as its files come (while workers read)
             builder = LookupBuilder() if is_new and not files else None
@@ -391,7 +409,7 @@ class WorklistStore:
         self,
         folder_path: Path,
         stale: list[str],
-        on_disk: Mapping[str, Signature],
+        on_disk: Mapping[str, Signature | None],
         listing: Listing,
     ) -> Iterator[tuple[int, list[tuple[str, FileState]]]]:
         """Read the files of a folder whose signature changed, in chunks, each under the
@@ -444,7 +462,9 @@ class WorklistStore:
             with self._folder_lock(folder_path) as locked:
                 for fname, signature, is_link in rows[start : start + _CHUNK]:
                     path = folder_path / fname
-                    if locked:  # a writer may have finished it meanwhile: as it is now
+                    # a writer may have finished it meanwhile (or it was listed unstat'ed):
+                    # as it is now
+                    if locked or signature is None:
                         now = listing.signature_now(path)
                         if now is None:
                             continue  # gone: its event removes it

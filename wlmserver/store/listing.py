@@ -178,6 +178,9 @@ class ListingsAhead:
         self._names = list(names)
         self._rule = rule
         self._listings: dict[str, Listing] = {}
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._cancelled = False
         self._thread = threading.Thread(target=self._run, name="wlmserver-lister", daemon=True)
         self._thread.start()
 
@@ -187,14 +190,24 @@ class ListingsAhead:
             return
         rule = marshal.dumps((tuple(self._rule.suffixes), tuple(self._rule.hidden))).hex()
         try:
-            done = subprocess.run(
-                [sys.executable, "-I", "-S", "-c", _CHILD, rule, *folders],
-                capture_output=True,
-                timeout=_CHILD_TIMEOUT,
-                check=True,
-                stdin=subprocess.DEVNULL,
-            )
-            found = marshal.loads(done.stdout)
+            with self._lock:
+                if self._cancelled:
+                    return
+                self._process = process = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", _CHILD, rule, *folders],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                )
+            try:
+                out, _ = process.communicate(timeout=_CHILD_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                raise
+            if process.returncode != 0:
+                raise subprocess.CalledProcessError(process.returncode, "the listing child")
+            found = marshal.loads(out)
             for name, folder in zip(self._names, folders, strict=True):
                 listed = found[folder]
                 if listed is None:
@@ -218,9 +231,20 @@ class ListingsAhead:
             subprocess.SubprocessError,
         ) as exc:
             self._listings.clear()
-            LOGGER.debug("listing ahead in a child process failed (%s): listed here", exc)
+            if not self._cancelled:
+                LOGGER.debug("listing ahead in a child process failed (%s): listed here", exc)
 
     def take(self, name: str) -> Listing | None:
         """The listing of an AE folder made ahead (once), or None; waits for the child."""
         self._thread.join()
         return self._listings.pop(name, None)
+
+    def cancel(self) -> None:
+        """Stop the child (its listings are not needed: every folder is read whole, and then
+        each file is stat'ed just before it is read); :meth:`take` gives None from now on."""
+        with self._lock:
+            self._cancelled = True
+            if self._process is not None and self._process.poll() is None:
+                self._process.kill()
+        self._thread.join()
+        self._listings.clear()

@@ -66,7 +66,7 @@ def _ignore_stop_signals() -> None:
 
 def read_batch(
     folder: str,
-    rows: Sequence[tuple[str, Signature, bool]],
+    rows: Sequence[tuple[str, Signature | None, bool]],
     options: ReadOptions,
     lock_timeout: float,
 ) -> bytes:
@@ -77,7 +77,8 @@ def read_batch(
     folder : str
         The AE folder.
     rows : sequence of (name, signature, is_link)
-        The files, their signatures from the scan's listing, and whether each is a link.
+        The files, their signatures from the scan's listing (None: not stat'ed yet, stat'ed
+        here just before it is read), and whether each is a link.
     options : ReadOptions
         How files are read.
     lock_timeout : float
@@ -97,7 +98,9 @@ def read_batch(
         with folder_lock(folder_path, lock_timeout) as locked:
             for name, signature, is_link in rows:
                 path = folder_path / name
-                if locked:  # a writer may have finished it meanwhile: as it is now
+                # a writer may have finished it meanwhile (or it was listed unstat'ed): as it
+                # is now
+                if locked or signature is None:
                     now = Listing.signature_now(path)
                     if now is None:
                         continue  # gone: its event removes it
@@ -185,7 +188,7 @@ class _Worker:
             ),
         )
 
-    def ask(self, folder: str, rows: Sequence[tuple[str, Signature, bool]]) -> None:
+    def ask(self, folder: str, rows: Sequence[tuple[str, Signature | None, bool]]) -> None:
         _send(self.stdin, marshal.dumps((folder, tuple(rows))))
 
     def answer(self) -> bytes:
@@ -240,7 +243,7 @@ class WorkerReads:
         self._processes.clear()
 
     def read(
-        self, folder: Path, rows: Sequence[tuple[str, Signature, bool]]
+        self, folder: Path, rows: Sequence[tuple[str, Signature | None, bool]]
     ) -> Iterator[tuple[int, list[tuple[str, FileState, list[Note]]]]]:
         """Read files in batches; yields ``(how many rows were dealt with so far, the states
         read in that batch with what to log)`` in the order of ``rows``.
