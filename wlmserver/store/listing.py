@@ -11,7 +11,9 @@ GIL after each one, and ends more than a second after the cache is read. So
 :class:`ListingsAhead` lists and stats in a small child process (the interpreter alone, no
 imports: 30 ms to start), on the other core, while the cache is read back. Nothing is read or
 decided there: the scan that takes a listing made ahead compares and reads exactly as with a
-listing of its own. If the child cannot run, the folders are listed here, as always.
+listing of its own. If the child cannot run, the folders are listed here, as always. Without a
+usable cache it is stopped (:meth:`ListingsAhead.cancel`): a folder read whole by worker
+processes is listed by name only, each file stat'ed by the worker just before it reads it.
 """
 
 from __future__ import annotations
