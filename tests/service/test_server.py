@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -520,6 +522,32 @@ def test_a_restart_from_the_index_cache_answers_the_same_without_reading_files(
     assert {aet: _universal(without.port, aet) for aet in ("WLM", "CT01")} == before
 
 
+def _cache_server(db: Path, cache: Path, **timing: float) -> tuple[WorklistServer, list[bool]]:
+    """A server with an index cache, and what each of its checks for open associations saw."""
+    server = WorklistServer(
+        Config(data_files_path=db, port=0, bind="127.0.0.1", index_cache=cache.parent)
+    )
+    for name, value in timing.items():
+        setattr(server, name, value)
+    seen: list[bool] = []
+    real = server._associations_open
+
+    def watched() -> bool:
+        seen.append(real())
+        return seen[-1]
+
+    server._associations_open = watched  # type: ignore[method-assign]
+    return server, seen
+
+
+def _until(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+    """Poll a condition (bounded); whether it came true."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
 def test_after_a_full_index_the_cache_is_written_once_associations_are_done(
     db: Path, tmp_path: Path
 ) -> None:
@@ -528,55 +556,46 @@ def test_after_a_full_index_the_cache_is_written_once_associations_are_done(
     ``cache_wait`` at most), and a server stopped before then writes it on its way out."""
     write_wl(db / "WLM" / "a.wl", PatientID="PIDQUIET")
     cache = tmp_path / "cache" / "index.wlmcache"
-    server = WorklistServer(
-        Config(data_files_path=db, port=0, bind="127.0.0.1", index_cache=cache.parent)
-    )
-    server.cache_quiet, server.cache_wait = 0.3, 3.0
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(MODALITY_WORKLIST_FIND)
+
+    # an association open: the write waits for it, then comes once it is released
+    server, seen = _cache_server(db, cache, cache_quiet=0.3, cache_wait=3600.0)
     server.start(wait=False)
     try:
         assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")  # a modality waiting
         assert assoc.is_established
         assert server.wait_indexed(10)
-        indexed = time.monotonic()
-        time.sleep(1.0)
-        assert not cache.exists()  # an association is open, and cache_wait is not over
-        while not cache.exists() and time.monotonic() < indexed + 20:
-            time.sleep(0.05)
-        assert cache.exists()  # written after cache_wait, the association still open
-        assert time.monotonic() - indexed >= 2.9
+        assert _until(lambda: seen.count(True) >= 3)  # it looked, three times, and waited
+        assert not cache.exists()
+        assoc.release()
+        assert _until(cache.exists)
+        assert seen[-1] is False
+    finally:
+        server.stop()
+
+    # an association open throughout: written when cache_wait is over
+    cache.unlink()
+    server, seen = _cache_server(db, cache, cache_quiet=3600.0, cache_wait=1.0)
+    server.start(wait=False)
+    try:
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")
+        assert assoc.is_established
+        assert _until(cache.exists)
+        assert True in seen  # never quiet long enough: the deadline wrote it
         assoc.release()
     finally:
         server.stop()
 
+    # stopped before the quiet moment comes: the wait ends, and the stop writes it
     cache.unlink()
-    server = WorklistServer(
-        Config(data_files_path=db, port=0, bind="127.0.0.1", index_cache=cache.parent)
-    )
-    server.cache_quiet = 0.3
+    server, _ = _cache_server(db, cache, cache_quiet=3600.0)
     server.start()
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")
-    time.sleep(0.6)
-    assert not cache.exists()
-    assoc.release()  # quiet from now on
-    deadline = time.monotonic() + 20
-    while not cache.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    stopping = threading.Thread(target=server.stop)
+    stopping.start()
+    stopping.join(60)
+    assert not stopping.is_alive()
     assert cache.exists()
-    cache.unlink()
-    server.stop()
-    assert not cache.exists()  # it held the index already: nothing to write
-
-    server = WorklistServer(
-        Config(data_files_path=db, port=0, bind="127.0.0.1", index_cache=cache.parent)
-    )
-    server.cache_quiet = 30.0  # stopped before the quiet moment comes
-    server.start()
-    started = time.monotonic()
-    server.stop()
-    assert time.monotonic() - started < 10  # the wait ends with the stop
-    assert cache.exists()  # and the stop wrote it
 
 
 def test_without_a_usable_cache_the_listing_made_ahead_is_stopped(

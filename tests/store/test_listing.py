@@ -4,6 +4,7 @@ process says; when the child cannot run, the scan lists for itself."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -108,10 +109,12 @@ def test_a_listing_made_ahead_can_be_cancelled(
     ahead: the child is stopped (here one that would take a minute), and gives nothing."""
     monkeypatch.setattr(listing_module, "_CHILD", "import time; time.sleep(60)")
     ahead = ListingsAhead(odd_folder, ["WLM"], RULE)
-    time.sleep(0.3)  # the child runs
-    started = time.monotonic()
+    deadline = time.monotonic() + 20
+    while ahead._process is None and time.monotonic() < deadline:  # the child runs
+        time.sleep(0.02)
+    assert ahead._process is not None
     ahead.cancel()
-    assert time.monotonic() - started < 10
+    assert ahead._process.returncode == -signal.SIGKILL  # stopped, not waited for
     assert ahead.take("WLM") is None
     monkeypatch.undo()
     done = ListingsAhead(odd_folder, ["WLM"], RULE)
