@@ -359,8 +359,7 @@ class WorklistStore:
                 is_new
                 and not files
                 and listing.signatures is None
-                and self.workers
-                and len(listing.names) >= PARALLEL_ABOVE
+                and self._in_workers(len(listing.names))
             ):
                 # a folder read whole by workers: each file is stat'ed by the worker just
                 # before it reads it (its signature is then that stat's, as when a writer held
@@ -405,6 +404,10 @@ class WorklistStore:
                 self._publish(name, files, vanished | set(stale), base=base, lookup=lookup)
             return changed
 
+    def _in_workers(self, count: int) -> bool:
+        """Whether this many files to read are read by worker processes, not here."""
+        return bool(self.workers) and count >= PARALLEL_ABOVE
+
     def _read_stale(
         self,
         folder_path: Path,
@@ -428,7 +431,7 @@ class WorklistStore:
         last_report = time.monotonic()
         done = 0
         rows = [(f, on_disk[f], f in listing.links) for f in stale]
-        if self.workers and len(rows) >= PARALLEL_ABOVE:
+        if self._in_workers(len(rows)):
             try:
                 with WorkerReads(self.workers, self.read_options, self.lock_timeout) as pool:
                     LOGGER.info(
