@@ -15,8 +15,10 @@ import pytest
 from conftest import echo, find, start_command, write_wl
 from pydicom.dataset import Dataset
 
-from wlmserver.cli import build_parser, config_from_args, main
+from wlmserver.cli import main
 from wlmserver.config import DEFAULT_PORT, bundled_database
+from wlmserver.config.loader import config_from_args
+from wlmserver.config.options import build_parser
 from wlmserver.matching.answers import CharsetPolicy
 
 

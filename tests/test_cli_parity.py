@@ -15,7 +15,10 @@ import pytest
 from conftest import find, start_wlmserver, stop_wlmserver, write_wl
 from pydicom.dataset import Dataset
 
-from wlmserver.cli import build_parser, config_from_args, expanded_arguments, main
+from wlmserver.cli import main
+from wlmserver.config.loader import config_from_args
+from wlmserver.config.options import build_parser
+from wlmserver.config.parity import expanded_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 WLMSCPFS = "/usr/bin/wlmscpfs"
@@ -247,7 +250,8 @@ def test_log_config_sends_the_log_where_the_file_says(db: Path, tmp_path: Path) 
 SAFEGUARDS = """
 import logging, sys
 from wlmserver import logs
-from wlmserver.cli import _every_handler, build_parser, setup_logging
+from wlmserver.cli import _every_handler, setup_logging
+from wlmserver.config.options import build_parser
 setup_logging(build_parser().parse_args(["-lc", sys.argv[1]]))
 handlers = _every_handler()
 filtered = all(

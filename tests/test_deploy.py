@@ -7,9 +7,10 @@ import argparse
 import shlex
 from pathlib import Path
 
-from wlmserver.cli import apply_config_file, build_parser, config_from_args
 from wlmserver.config import Config
 from wlmserver.config.file import load
+from wlmserver.config.loader import apply_config_file, config_from_args
+from wlmserver.config.options import build_parser
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from wlmserver.version import __version__
+
 if TYPE_CHECKING:
     from wlmserver.config import Config
     from wlmserver.service.server import WorklistServer, run
 
 __all__ = ["Config", "WorklistServer", "__version__", "run"]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

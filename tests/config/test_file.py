@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wlmserver.cli import apply_config_file, build_parser, config_from_args
 from wlmserver.config.access import REJECT_CALLING_AET, REJECT_NO_REASON
 from wlmserver.config.file import ConfigFileError, from_data, key_lines, load
+from wlmserver.config.loader import apply_config_file, config_from_args
+from wlmserver.config.options import build_parser
 from wlmserver.matching.answers import CharsetPolicy
 
 GOOD = """\

@@ -367,7 +367,8 @@ def test_encoding_problem_accepts_what_pydicom_writes() -> None:
 
 
 def test_the_options_are_on_the_command_line(db: Path) -> None:
-    from wlmserver.cli import build_parser, config_from_args
+    from wlmserver.config.loader import config_from_args
+    from wlmserver.config.options import build_parser
 
     args = [
         "-dfp",

@@ -30,8 +30,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from tls_certs import Certs, make_certs
 
-from wlmserver.cli import build_parser, config_from_args, main
+from wlmserver.cli import main
 from wlmserver.config import Config
+from wlmserver.config.loader import config_from_args
+from wlmserver.config.options import build_parser
 from wlmserver.matching.status import Status
 from wlmserver.service import tls
 from wlmserver.service.server import MODALITY_WORKLIST_FIND

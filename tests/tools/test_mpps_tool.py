@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import StartServer, make_mpps, write_wl
 
-from wlmserver.cli import build_parser, config_from_args, main
+from wlmserver.cli import main
 from wlmserver.config.file import load as load_config_file
 from wlmserver.config.forward import ForwardTarget
+from wlmserver.config.loader import config_from_args
+from wlmserver.config.options import UsageError, build_parser
 from wlmserver.matching.mpps import PpsStatus, StepKey
 from wlmserver.store.forward import ForwardQueue, Kind, forward_folder
 
@@ -114,9 +116,9 @@ def test_check_shows_the_forwarding_queue(
 def test_a_forward_target_that_cannot_be_used_is_named(
     value: str, problem: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError) as raised:
         build_parser().parse_args(["--mpps-forward", value])
-    assert problem in capsys.readouterr().err
+    assert problem in str(raised.value)
 
 
 def test_forwarding_options_reach_the_config_from_the_command_line_and_the_file(
@@ -128,7 +130,7 @@ def test_forwarding_options_reach_the_config_from_the_command_line_and_the_file(
     assert config.mpps_forward_aet is None
     path = tmp_path / "wlmserver.toml"
     path.write_text('[server]\nmpps-forward = "RIS@ris.example:11112"\nmpps-forward-aet = "WLM1"\n')
-    from wlmserver.cli import apply_config_file
+    from wlmserver.config.loader import apply_config_file
 
     parser = build_parser()
     apply_config_file(parser, load_config_file(path))
