@@ -101,6 +101,48 @@ def test_without_an_archive_folder_nothing_moves(aged: Path) -> None:
     assert sorted(p.name for p in (aged / "WLM").iterdir()) == before
 
 
+def test_a_run_that_changed_nothing_logs_nothing(
+    aged: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runs come hourly: only one that hid steps the one before did not, or moved files,
+    is logged (issue 19)."""
+    store = _store(aged)
+    runs = RetentionRuns(store, POLICY, None)
+
+    def lines() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if r.name == "wlmserver.store.retention"]
+        caplog.clear()
+        return found
+
+    with caplog.at_level(logging.INFO, logger="wlmserver"):
+        runs.run(TODAY)
+        assert len(lines()) == 1  # the first run: 5 steps hidden
+        runs.run(TODAY)
+        assert lines() == []  # the same steps hidden: nothing to say
+        write_wl(aged / "WLM" / "old3.wl", sps=_steps(OLD))
+        store.update_file(aged / "WLM" / "old3.wl")
+        runs.run(TODAY)
+        (line,) = lines()
+        assert "WLM 5 steps hidden" in line
+        runs.run(TODAY)
+        assert lines() == []
+    quiet = RetentionRuns(
+        _store(
+            aged,
+        ),
+        POLICY,
+        None,
+    )
+    with caplog.at_level(logging.INFO, logger="wlmserver"):
+        for folder in ("WLM", "CT01"):
+            for path in (aged / folder).glob("old*.wl"):
+                path.unlink()
+        (aged / "WLM" / "mixed.wl").unlink()
+        quiet.store.scan()
+        quiet.run(TODAY)
+        assert lines() == []  # nothing past retention at all: silent too
+
+
 def test_an_archived_file_is_never_overwritten(db: Path, tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     (archive / "WLM").mkdir(parents=True)

@@ -360,6 +360,8 @@ class RetentionRuns:
         self._thread = threading.Thread(target=self._loop, name="wlmserver-retention", daemon=True)
         #: (AE folder, file name, signature) already warned about: once per file version
         self._warned: set[tuple[str, str, Signature]] = set()
+        #: the steps hidden per AE folder at the last run (to log only what changed)
+        self._last_hidden: dict[str, int] = {}
 
     def start(self) -> None:
         """Start the runs: the first once the first index is complete."""
@@ -389,8 +391,8 @@ class RetentionRuns:
         return max(1.0, min(self.interval, (midnight - now).total_seconds() + 1.0))
 
     def run(self, today: date | None = None) -> RunSummary:
-        """One retention run: move the files past retention (with an archive folder) and log
-        one line.
+        """One retention run: move the files past retention (with an archive folder), and log
+        one line if it hid or moved anything (see :meth:`_worth_a_line`).
 
         Parameters
         ----------
@@ -418,8 +420,19 @@ class RetentionRuns:
                 moved, failed = self._move_folder(snapshot.name, moving, today)
                 summary.moved[snapshot.name] = moved
                 summary.failed[snapshot.name] = failed
-        LOGGER.info("%s", summary.line(self.archive))
+        if self._worth_a_line(summary):
+            LOGGER.info("%s", summary.line(self.archive))
         return summary
+
+    def _worth_a_line(self, summary: RunSummary) -> bool:
+        """Whether a run is logged: only when it hid steps that the run before did not (the
+        first run: any), or moved files, or could not move some; a run that changed nothing
+        is silent (it comes hourly)."""
+        hidden = {name: count for name, count in summary.hidden.items() if count}
+        changed = hidden != self._last_hidden
+        self._last_hidden = hidden
+        moved = any(summary.moved.values()) or any(summary.failed.values())
+        return moved or (changed and bool(hidden))
 
     def _move_folder(self, name: str, plans: Iterable[FilePlan], today: date) -> tuple[int, int]:
         """Move a folder's files past retention, under its lockfile; (moved, failed).
