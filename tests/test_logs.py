@@ -58,3 +58,17 @@ def test_info_is_not_rate_limited(logged: tuple[logging.Logger, io.StringIO]) ->
     for n in range(10):
         logger.info("C-FIND %d", n)
     assert len(stream.getvalue().splitlines()) == 10
+
+
+def test_json_lines_carry_milliseconds_and_the_time_zone() -> None:
+    """A log shipper merges lines of several hosts: each time says its UTC offset and its
+    milliseconds (issue 19)."""
+    import datetime
+    import json
+
+    record = logging.LogRecord("wlmserver", logging.INFO, "", 0, "hello", None, None)
+    record.created = 1700000000.25
+    stamp = json.loads(logs.JsonFormatter().format(record))["time"]
+    parsed = datetime.datetime.fromisoformat(stamp)
+    assert parsed.tzinfo is not None and stamp[19:23] == ".250"
+    assert parsed.timestamp() == 1700000000.25

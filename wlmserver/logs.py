@@ -11,6 +11,7 @@ application embedding :class:`~wlmserver.WorklistServer` can install them on its
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import re
@@ -102,6 +103,19 @@ def install(handler: logging.Handler, *, burst: int = 20, period: float = 60.0) 
         handler.addFilter(OneLine())
 
 
+def iso_time(created: float) -> str:
+    """A record's time as ISO 8601 with milliseconds and the local UTC offset, so that lines
+    from hosts in different time zones (or either side of a DST change) sort and compare.
+
+    Examples
+    --------
+    >>> iso_time(0.5)[19:23], len(iso_time(0.5)), iso_time(0.5)[23] in "+-"
+    ('.500', 29, True)
+    """
+    local = datetime.datetime.fromtimestamp(created).astimezone()
+    return local.isoformat(timespec="milliseconds")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time``, ``level``, ``logger``, ``message``, and the
     structured fields a record carries (``extra={"fields": {...}}``: the per-query and
@@ -117,7 +131,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": iso_time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
