@@ -264,6 +264,19 @@ def echo(port: int, aet: str = "WLM") -> int:
 
 
 @pytest.fixture(autouse=True)
+def own_cache_folder(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test's servers (in-process ``main()`` and subprocesses alike, which inherit the
+    environment) keep their default index cache in a folder of the test's own, never in the
+    user's ``~/.cache`` nor in one another test left behind."""
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
+    return folder / "wlmserver"
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves server or watcher threads running."""
     before = set(threading.enumerate())

@@ -16,7 +16,7 @@ from conftest import echo, find, start_command, write_wl
 from pydicom.dataset import Dataset
 
 from wlmserver.cli import main
-from wlmserver.config import DEFAULT_PORT, bundled_database
+from wlmserver.config import DEFAULT_PORT, Config, bundled_database
 from wlmserver.config.loader import config_from_args
 from wlmserver.config.options import build_parser
 from wlmserver.matching.answers import CharsetPolicy
@@ -329,3 +329,45 @@ def test_retention_options_reach_the_config(db: Path, tmp_path: Path) -> None:
     assert config.retention_days == 90 and config.archive_folder == tmp_path / "a"
     assert config.retention.days == 90
     assert config_from_args(build_parser().parse_args([])).retention.active is False
+
+
+def test_a_second_start_without_any_cache_option_reads_the_cache(
+    db: Path, own_cache_folder: Path
+) -> None:
+    """``wlmserver -dfp DB PORT`` as a wlmscpfs user starts it keeps an index cache in the
+    user's cache folder: the second start reads it instead of indexing again (issue 19)."""
+    write_wl(db / "WLM" / "a.wl", PatientID="PIDCACHE1")
+    query = Dataset()
+    query.PatientID = ""
+    for run in range(2):
+        process, port, _ = start_command([sys.executable, "-m", "wlmserver", "-dfp", str(db), "0"])
+        try:
+            answers = [a for s, a in find(port, query) if s == 0xFF00]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert [a.PatientID for a in answers if a is not None] == ["PIDCACHE1"]
+        if run == 0:
+            assert "no index cache" in err and "indexing fully" in err
+        else:
+            assert re.search(r"index cache \S+ read: 1 files in 1 AE folders", err), err
+            assert "0 files were out of date" in err
+    (cache,) = own_cache_folder.glob("*/index.wlmcache")
+    assert cache.parent.name.startswith(db.name + "-")
+
+
+def test_the_listen_backlog_takes_a_burst_of_connections(db: Path) -> None:
+    """socketserver's backlog of 5 refuses the sixth connection of a burst (a ward's
+    modalities asking at once); the server listens with a longer queue (issue 19)."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("ss (iproute2) is not installed")
+    from wlmserver.service.server import LISTEN_BACKLOG, WorklistServer
+
+    with WorklistServer(Config(data_files_path=db, port=0, bind="127.0.0.1")) as server:
+        out = subprocess.run(
+            [ss, "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True
+        ).stdout
+    # for a listening socket, ss's Send-Q column is its backlog
+    assert out.split()[2] == str(LISTEN_BACKLOG), out

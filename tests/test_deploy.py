@@ -7,6 +7,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+import pytest
+
 from wlmserver.config import Config
 from wlmserver.config.file import load
 from wlmserver.config.loader import apply_config_file, config_from_args
@@ -53,7 +55,9 @@ def test_the_example_configuration_is_accepted(tmp_path: Path) -> None:
         assert (args.request_file_path is not None) == with_captures
 
 
-def test_the_unit_matches_the_configuration(tmp_path: Path) -> None:
+def test_the_unit_matches_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     args, _ = _example(tmp_path, with_captures=True)
     unit = _unit("wlmserver.service")
     command = shlex.split(unit["ExecStart"][0])
@@ -61,8 +65,14 @@ def test_the_unit_matches_the_configuration(tmp_path: Path) -> None:
     assert command[1:] == ["--config", "/etc/wlmserver/wlmserver.toml"]
     assert unit["ReadOnlyPaths"] == [str(args.data_files_path)]
     assert unit["ReadWritePaths"] == [str(args.request_file_path), str(args.mpps_folder)]
-    # the index cache is the unit's CacheDirectory, private to the service
-    assert args.index_cache == Path("/var/cache") / unit["CacheDirectory"][0]
+    # the index cache is the unit's CacheDirectory (systemd sets CACHE_DIRECTORY), private to
+    # the service: the server's default, no index-cache key needed (issue 19)
+    assert args.index_cache is None and not args.no_index_cache
+    cache_directory = Path("/var/cache") / unit["CacheDirectory"][0]
+    monkeypatch.setenv("CACHE_DIRECTORY", str(cache_directory))
+    cache = config_from_args(args).index_cache
+    assert cache is not None and cache.parent == cache_directory
+    assert cache.name.startswith("wlistdb-")
     assert unit["CacheDirectoryMode"] == ["0700"]
     assert unit["User"] == ["wlmserver"] and unit["SupplementaryGroups"] == ["wlmdata"]
     assert unit["KillSignal"] == ["SIGTERM"]

@@ -1,15 +1,17 @@
 """Time a restart: from ``python3 -m wlmserver`` to the first correct C-FIND answer.
 
-Starts wlmserver on a database (with ``--index-cache DIR`` when given), polls it with one
-C-FIND by patient ID until the expected number of answers arrives, prints the seconds since
-the process started and its resident memory then, and stops it with SIGTERM (as systemd does:
-a server with an index cache writes it then). Run it twice with the same cache folder to time
-a start from the cache; ``--runs N`` does that N times in a row.
+Starts wlmserver on a database as the README starts it (``wlmserver -dfp ROOT PORT``, so with
+its default index cache in the user's cache folder; ``--index-cache DIR`` or
+``--no-index-cache`` are passed on when given), polls it with one C-FIND by patient ID until
+the expected number of answers arrives, prints the seconds since the process started and its
+resident memory then, and stops it with SIGTERM (as systemd does: the server writes its index
+cache then, if it changed). The first start indexes fully (unless a cache is there already);
+each start after it is a restart from the cache; ``--runs N`` starts N times in a row.
 
 Example (the benchmark's 100,000-step store, whose PID00000005 has 7 steps)::
 
     python3 tools/restart.py /tmp/wlmbench/store-100000-seed1-20261122 \\
-        --patient-id PID00000005 --expect 7 --index-cache /tmp/wlmcache --runs 3
+        --patient-id PID00000005 --expect 7 --runs 3
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def one_start(args: argparse.Namespace) -> tuple[float, float]:
     command = [sys.executable, "-m", "wlmserver", "-dfp", str(args.root), "-q", str(port)]
     if args.index_cache is not None:
         command[3:3] = ["--index-cache", str(args.index_cache)]
+    if args.no_index_cache:
+        command[3:3] = ["--no-index-cache"]
     started = time.monotonic()
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -107,12 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expect", type=int, required=True, help="how many answers are correct")
     p.add_argument("--aet", default="WLM", help="the called AE title (default WLM)")
     p.add_argument("--index-cache", type=Path, help="wlmserver's --index-cache DIR")
+    p.add_argument("--no-index-cache", action="store_true", help="wlmserver's --no-index-cache")
     p.add_argument("--runs", type=int, default=1, help="starts in a row (default 1)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per start at most")
     args = p.parse_args(argv)
     for run in range(1, args.runs + 1):
         seconds, memory = one_start(args)
-        cache = "no cache" if args.index_cache is None else f"cache {args.index_cache}"
+        cache = (
+            "no cache"
+            if args.no_index_cache
+            else "default cache"
+            if args.index_cache is None
+            else f"cache {args.index_cache}"
+        )
         print(f"start {run} ({cache}): first correct answer {seconds:.2f} s, RSS {memory:.0f} MB")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import threading
@@ -21,7 +22,9 @@ from pynetdicom import AE
 from wlmserver.config import Config
 from wlmserver.matching.status import Status
 from wlmserver.service.server import MODALITY_WORKLIST_FIND, WorklistServer
+from wlmserver.store.cache import IndexCache
 from wlmserver.store.formats import Formats
+from wlmserver.store.index import WorklistStore
 
 PENDING, SUCCESS = int(Status.PENDING), int(Status.SUCCESS)
 
@@ -626,3 +629,42 @@ def test_without_a_usable_cache_the_listing_made_ahead_is_stopped(
         finally:
             server.stop()
         assert cancelled == expected
+
+
+def test_the_cache_is_written_again_after_large_changes_and_periodically(
+    db: Path, tmp_path: Path
+) -> None:
+    """A crash costs reading the files changed since the cache was written, never a full
+    index: after the first index the cache is written again once ``cache_changes`` files
+    changed, or ``cache_interval`` seconds after the first change (issue 19)."""
+    write_wl(db / "WLM" / "a.wl", PatientID="PIDKEEP1")
+    cache = tmp_path / "cache" / "index.wlmcache"
+    server, _ = _cache_server(
+        db, cache, cache_quiet=0.05, cache_check=0.05, cache_changes=2, cache_interval=3600.0
+    )
+    assert server.cache is not None
+    looks: list[int] = []
+    real_changes = server.cache.changes
+
+    def counted() -> int:
+        looks.append(real_changes())
+        return looks[-1]
+
+    server.cache.changes = counted  # type: ignore[method-assign]
+    server.start()
+    try:
+        assert _until(cache.exists)
+        first = os.stat(cache).st_ino
+        write_wl(db / "WLM" / "b.wl", PatientID="PIDKEEP2")
+        assert _until(lambda: looks.count(1) >= 3)  # one change, seen three times: not yet
+        assert os.stat(cache).st_ino == first
+        write_wl(db / "WLM" / "c.wl", PatientID="PIDKEEP3")
+        assert _until(lambda: os.stat(cache).st_ino != first)  # two: written again
+        second = os.stat(cache).st_ino
+        server.cache_changes, server.cache_interval = 100, 0.3
+        write_wl(db / "WLM" / "d.wl", PatientID="PIDKEEP4")
+        assert _until(lambda: os.stat(cache).st_ino != second)  # one, for long enough
+    finally:
+        server.stop()
+    store = WorklistStore(db)
+    assert IndexCache(cache.parent, store).load() is not None

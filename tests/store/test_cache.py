@@ -3,16 +3,23 @@ and refused (a full index, one log line) whenever it might not be right."""
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib
+import importlib.metadata
 import logging
 import os
 import shutil
 import stat
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from conftest import write_wl
 
+import wlmserver
+import wlmserver.version
 from wlmserver.matching.entry import Entry
 from wlmserver.store import cache as cache_module
 from wlmserver.store.cache import CACHE_FILE, IndexCache
@@ -172,30 +179,124 @@ def test_a_file_replaced_by_rename_is_read_again(populated: Path, tmp_path: Path
     assert "PIDA09" in _ids(store)
 
 
-@pytest.mark.parametrize(
-    ("part", "value"),
-    [
-        ("_wlmserver_version", "99.0"),
-        ("code_fingerprint", "0" * 32),
-    ],
-)
-def test_another_version_means_a_full_index(
-    populated: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    part: str,
-    value: str,
+def test_an_upgrade_of_wlmserver_keeps_the_cache(
+    populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A new wlmserver version (and new code) with the same cache format reads the cache: the
+    first start after an upgrade is as fast as a restart (issue 19)."""
     first = WorklistStore(populated)
     first.scan()
     assert IndexCache(tmp_path / "cache", first).save()
-    monkeypatch.setattr(cache_module, part, lambda: value)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "99.0")
+    monkeypatch.setattr(wlmserver.version, "__version__", "99.0")
+    monkeypatch.setattr(wlmserver, "__version__", "99.0")
+    store, reads = _store(populated)
+    cached = IndexCache(tmp_path / "cache", store).load()
+    assert cached is not None
+    store.scan(cached)
+    assert reads == []
+    assert _answers(store) == _answers(first)
+
+
+#: The modules (or their named parts) whose output the cache holds, and the digest of their
+#: code (comments and docstrings aside) when CACHE_FORMAT was last reviewed. See
+#: test_what_the_cache_holds_cannot_change_without_a_look_at_its_format.
+CACHE_MAKERS: dict[str, tuple[str, ...] | None] = {
+    "wlmserver.store.dicomfile": None,
+    "wlmserver.store.wlfile": None,
+    "wlmserver.store.jsondrop": None,
+    "wlmserver.store.packing": None,
+    "wlmserver.store.files": ("FileState", "Signature"),
+    "wlmserver.store.lookup": None,
+    "wlmserver.matching.record": None,
+    "wlmserver.matching.entry": None,
+    "wlmserver.matching.primitives": ("normalise_text",),
+    "wlmserver.store.cache": ("_Encoder", "encode", "decode", "_Decoder"),
+}
+REVIEWED = (4, "045f31af71be05a6e31179b3")
+
+
+def _code_digest() -> str:
+    digest = hashlib.sha256()
+    for module, names in CACHE_MAKERS.items():
+        source = Path(importlib.import_module(module).__file__ or "").read_text()
+        tree = ast.parse(source)
+        for node in ast.walk(tree):  # docstrings do not change what is made
+            body = getattr(node, "body", None)
+            if (
+                isinstance(body, list)
+                and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                body[0] = ast.Pass()
+        parts = [
+            n
+            for n in tree.body
+            if names is None
+            or getattr(n, "name", None) in names
+            or any(getattr(t, "id", None) in names for t in getattr(n, "targets", []))
+        ]
+        digest.update(module.encode())
+        digest.update("".join(ast.dump(n) for n in parts).encode())
+    return digest.hexdigest()[:24]
+
+
+def test_what_the_cache_holds_cannot_change_without_a_look_at_its_format() -> None:
+    """The cache survives upgrades because it is tied to CACHE_FORMAT, not to wlmserver's
+    version: so a change to the code that makes what it holds (parsing, records, entries,
+    file states, lookups, the encoding) must be looked at. When this fails: if what those
+    modules produce changed (a value parsed otherwise, a field added, another layout), bump
+    CACHE_FORMAT in wlmserver/store/cache.py; then set REVIEWED to (CACHE_FORMAT, the digest
+    printed)."""
+    assert REVIEWED[0] == cache_module.CACHE_FORMAT, "CACHE_FORMAT changed: update REVIEWED"
+    assert _code_digest() == REVIEWED[1], (
+        f"the code behind the cache changed: bump CACHE_FORMAT if what it makes changed, then "
+        f"REVIEWED = ({cache_module.CACHE_FORMAT}, {_code_digest()!r})"
+    )
+
+
+def test_an_unmade_cache_folder_names_the_real_cause(
+    populated: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache folder whose parent does not exist, in a folder this user cannot write: the
+    warning says the folder does not exist and why it cannot be made, not just "Permission
+    denied" (issue 19, the deployment guide's foreground trial)."""
     store = WorklistStore(populated)
-    with caplog.at_level(logging.INFO, logger="wlmserver.store.cache"):
-        assert IndexCache(tmp_path / "cache", store).load() is None
-    lines = _cache_lines(caplog)
-    assert len(lines) == 1 and "not used, made " in lines[0] and "indexing fully" in lines[0]
+    store.scan()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    cache = IndexCache(locked / "var" / "cache" / "wlmserver", store)
+    denied = PermissionError(13, "Permission denied")  # as a folder of root's would say
+    with (
+        caplog.at_level(logging.WARNING, logger="wlmserver.store.cache"),
+        mock.patch.object(cache_module.Path, "mkdir", side_effect=denied),
+    ):
+        assert not cache.save()
+    (line,) = _cache_lines(caplog)
+    assert f"the folder {locked / 'var'} does not exist and cannot be made" in line
+    assert "Permission denied" in line
+
+
+def test_changes_counts_the_files_the_cache_file_holds_otherwise(
+    populated: Path, tmp_path: Path
+) -> None:
+    store = WorklistStore(populated)
+    store.scan()
+    cache = IndexCache(tmp_path / "cache", store)
+    assert cache.changes() == sum(len(f.files) for f in store.published().values())
+    assert cache.save()
+    assert cache.changes() == 0
+    write_wl(populated / "WLM" / "new.wl", PatientID="PIDN01")
+    store.update_file(populated / "WLM" / "new.wl")
+    write_wl(populated / "WLM" / "a.wl", PatientID="PIDA02")
+    store.update_file(populated / "WLM" / "a.wl")
+    (populated / "WLM" / "b.wl").unlink()
+    store.update_file(populated / "WLM" / "b.wl")
+    assert cache.changes() == 3
+    assert cache.save()
+    assert cache.changes() == 0
 
 
 def test_another_pydicom_or_format_means_a_full_index(

@@ -102,9 +102,11 @@ class Config:
         Serve files and AE folders whose symbolic links lead out of the database root
         (``--follow-links``).
     index_cache : Path or None
-        A private folder to keep the index in between runs (``--index-cache``; see
-        :mod:`wlmserver.store.cache`), so a restart is served in seconds; None: none, every
-        start indexes the whole database.
+        A private folder to keep the index in between runs (see :mod:`wlmserver.store.cache`),
+        so a restart is served in seconds; None: none, every start indexes the whole
+        database. The command line's default is the user's or the service's cache folder
+        (:func:`wlmserver.config.cachedir.default_index_cache`; ``--index-cache DIR``,
+        ``--no-index-cache``); a Config made in Python has none unless given.
     index_workers : int or None
         Worker processes reading files when many are to be read (``--index-workers``; see
         :mod:`wlmserver.store.workers`); 0: none; None: one per CPU (none on one CPU).

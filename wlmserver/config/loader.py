@@ -16,6 +16,7 @@ from pathlib import Path
 
 from wlmserver.config import Config, bundled_database
 from wlmserver.config.access import Access, AllowList, parse_network
+from wlmserver.config.cachedir import default_index_cache, is_inside
 from wlmserver.config.file import ConfigFile
 from wlmserver.config.file import load as load_config_file
 from wlmserver.config.options import UsageError, build_parser, holds_worklist_files, positional_hint
@@ -39,8 +40,9 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
     access = Access(
         AllowList(titles, hosts), file.access.called if file is not None else Access().called
     )
+    root = (args.data_files_path or bundled_database()).resolve()
     return Config(
-        data_files_path=(args.data_files_path or bundled_database()).resolve(),
+        data_files_path=root,
         port=args.port,
         bind=args.bind,
         ae_title=args.aetitle,
@@ -66,7 +68,7 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         json_drops=args.json_drops,
         max_file_size=args.max_file_size,
         follow_links=args.follow_links,
-        index_cache=args.index_cache,
+        index_cache=_index_cache(args, root),
         index_workers=args.index_workers,
         mpps_folder=args.mpps_folder,
         hide_statuses=(
@@ -204,6 +206,17 @@ def archive_folder_problem(config: Config) -> str | None:
     return None
 
 
+def _index_cache(args: argparse.Namespace, root: Path) -> Path | None:
+    """The index cache folder: none with ``--no-index-cache`` (which wins over an
+    ``index-cache`` of the configuration file), ``--index-cache``, else the user's or the
+    service's cache folder (:func:`~wlmserver.config.cachedir.default_index_cache`)."""
+    if args.no_index_cache:
+        return None
+    if args.index_cache is not None:
+        return Path(args.index_cache)
+    return default_index_cache(root)
+
+
 @dataclass(frozen=True)
 class Loaded:
     """What :func:`load` read.
@@ -266,6 +279,11 @@ def load(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> 
             f"-dfp {root} holds .wl files itself: it is an AE folder, not a database root; "
             f"use -dfp {shlex.quote(str(root.parent))} (it is then served as AE title "
             f"{root.name!r})"
+        )
+    if config.index_cache is not None and is_inside(config.index_cache, root):
+        raise UsageError(
+            f"--index-cache {config.index_cache} is inside the database root {root}: the cache "
+            "holds patient data; give a folder outside it (default: the user's cache folder)"
         )
     problem = folder_problem(config.mpps_path, root)
     if problem is not None:

@@ -285,8 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="keep the index in DIR between runs, so a restart answers in seconds (each "
-        "file is checked before its cached entries are used; patient data: keep DIR private, "
-        "e.g. /var/cache/wlmserver)",
+        "file is checked before its cached entries are used; patient data: DIR is made 0700; "
+        "default: a folder per database root in $CACHE_DIRECTORY (systemd), else "
+        "$XDG_CACHE_HOME/wlmserver, else ~/.cache/wlmserver)",
+    )
+    g.add_argument(
+        "--no-index-cache",
+        action="store_true",
+        help="keep no index cache: every start indexes the whole database",
     )
     g.add_argument(
         "--index-workers",

@@ -48,6 +48,11 @@ from wlmserver.store.watcher import Watcher
 
 LOGGER = logging.getLogger(__name__)
 
+#: Connections the kernel queues before the server accepts them (socketserver's default, 5,
+#: refuses the sixth of a burst, e.g. the modalities of a ward all asking when the index is
+#: ready, or a restart; the kernel caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 128
+
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 VERIFICATION = "1.2.840.10008.1.1"
 #: PS3.4 F.7: N-CREATE and N-SET, on the same port and association policy as C-FIND.
@@ -129,6 +134,13 @@ class WorklistServer:
         #: for this many seconds, or after ``cache_wait`` seconds at most.
         self.cache_quiet = 1.0
         self.cache_wait = 60.0
+        #: After the first index, the cache is written again (when quiet, as above) once
+        #: ``cache_changes`` files changed since it was written, or ``cache_interval`` seconds
+        #: after the first change since then; the index is looked at every ``cache_check``
+        #: seconds. A crash then costs reading those files again, never a full index.
+        self.cache_changes = 1000
+        self.cache_interval = 600.0
+        self.cache_check = 10.0
         #: The MPPS instances (``--mpps-folder``), read back at :meth:`start`.
         self.mpps = MppsStore(config.mpps_path)
         #: The sender of accepted MPPS requests to the RIS (``--mpps-forward``), from start.
@@ -265,6 +277,9 @@ class WorklistServer:
             self.watcher.stop()
             self._stop_forwarder()
             raise
+        for server in (self._server, self._tls_server):
+            if server is not None:  # socketserver listens with a backlog of 5
+                server.socket.listen(LISTEN_BACKLOG)
         self._indexer = threading.Thread(target=self._index, name="wlmserver-indexer", daemon=True)
         self._indexer.start()
         if self.config.retention_days is not None:  # the first run once the index is complete
@@ -394,15 +409,39 @@ class WorklistServer:
                 self.cache.mark_current()  # the cache file already holds this index
             else:
                 self._save_cache_when_quiet()
+            self._keep_cache()
 
-    def _save_cache_when_quiet(self) -> None:
+    def _keep_cache(self) -> None:
+        """Write the index cache again after large changes and periodically, until the
+        server stops (see :attr:`cache_changes`, :attr:`cache_interval`). A write that
+        failed (logged once by the cache) is tried again only :attr:`cache_interval` later."""
+        assert self.cache is not None
+        dirty_since: float | None = None
+        not_before = 0.0
+        while not self._stopping.wait(self.cache_check):
+            changes = self.cache.changes()
+            now = time.monotonic()
+            if not changes:
+                dirty_since = None
+                continue
+            dirty_since = now if dirty_since is None else dirty_since
+            due = changes >= self.cache_changes or now - dirty_since >= self.cache_interval
+            if due and now >= not_before:
+                LOGGER.debug("index cache: %d files changed since it was written", changes)
+                if self._save_cache_when_quiet():
+                    dirty_since = None
+                else:
+                    not_before = time.monotonic() + self.cache_interval
+
+    def _save_cache_when_quiet(self) -> bool:
         """Write the index cache after a full index, once no association has been open for
         :attr:`cache_quiet` seconds (or :attr:`cache_wait` seconds at most).
 
         Writing it costs seconds of CPU at 100,000 entries (2.6 s, of which one 1.3 s call
         holds the interpreter lock), and the modalities that waited for the index all ask at
         once when it is ready: their answers come first. A server stopped before then writes
-        it on its way out (:meth:`stop`).
+        it on its way out (:meth:`stop`). Returns whether the cache file holds the index (or
+        will, from :meth:`stop`): False when it could not be written.
         """
         assert self.cache is not None
         deadline = time.monotonic() + self.cache_wait
@@ -416,8 +455,9 @@ class WorklistServer:
             elif now - quiet_since >= self.cache_quiet:
                 break
             self._stopping.wait(min(0.2, self.cache_quiet))
-        if not self._stopping.is_set():
-            self.cache.save()
+        if self._stopping.is_set():
+            return True  # stop() writes it
+        return self.cache.save() or self.cache.changes() == 0
 
     def _associations_open(self) -> bool:
         """Whether any association (or connection not yet one) is open."""

@@ -1,10 +1,13 @@
 """The index cache: the index kept on disk, so a restart is served in seconds, not minutes.
 
 Indexing 100,000 files takes 12-26 s; reading back what they held takes about a second. The
-cache (``--index-cache DIR``) is one file, ``DIR/index.wlmcache``, written after a full index
-(once the associations waiting for it are answered, see
-:meth:`~wlmserver.service.server.WorklistServer.start`) and on a clean stop (atomically: a
-temporary file renamed over it, mode 0600 in a folder made 0700, since it holds patient data).
+cache is one file, ``DIR/index.wlmcache``, in the user's or the service's cache folder by default
+(:mod:`wlmserver.config.cachedir`; ``--index-cache DIR``, ``--no-index-cache``). It is written
+after a full index (once the associations waiting for it are answered, see
+:meth:`~wlmserver.service.server.WorklistServer.start`), again after large changes and
+periodically while the index changes (so a crash costs seconds, not a full index), and on a
+clean stop; atomically (a temporary file renamed over it, mode 0600 in a folder made 0700,
+since it holds patient data). A cache that cannot be written is one warning, never a failure.
 At start it is read back, and every cached file's signature (size, modification time, inode,
 change time) is compared with a fresh ``stat`` before its entries are used: a file changed,
 added or removed while the server was down is read again or dropped, exactly as the periodic
@@ -17,8 +20,9 @@ was read back slower and larger (values alike in two pieces become two objects: 
 more at 100,000 entries), and the call holding the interpreter lock (1.3 s at 100,000 entries)
 is why a full index's cache waits for a quiet moment. It is still only read when it is this
 server's own: owned by the user the server runs as, writable by nobody else, and whole (a
-digest of its contents). Any other wlmserver version or code, Python, pydicom, database root or
-option that changes what is indexed (``-efr``/``-dfr``, ``--json-drops``, ``--max-file-size``,
+digest of its contents). Another cache format (:data:`CACHE_FORMAT`, not wlmserver's version:
+an upgrade keeps the cache), Python, pydicom, database root or option that changes what is
+indexed (``-efr``/``-dfr``, ``--json-drops``, ``--max-file-size``,
 ``--follow-links``) makes it unusable, as does damage: then the database is indexed fully, with
 one log line saying why. Nothing in the cache is ever answered without its file's signature
 checked first.
@@ -33,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import importlib.metadata
 import json
 import logging
 import marshal
@@ -42,7 +45,6 @@ import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
-from functools import lru_cache
 from itertools import accumulate, repeat
 from operator import attrgetter
 from pathlib import Path
@@ -79,34 +81,19 @@ class CacheUnusable(Exception):
     """The cache cannot be used; the message says why, for one log line."""
 
 
-@lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """A digest of wlmserver's own source files: any change to the code that reads files
-    (even without a new version number) makes older caches unusable."""
-    package = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for source in sorted(package.rglob("*.py")):
-        digest.update(str(source.relative_to(package)).encode())
-        with contextlib.suppress(OSError):
-            digest.update(source.read_bytes())
-    return digest.hexdigest()[:32]
-
-
-def _wlmserver_version() -> str:
-    try:
-        return importlib.metadata.version("wlmserver")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def cache_identity(store: WorklistStore) -> dict[str, object]:
-    """What a cache must have been made with to be used for ``store``: the versions of
-    everything that reads files, and the root and options that change what is indexed."""
+    """What a cache must have been made with to be used for ``store``: its own format, the
+    Python and pydicom that read files and marshal the cache, and the root and options that
+    change what is indexed.
+
+    Not wlmserver's version: an upgrade keeps the cache (its first start is as fast as a
+    restart) unless :data:`CACHE_FORMAT` changed, which is bumped whenever what the modules
+    that make cached data produce changes (a test keeps a digest of those modules, so that a
+    change to them cannot go unnoticed; see ``tests/store/test_cache.py``).
+    """
     return {
         "format": CACHE_FORMAT,
-        "wlmserver version": _wlmserver_version(),
-        "wlmserver code": code_fingerprint(),
-        "Python": sys.version,
+        "Python": f"{sys.implementation.name} {sys.version_info[0]}.{sys.version_info[1]}",
         "marshal": marshal.version,
         "pydicom": pydicom.__version__,
         "database root": str(store.root),
@@ -351,6 +338,24 @@ class IndexCache:
         the cache that found nothing out of date): :meth:`save` writes only once it changes."""
         self._saved = self.store.published()
 
+    def changes(self) -> int:
+        """How many files the index holds differently from the cache file (changed, added or
+        removed since it was last written or read); every file when it was never written."""
+        folders = self.store.published()
+        saved = self._saved
+        if saved is None:
+            return sum(len(f.files) for f in folders.values()) or 1
+        count = 0
+        for name in folders.keys() | saved.keys():
+            now, then = folders.get(name), saved.get(name)
+            if now is then:
+                continue
+            now_files = now.files if now is not None else {}
+            then_files = then.files if then is not None else {}
+            count += sum(1 for f, s in now_files.items() if then_files.get(f) is not s)
+            count += sum(1 for f in then_files if f not in now_files)
+        return count
+
     def save(self) -> bool:
         """Write the store's index, unless the cache file already holds it.
 
@@ -373,11 +378,16 @@ class IndexCache:
         except Exception as exc:
             if not self._warned_save:
                 self._warned_save = True
-                reason = exc.strerror if isinstance(exc, OSError) else None
+                if isinstance(exc, CacheFolderMissing):
+                    reason = str(exc)
+                elif isinstance(exc, OSError):
+                    reason = exc.strerror or type(exc).__name__
+                else:
+                    reason = type(exc).__name__
                 LOGGER.warning(
                     "cannot write the index cache %s (%s): restarts index fully",
                     self.path,
-                    reason or type(exc).__name__,
+                    reason,
                 )
             LOGGER.debug("writing the index cache failed", exc_info=True)
             return False
@@ -404,7 +414,7 @@ class IndexCache:
         )
 
     def _write(self, data: bytes) -> None:
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_folder(self.folder)
         st = os.stat(self.folder)
         if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
             os.chmod(self.folder, 0o700)  # it holds patient data
@@ -425,6 +435,34 @@ class IndexCache:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+
+
+class CacheFolderMissing(OSError):
+    """The cache folder does not exist and cannot be made; the message names the folder that
+    is missing and why it cannot be made there (not only the errno of the last ``mkdir``)."""
+
+
+def _make_folder(folder: Path) -> None:
+    """Make the cache folder (mode 0700, with its missing parents), or raise
+    :class:`CacheFolderMissing` naming the real cause: which folder is missing, and why it
+    cannot be made in its parent (which does not allow it, or is not a folder)."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CacheFolderMissing(f"{folder} exists and is not a folder") from None
+    except OSError as exc:
+        missing = folder
+        while not missing.parent.exists() and missing.parent != missing:
+            missing = missing.parent
+        parent = missing.parent
+        why = exc.strerror or type(exc).__name__
+        if not parent.is_dir():
+            why = f"{parent} is not a folder"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            why = f"{parent} is not writable by this user ({why})"
+        raise CacheFolderMissing(
+            f"the folder {missing} does not exist and cannot be made: {why}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -460,8 +498,11 @@ def _check_owned(st: os.stat_result) -> None:
 def _check_identity(made_with: Mapping[str, object], now: Mapping[str, object]) -> None:
     for key, value in now.items():
         if made_with.get(key) != value:
-            if key in ("wlmserver code", "Python"):
-                raise CacheUnusable(f"made by another {key.split()[0]} build")
+            if key == "format":
+                raise CacheUnusable(
+                    f"made by a wlmserver with another cache format ({made_with.get(key)!r}, "
+                    f"this one writes {value!r})"
+                )
             raise CacheUnusable(f"made with {key} {made_with.get(key)!r}, not {value!r}")
 
 
