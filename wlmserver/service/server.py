@@ -605,6 +605,8 @@ def policy_lines(config: Config) -> list[str]:
             ]
             prefix = where if where == "access" else f"access to {where}"
             lines.append(f"{prefix}: {'; '.join(said)}")
+        if not access.certificates.is_empty:
+            lines.append(access.certificates.describe())
     for profile in config.profiles.profiles:
         names = ", ".join(profile.calling_ae_titles) or "every other calling AE title"
         lines.append(f"profile {profile.name}: {names}")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from wlmserver.config import Config
+from wlmserver.config.certificates import identities_of
 from wlmserver.service import reactor
 
 LOGGER = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ PEER_CERT_MODES = {
     "ignore": ssl.CERT_NONE,
 }
 
-#: What the server writes into an association's ``__dict__``: the TLS version it negotiated.
+#: What the server writes into an association's ``__dict__``: the TLS version it negotiated,
+#: and the identities of the client's verified certificate (``[access.certificates]``).
 _VERSION_KEY = "_wlmserver_tls"
+_PEER_KEY = "_wlmserver_tls_peer"
 
 
 class TlsSetupError(ValueError):
@@ -341,6 +344,7 @@ class Handshakes:
             with self._lock:
                 self._running.discard(sock)
                 self._lock.notify_all()
+        assoc.__dict__[_PEER_KEY] = identities_of(sock.getpeercert() or {})
         assoc.__dict__[_VERSION_KEY] = sock.version()
         if LOGGER.isEnabledFor(logging.DEBUG):
             cipher = sock.cipher()
@@ -383,6 +387,17 @@ class Handshakes:
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
             while self._running and time.monotonic() < deadline:
                 self._lock.wait(max(0.0, deadline - time.monotonic()))
+
+
+def peer_identities(assoc: Any) -> frozenset[str] | None:
+    """The identities of the client's verified certificate (empty: it presented none), or
+    None when the association is not over TLS (see
+    :func:`wlmserver.config.certificates.identities_of`)."""
+    try:
+        found = assoc.__dict__.get(_PEER_KEY)
+    except AttributeError:
+        return None
+    return found if isinstance(found, frozenset) else None
 
 
 def negotiated_version(assoc: Any) -> str | None:
