@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -361,3 +362,16 @@ def test_profiles_hide_statuses_and_refuse_unknown_ones(tmp_path: Path) -> None:
     bad.write_text('[profiles.us]\ncalling-ae-titles = ["US*"]\nhide-status = ["DONE"]\n')
     with pytest.raises(ConfigFileError, match=r"bad\.toml:3: profiles\.us\.hide-status: 'DONE'"):
         load(bad)
+
+
+def test_the_readmes_certificate_examples_are_accepted(tmp_path: Path) -> None:
+    """README: the TOML examples holding [access.certificates] read as they say."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = [
+        b for b in re.findall(r"```toml\n(.*?)```", readme, re.DOTALL) if "certificates]" in b
+    ]
+    assert len(blocks) == 2
+    for block in blocks:
+        certificates = load(_write(tmp_path, block)).access.certificates
+        ct01 = certificates.binding_for("CT01")
+        assert ct01 is not None and "DNS:ct01.example.org" in ct01.identities

@@ -33,7 +33,15 @@ from wlmserver.config.access import Access, AllowList
 from wlmserver.config.loader import load
 from wlmserver.config.profiles import Profile, Profiles
 from wlmserver.matching.status import Status
-from wlmserver.service.reload import LIVE, RESTART, TLS_FIELDS, Reloader, plan
+from wlmserver.service.reload import (
+    LIVE,
+    LOGGING_OPTIONS,
+    RESTART,
+    TLS_FIELDS,
+    Reloader,
+    plan,
+    setting_name,
+)
 from wlmserver.service.server import MODALITY_WORKLIST_FIND, WorklistServer
 
 PENDING, SUCCESS = int(Status.PENDING), int(Status.SUCCESS)
@@ -486,3 +494,22 @@ def test_sighup_reloads_the_running_wlmserver(two_steps: Path, tmp_path: Path) -
     (refused,) = stderr.having("SIGHUP: configuration not reloaded, the one in use stays: ")
     assert f"{path}:2: access.calling-ae-title: unknown key" in refused, refused
     assert "Traceback" not in err and "P1" not in err  # no traceback, no patient data
+
+
+# -- the README
+
+
+def test_the_readme_says_what_reloads_and_what_needs_a_restart() -> None:
+    """README, "Signals": each setting is named in the bullet of its kind, not the other."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    applied = text[text.index("- **Applied**") : text.index("- **Needs a restart**")]
+    restart = text[text.index("- **Needs a restart**") : text.index("**Open associations")]
+    # named in words there: the tables, TLS; network-timeout has no option
+    for field in LIVE - {"access", "profiles", "network_timeout", *TLS_FIELDS}:
+        name = f"`{setting_name(field)}`"
+        assert name in applied and name not in restart, name
+    for name in [
+        *(setting_name(f) for f in RESTART - {"config_file"}),
+        *map(setting_name, LOGGING_OPTIONS),
+    ]:
+        assert f"`{name}`" in restart and f"`{name}`" not in applied, name
