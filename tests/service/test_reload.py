@@ -513,3 +513,22 @@ def test_the_readme_says_what_reloads_and_what_needs_a_restart() -> None:
         *map(setting_name, LOGGING_OPTIONS),
     ]:
         assert f"`{name}`" in restart and f"`{name}`" not in applied, name
+
+
+def test_an_unexpected_error_in_a_reload_does_not_stop_the_server(
+    serve: Serve, two_steps: Path, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    caplog.set_level(logging.INFO, "wlmserver")
+    server, reloader, path = serve("")
+    path.write_text("[server]\nmax-answers = 1\n", encoding="utf-8")
+
+    def broken(config: Config, context: ssl.SSLContext | None) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server, "reconfigure", broken)
+    reloader.hangup()
+    assert _reload_lines(caplog, logging.ERROR) == ["SIGHUP: the reload failed; serving goes on"]
+    assert (
+        _reload_lines(caplog, logging.INFO)[-1] == "SIGHUP: rescan done, 0 files were out of date"
+    )
+    assert _find(server.port, "CT01") == [PENDING, PENDING, SUCCESS]

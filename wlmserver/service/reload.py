@@ -456,8 +456,12 @@ class Reloader:
         return step
 
     def hangup(self) -> None:
-        """What SIGHUP does: reload the configuration, then rescan the database."""
-        self.reload()
+        """What SIGHUP does: reload the configuration, then rescan the database. A reload
+        never stops the server: an unexpected error is logged, and serving goes on."""
+        try:
+            self.reload()
+        except Exception:
+            LOGGER.exception("SIGHUP: the reload failed; serving goes on")
         store = self.server.store
         LOGGER.info("SIGHUP: rescanning %s", store.root)
         corrected = store.verify()

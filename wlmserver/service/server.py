@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import errno
@@ -532,7 +533,7 @@ def run(
     config: Config,
     ready_message: str | None = None,
     argv: Sequence[str] | None = None,
-    args: Any = None,
+    args: argparse.Namespace | None = None,
 ) -> int:
     """Serve until SIGINT or SIGTERM; a second one exits at once. SIGHUP reloads the
     configuration from ``argv`` (see :mod:`.reload`) and rescans the database.
