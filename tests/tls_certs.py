@@ -1,5 +1,6 @@
 """Certificates for the TLS tests, made with trustme: a CA signing the server's and a
-client's certificate, and a second CA, not trusted by the server, signing a rogue client's."""
+client's certificate, and CT01's (subject CN and subjectAltName ``ct01.example.org``), and a
+second CA, not trusted by the server, signing a rogue client's."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import trustme
 
 @dataclass(frozen=True)
 class Certs:
-    """PEM files: ``ca.pem``, and ``<name>.key`` / ``<name>.pem`` for server, client, rogue."""
+    """PEM files: ``ca.pem``, and ``<name>.key`` / ``<name>.pem`` for server, client, ct01,
+    rogue."""
 
     folder: Path
 
@@ -50,6 +52,7 @@ def make_certs(folder: Path) -> Certs:
     leaves = {
         "server": ca.issue_cert("localhost", "127.0.0.1"),
         "client": ca.issue_cert("modality.example"),
+        "ct01": ca.issue_cert("ct01.example.org", common_name="ct01.example.org"),
         "rogue": other.issue_cert("modality.example"),
     }
     for name, leaf in leaves.items():

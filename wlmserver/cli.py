@@ -18,7 +18,7 @@ from wlmserver.config.file import ConfigFileError
 from wlmserver.config.loader import load
 from wlmserver.config.options import LOG_LEVELS, TOOLS, UsageError
 from wlmserver.config.parity import expanded_arguments
-from wlmserver.config.tlsoptions import PEER_CERT_OPTIONS
+from wlmserver.config.tlsoptions import tls_option_problem
 from wlmserver.store.index import is_safe_ae_title
 
 
@@ -106,25 +106,11 @@ def check_tls(parser: argparse.ArgumentParser, args: argparse.Namespace, config:
     line naming the file), before the server starts."""
     from wlmserver.service.tls import TlsSetupError, server_context
 
+    problem = tls_option_problem(args)
+    if problem is not None:
+        parser.error(problem)
     if args.tls is None:
-        needs_tls = [
-            ("+cf", bool(args.tls_ca_files)),
-            ("+cd", bool(args.tls_ca_dirs)),
-            ("--tls-port", args.tls_port is not None),
-            *((o[0], args.tls_peer_cert == o[2]) for o in PEER_CERT_OPTIONS),
-        ]
-        for option, given in needs_tls:
-            if given:
-                parser.error(f"{option} needs +tls KEY CERT (the server's key and certificate)")
         return
-    trusted = args.tls_ca_files or args.tls_ca_dirs
-    if args.tls_peer_cert in ("require", "verify") and not trusted:
-        option = next(o[0] for o in PEER_CERT_OPTIONS if o[2] == args.tls_peer_cert)
-        parser.error(
-            f"{option} needs trusted certificates to verify clients with: +cf FILE or +cd DIR"
-        )
-    if args.tls_port is not None and args.tls_port == args.port and args.port != 0:
-        parser.error(f"--tls-port {args.tls_port} is the plain TCP port too: give another one")
     try:
         server_context(config)
     except TlsSetupError as exc:
@@ -239,4 +225,4 @@ def main(argv: list[str] | None = None) -> int:
         argparse.ArgumentParser.error(parser, f"--config {exc}")
     except UsageError as exc:
         argparse.ArgumentParser.error(parser, str(exc))
-    return run(config, ready_message=ready_line(config))
+    return run(config, ready_message=ready_line(config), argv=argv, args=args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from wlmserver.config.access import REJECT_CALLING_AET, REJECT_NO_REASON
 from wlmserver.config.file import ConfigFileError, from_data, key_lines, load
 from wlmserver.config.loader import apply_config_file, config_from_args
+from wlmserver.config.loader import load as loader_load
 from wlmserver.config.options import build_parser
 from wlmserver.matching.answers import CharsetPolicy
 
@@ -175,6 +177,44 @@ def test_without_a_file_nothing_is_refused(tmp_path: Path) -> None:
             "profiles.default.station_filter",
             "did you mean 'station-filter'",
         ),
+        ("[access]\ncertificates = 3\n", 2, "access.certificates", "must be a table"),
+        (
+            '[access.certificates]\nCT01 = "CN=ct01"\n',
+            2,
+            "access.certificates.CT01",
+            "list of certificate identities",
+        ),
+        ("[access.certificates]\nCT01 = []\n", 2, "access.certificates.CT01", "list of"),
+        (
+            '[access.certificates]\n\nCT01 = ["ct01.example.org"]\n',
+            3,
+            "access.certificates.CT01",
+            "not a certificate identity",
+        ),
+        (
+            '[access.certificates]\n"CT 01" = ["IP:ct01.example.org"]\n',
+            2,
+            "access.certificates.CT 01",
+            "not an IP address",
+        ),
+        (
+            "[access.certificates]\nrefuse-unbound-title = true\n",
+            2,
+            "access.certificates.refuse-unbound-title",
+            "did you mean 'refuse-unbound-titles'",
+        ),
+        (
+            "[access.certificates]\nrefuse-unbound = true\n",
+            2,
+            "access.certificates.refuse-unbound",
+            "did you mean 'refuse-unbound-titles'",
+        ),
+        (
+            '[access.certificates]\nrefuse-unbound-titles = "yes"\n',
+            2,
+            "access.certificates.refuse-unbound-titles",
+            "true or false",
+        ),
     ],
 )
 def test_errors_name_the_file_line_and_key(
@@ -186,6 +226,35 @@ def test_errors_name_the_file_line_and_key(
     assert (error.line, error.key) == (line, key)
     assert words in str(error)
     assert str(error).startswith(f"{tmp_path / 'wlmserver.toml'}:{line}: {key}: ")
+
+
+def test_access_certificates_bind_calling_ae_titles(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "[access.certificates]\n"
+        'CT01 = ["CN=ct01.example.org", "dns:CT01.example.org"]\n'
+        '"US*" = ["email:us@example.org"]\n'
+        "refuse-unbound-titles = true\n",
+    )
+    certificates = load(path).access.certificates
+    assert [(b.pattern, sorted(b.identities)) for b in certificates.bindings] == [
+        ("CT01", ["CN=ct01.example.org", "DNS:ct01.example.org"]),
+        ("US*", ["email:us@example.org"]),
+    ]
+    assert certificates.refuse_unbound
+    refusal = load(path).access.certificate_refusal("FINDSCU", frozenset({"CN=x"}))
+    assert refusal is not None and refusal.reject == REJECT_CALLING_AET
+
+
+def test_access_certificates_need_tls_that_verifies_clients(tmp_path: Path) -> None:
+    """Without TLS, or with -ic, no certificate is ever verified: every bound title would
+    be refused. The loader says so, naming the table's line."""
+    db = tmp_path / "db"
+    (db / "WLM").mkdir(parents=True)
+    path = _write(tmp_path, '[server]\nport = 0\n\n[access.certificates]\nCT01 = ["CN=ct01"]\n')
+    with pytest.raises(ConfigFileError) as caught:
+        loader_load(["--config", str(path), "-dfp", str(db)])
+    assert str(caught.value).startswith(f"{path}:4: access.certificates: needs TLS with client")
 
 
 def test_toml_syntax_errors_name_the_line(tmp_path: Path) -> None:
@@ -250,6 +319,9 @@ _KEYS = st.sampled_from(
         "max-file-size",
         "allow-host",
         "log-level",
+        "certificates",
+        "refuse-unbound-titles",
+        "CT01",
         "x",
     ]
 )
@@ -290,3 +362,16 @@ def test_profiles_hide_statuses_and_refuse_unknown_ones(tmp_path: Path) -> None:
     bad.write_text('[profiles.us]\ncalling-ae-titles = ["US*"]\nhide-status = ["DONE"]\n')
     with pytest.raises(ConfigFileError, match=r"bad\.toml:3: profiles\.us\.hide-status: 'DONE'"):
         load(bad)
+
+
+def test_the_readmes_certificate_examples_are_accepted(tmp_path: Path) -> None:
+    """README: the TOML examples holding [access.certificates] read as they say."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = [
+        b for b in re.findall(r"```toml\n(.*?)```", readme, re.DOTALL) if "certificates]" in b
+    ]
+    assert len(blocks) == 2
+    for block in blocks:
+        certificates = load(_write(tmp_path, block)).access.certificates
+        ct01 = certificates.binding_for("CT01")
+        assert ct01 is not None and "DNS:ct01.example.org" in ct01.identities

@@ -232,3 +232,66 @@ def test_python_m_wlmserver_names_a_bad_file_and_exits_2(served: Path, certs: Ce
         f"wlmserver: error: +tls: the private key {certs.key('client')} does not belong to the "
         f"certificate {certs.cert('server')}"
     )
+
+
+ECHOSCU = Path("/usr/bin/echoscu")
+
+
+def echoscu(port: int, calling: str, *tls: str | Path) -> subprocess.CompletedProcess[str]:
+    """DCMTK's echoscu -v from ``calling`` to WLM at 127.0.0.1 with TLS options ``tls``."""
+    return subprocess.run(
+        [
+            str(ECHOSCU),
+            "-v",
+            *map(str, tls),
+            "-aet",
+            calling,
+            "-aec",
+            "WLM",
+            "127.0.0.1",
+            str(port),
+        ],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=TIMEOUT,
+    )
+
+
+@pytest.mark.skipif(not ECHOSCU.exists(), reason="DCMTK echoscu not installed")
+def test_echoscu_with_ct01s_certificate_is_served_as_ct01_and_rejected_as_findscu(
+    tmp_path: Path, served: Path, certs: Certs
+) -> None:
+    """The configuration file ties CT01 to its certificate ([access.certificates]): echoscu
+    with it is answered as CT01; as FINDSCU it gets A-ASSOCIATE-RJ calling AE title not
+    recognized, and the log one line saying why."""
+    config = tmp_path / "wlmserver.toml"
+    config.write_text(
+        "[server]\n"
+        f'data-files-path = "{served}"\n'
+        'bind = "127.0.0.1"\n'
+        f'enable-tls = ["{certs.key("server")}", "{certs.cert("server")}"]\n'
+        f'add-cert-file = ["{certs.ca}"]\n'
+        "\n[access.certificates]\n"
+        'CT01 = ["CN=ct01.example.org", "DNS:ct01.example.org"]\n',
+        encoding="utf-8",
+    )
+    process, port, _ = start_wlmserver(["--config", str(config), "0"])
+    try:
+        ct01 = ["+tls", certs.key("ct01"), certs.cert("ct01"), "+cf", certs.ca]
+        served_as_ct01 = echoscu(port, "CT01", *ct01)
+        as_findscu = echoscu(port, "FINDSCU", *ct01)
+        other_as_ct01 = echoscu(port, "CT01", *client(certs))
+    finally:
+        err = stop_wlmserver(process)
+    assert served_as_ct01.returncode == 0, served_as_ct01.stdout + served_as_ct01.stderr
+    for result in (as_findscu, other_as_ct01):
+        text = result.stdout + result.stderr
+        assert result.returncode != 0, text
+        assert "Association Rejected" in text, text
+        assert "Reason: Calling AE Title Not Recognized" in text, text
+    rejected = [line for line in err.splitlines() if "rejected: the client certificate" in line]
+    assert len(rejected) == 4, err  # the refusal and its association's end, for each
+    assert "association from FINDSCU@127.0.0.1:" in rejected[0]
+    assert "CN=ct01.example.org is bound to other calling AE titles" in rejected[0]
+    assert "access.certificates: calling AE titles bound to client certificate identities: " in err

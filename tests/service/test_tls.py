@@ -32,6 +32,8 @@ from tls_certs import Certs, make_certs
 
 from wlmserver.cli import main
 from wlmserver.config import Config
+from wlmserver.config.access import Access
+from wlmserver.config.certificates import Binding, CertificateBindings, parse_identity
 from wlmserver.config.loader import config_from_args
 from wlmserver.config.options import build_parser
 from wlmserver.matching.status import Status
@@ -83,10 +85,12 @@ def tls_find(
     context: ssl.SSLContext | None,
     cancel_after: int | None = None,
     aet: str = "WLM",
+    calling: str = "TLSSCU",
 ) -> list[int] | None:
-    """One C-FIND over a new association (TLS with ``context``, plain TCP without): the
-    statuses of its responses, or None when no association was established."""
-    ae = AE(ae_title="TLSSCU")
+    """One C-FIND over a new association (TLS with ``context``, plain TCP without) from
+    ``calling``: the statuses of its responses, or None when no association was
+    established."""
+    ae = AE(ae_title=calling)
     ae.add_requested_context(MODALITY_WORKLIST_FIND, [ExplicitVRLittleEndian])
     ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 10
     ae.dimse_timeout = 30
@@ -610,3 +614,63 @@ def test_an_unreadable_key_is_named(
     message = f"+tls: cannot read the private key file {key}: Permission denied"
     with pytest.raises(tls.TlsSetupError, match=re.escape(message)):
         tls.server_context(Config(data_files_path=db, **certs.server(tls_key=key)))
+
+
+def _rejected(port: int, context: ssl.SSLContext | None, calling: str) -> tuple[int, int, int]:
+    """The A-ASSOCIATE-RJ result, source and reason an association from ``calling`` gets."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(MODALITY_WORKLIST_FIND, [ExplicitVRLittleEndian])
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 10
+    tls_args = None if context is None else (context, "localhost")
+    assoc = ae.associate("127.0.0.1", port, ae_title="WLM", tls_args=tls_args)
+    if assoc.is_established:
+        assoc.release()
+        raise AssertionError(f"{calling} was not rejected")
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    return int(rj.result), int(rj.result_source), int(rj.diagnostic)
+
+
+def test_a_client_certificate_bound_to_its_calling_ae_title(
+    start_server: StartServer, served: Path, certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """[access.certificates] CT01 = ["DNS:ct01.example.org"]: CT01's certificate is served as
+    CT01 and rejected as FINDSCU (calling AE title not recognized); CT01 is rejected with
+    another certificate and over the plain port; a title bound to nothing is served as
+    before, unless refuse-unbound-titles."""
+    bound = Binding("CT01", frozenset({parse_identity("DNS:ct01.example.org")}))
+    table = CertificateBindings((bound,))
+    server = start_server(**certs.server(access=Access(certificates=table), tls_port=0))
+    tls_port = server.tls_port
+    assert tls_port is not None and tls_port != server.port
+    caplog.set_level(logging.INFO, "wlmserver")
+    ct01, client = client_context(certs, "ct01"), client_context(certs, "client")
+    answered = [PENDING, PENDING, SUCCESS]
+    assert tls_find(tls_port, ct01, calling="CT01") == answered
+    calling_aet_not_recognized = (0x01, 0x01, 0x03)
+    assert _rejected(tls_port, ct01, "FINDSCU") == calling_aet_not_recognized
+    assert _rejected(tls_port, client, "CT01") == calling_aet_not_recognized
+    assert _rejected(server.port, None, "CT01") == calling_aet_not_recognized
+    assert tls_find(tls_port, client, calling="FINDSCU") == answered  # neither is bound
+    assert tls_find(server.port, None, calling="FINDSCU") == answered
+    reasons = [
+        m
+        for m in _messages(caplog, "wlmserver.service.handlers", logging.WARNING)
+        if m.startswith("association from")
+    ]
+    assert len(reasons) == 3, reasons
+    assert "FINDSCU@127.0.0.1" in reasons[0]
+    assert (
+        "the client certificate CN=ct01.example.org is bound to other calling AE titles"
+        in (reasons[0])
+    )
+    assert "is not one bound to calling AE title CT01 (access.certificates: CT01)" in reasons[1]
+    assert "calling AE title CT01 is bound to a client certificate: TLS only" in reasons[2]
+
+    strict = start_server(
+        **certs.server(
+            access=Access(certificates=CertificateBindings((bound,), refuse_unbound=True))
+        )
+    )
+    assert tls_find(strict.port, ct01, calling="CT01") == answered
+    assert _rejected(strict.port, client, "FINDSCU") == calling_aet_not_recognized

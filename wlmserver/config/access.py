@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 
+from wlmserver.config.certificates import CertificateBindings
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: A-ASSOCIATE-RJ (result, source, reason): rejected permanent, by the service user,
@@ -128,16 +130,41 @@ class Access:
         Applies to every association.
     called : Mapping of str to AllowList
         Applies, in addition, to associations calling that AE title.
+    certificates : CertificateBindings
+        Calling AE titles tied to client certificates (``[access.certificates]``; see
+        :mod:`wlmserver.config.certificates`).
     """
 
     everyone: AllowList = field(default_factory=AllowList)
     called: Mapping[str, AllowList] = field(default_factory=lambda: MappingProxyType({}))
+    certificates: CertificateBindings = field(default_factory=CertificateBindings)
 
     @property
     def is_open(self) -> bool:
         """Whether nobody is ever refused."""
         lists: Iterable[AllowList] = (self.everyone, *self.called.values())
-        return all(a.calling_ae_titles is None and a.hosts is None for a in lists)
+        return self.certificates.is_empty and all(
+            a.calling_ae_titles is None and a.hosts is None for a in lists
+        )
+
+    def certificate_refusal(
+        self, calling: str, identities: frozenset[str] | None
+    ) -> Refusal | None:
+        """Why ``[access.certificates]`` refuses an association from ``calling`` with a
+        client certificate of these identities (None: over plain TCP), or None.
+
+        Examples
+        --------
+        >>> from wlmserver.config.certificates import Binding
+        >>> bound = Binding("CT01", frozenset({"CN=ct01"}))
+        >>> access = Access(certificates=CertificateBindings((bound,)))
+        >>> access.certificate_refusal("CT01", frozenset({"CN=ct01"})) is None
+        True
+        >>> access.certificate_refusal("CT01", None).reject == REJECT_CALLING_AET
+        True
+        """
+        reason = self.certificates.refusal(calling, identities)
+        return None if reason is None else Refusal(REJECT_CALLING_AET, reason)
 
     def refusal(self, calling: str, called: str, address: str) -> Refusal | None:
         """Why an association from ``calling`` at ``address`` to ``called`` is refused, or

@@ -13,6 +13,9 @@
     [access.called.WLMSERVER] # in addition, for associations calling WLMSERVER
     calling-ae-titles = ["CT01"]
 
+    [access.certificates]     # calling AE titles tied to client certificates over TLS
+    CT01 = ["CN=ct01.example.org"]  # (see wlmserver.config.certificates)
+
     [profiles.ct]             # modality profiles (see wlmserver.config.profiles)
     calling-ae-titles = ["CT*"]
     station-filter = true
@@ -35,6 +38,13 @@ from types import MappingProxyType
 from typing import Any
 
 from wlmserver.config.access import Access, AllowList, parse_network, valid_ae_pattern
+from wlmserver.config.certificates import (
+    OPTION_KEYS,
+    REFUSE_UNBOUND,
+    Binding,
+    CertificateBindings,
+    parse_identity,
+)
 from wlmserver.config.profiles import DEFAULT_PROFILE, Profile, Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.matching.stepstatus import parse_statuses
@@ -252,7 +262,7 @@ def _allow_list(draft: ConfigFile, where: str, table: Mapping[str, Any]) -> Allo
 
 def _access(draft: ConfigFile, table: Mapping[str, Any]) -> Access:
     called: dict[str, AllowList] = {}
-    mine = {k: v for k, v in table.items() if k != "called"}
+    mine = {k: v for k, v in table.items() if k not in ("called", "certificates")}
     if "called" in table and not isinstance(table["called"], dict):
         raise draft.error("access.called", "must hold tables: [access.called.<AETitle>]")
     for title, lists in table.get("called", {}).items():
@@ -262,7 +272,46 @@ def _access(draft: ConfigFile, table: Mapping[str, Any]) -> Access:
         if not valid_ae_pattern(title) or any(c in title for c in "*?"):
             raise draft.error(where, "not a called AE title (1 to 16 characters, no wildcard)")
         called[title.strip()] = _allow_list(draft, where, lists)
-    return Access(_allow_list(draft, "access", mine), MappingProxyType(called))
+    return Access(
+        _allow_list(draft, "access", mine),
+        MappingProxyType(called),
+        _certificates(draft, table.get("certificates", {})),
+    )
+
+
+def _certificates(draft: ConfigFile, table: object) -> CertificateBindings:
+    """``[access.certificates]``: calling AE titles (or patterns) to the certificate
+    identities allowed to use them, and ``refuse-unbound-titles``."""
+    where = "access.certificates"
+    if not isinstance(table, dict):
+        raise draft.error(where, "must be a table: [access.certificates]")
+    bindings = []
+    refuse_unbound = False
+    for key, value in table.items():
+        dotted = f"{where}.{key}"
+        if key == REFUSE_UNBOUND:
+            refuse_unbound = _bool(draft, dotted, value)
+            continue
+        if not valid_ae_pattern(key):
+            raise draft.error(
+                dotted,
+                "neither a calling AE title (1 to 16 characters, * and ? wildcards) nor an "
+                f"option; {_suggest(key, list(OPTION_KEYS))}",
+            )
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            close = difflib.get_close_matches(key, OPTION_KEYS, n=1)
+            hint = f" (or did you mean {close[0]!r}?)" if close else ""
+            raise draft.error(
+                dotted,
+                'must be a list of certificate identities, like ["CN=ct01.example.org", '
+                f'"DNS:ct01.example.org"]{hint}',
+            )
+        try:
+            identities = frozenset(parse_identity(v) for v in value)
+        except ValueError as exc:
+            raise draft.error(dotted, str(exc)) from None
+        bindings.append(Binding(key.strip(), identities))
+    return CertificateBindings(tuple(bindings), refuse_unbound)
 
 
 def _bool(draft: ConfigFile, key: str, value: object) -> bool:

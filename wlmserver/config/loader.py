@@ -38,7 +38,9 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         tuple(parse_network(h) for h in args.allow_host) if args.allow_host is not None else None
     )
     access = Access(
-        AllowList(titles, hosts), file.access.called if file is not None else Access().called
+        AllowList(titles, hosts),
+        file.access.called if file is not None else Access().called,
+        file.access.certificates if file is not None else Access().certificates,
     )
     root = (args.data_files_path or bundled_database()).resolve()
     return Config(
@@ -217,6 +219,20 @@ def _index_cache(args: argparse.Namespace, root: Path) -> Path | None:
     return default_index_cache(root)
 
 
+def certificates_problem(config: Config) -> str | None:
+    """Why ``[access.certificates]`` cannot work with this configuration, or None: it needs
+    TLS with client certificates verified (``+tls`` with ``+cf``/``+cd``, not ``-ic``), or
+    every bound calling AE title would be refused."""
+    if config.access.certificates.is_empty:
+        return None
+    if not config.tls_enabled or config.tls_peer_cert_mode == "ignore":
+        return (
+            "needs TLS with client certificates verified: enable-tls (+tls KEY CERT) with "
+            "add-cert-file or add-cert-dir (+cf, +cd), and not ignore-peer-cert (-ic)"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Loaded:
     """What :func:`load` read.
@@ -293,4 +309,7 @@ def load(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> 
         raise UsageError(retention_problem)
     if args.mpps_forward_aet is not None and args.mpps_forward is None:
         raise UsageError("--mpps-forward-aet needs --mpps-forward AET@HOST:PORT (where to forward)")
+    bindings_problem = certificates_problem(config)
+    if bindings_problem is not None and file is not None:
+        raise file.error("access.certificates", bindings_problem)
     return Loaded(config, args, file, parser)

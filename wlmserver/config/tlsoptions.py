@@ -91,3 +91,26 @@ def tls_settings(args: argparse.Namespace) -> dict[str, Any]:
         "tls_peer_cert": args.tls_peer_cert,
         "tls_port": args.tls_port,
     }
+
+
+def tls_option_problem(args: argparse.Namespace) -> str | None:
+    """Why TLS options do not go together, in one line, or None (the files are checked when
+    the TLS context is made, :func:`wlmserver.service.tls.server_context`)."""
+    if args.tls is None:
+        needs_tls = [
+            ("+cf", bool(args.tls_ca_files)),
+            ("+cd", bool(args.tls_ca_dirs)),
+            ("--tls-port", args.tls_port is not None),
+            *((o[0], args.tls_peer_cert == o[2]) for o in PEER_CERT_OPTIONS),
+        ]
+        for option, given in needs_tls:
+            if given:
+                return f"{option} needs +tls KEY CERT (the server's key and certificate)"
+        return None
+    trusted = args.tls_ca_files or args.tls_ca_dirs
+    if args.tls_peer_cert in ("require", "verify") and not trusted:
+        option = next(o[0] for o in PEER_CERT_OPTIONS if o[2] == args.tls_peer_cert)
+        return f"{option} needs trusted certificates to verify clients with: +cf FILE or +cd DIR"
+    if args.tls_port is not None and args.tls_port == args.port and args.port != 0:
+        return f"--tls-port {args.tls_port} is the plain TCP port too: give another one"
+    return None

@@ -38,6 +38,12 @@ class Admission:
         self._lock = threading.Lock()
         self._open: weakref.WeakSet[Any] = weakref.WeakSet()
 
+    def use(self, config: Config) -> None:
+        """Apply ``config``'s limits from the next connection or association on (a reload);
+        those already admitted stay, even over a lower limit."""
+        with self._lock:
+            self.config = config
+
     def _live(self, exclude: Any) -> list[Any]:
         return [
             a for a in list(self._open) if a is not exclude and (a.ident is None or a.is_alive())

@@ -31,7 +31,7 @@ from wlmserver.service import capture, reactor
 from wlmserver.service import fastpath as encode
 from wlmserver.service.admission import Admission
 from wlmserver.service.identifier import refused_before_decoding
-from wlmserver.service.tls import negotiated_version
+from wlmserver.service.tls import negotiated_version, peer_identities
 from wlmserver.store.index import FolderSnapshot, WorklistStore, is_safe_ae_title
 from wlmserver.store.mpps import MppsStore
 
@@ -107,8 +107,10 @@ def handle_requested(
 ) -> None:
     """EVT_REQUESTED: refuse every association with ``--refuse`` and one without an
     Implementation Class UID with ``--reject`` (see :func:`forced_refusal`), then one that the
-    allow-lists do not allow (:class:`~wlmserver.config.access.Access`), one whose called AE
-    title has no folder, or one over the association limits (see :class:`Admission`).
+    allow-lists do not allow (:class:`~wlmserver.config.access.Access`) or whose calling AE
+    title and client certificate are not tied as ``[access.certificates]`` says (see
+    :mod:`wlmserver.config.certificates`), one whose called AE title has no folder, or one
+    over the association limits (see :class:`Admission`).
 
     The allow-lists are checked before the called AE title, so that a peer they refuse
     learns nothing of which AE titles are served."""
@@ -121,7 +123,9 @@ def handle_requested(
         return
     aet = called_ae_title(assoc)
     calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
-    refused = config.access.refusal(calling, aet, str(assoc.requestor.address))
+    refused = config.access.refusal(
+        calling, aet, str(assoc.requestor.address)
+    ) or config.access.certificate_refusal(calling, peer_identities(assoc))
     if refused is not None:
         LOGGER.warning(
             "association from %s to %s rejected: %s", peer_of(assoc), aet, refused.reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import errno
@@ -9,9 +10,11 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,14 +33,10 @@ from wlmserver.service import fastpath as encode
 from wlmserver.service import reactor, tls
 from wlmserver.service.admission import Admission
 from wlmserver.service.forwarder import Backoff, Forwarder
-from wlmserver.service.handlers import (
-    handle_connection_open,
-    handle_echo,
-    handle_find,
-    handle_requested,
-)
+from wlmserver.service.handlers import handle_echo, handle_find
 from wlmserver.service.mpps import handle_n_create, handle_n_set
 from wlmserver.service.pacing import Pacing
+from wlmserver.service.reload import LiveConfig, Reloader
 from wlmserver.store.cache import IndexCache, log_cached_problems
 from wlmserver.store.forward import ForwardQueue, forward_folder
 from wlmserver.store.index import WorklistStore
@@ -115,6 +114,9 @@ class WorklistServer:
         forward_idle_release: float = 2.0,
     ) -> None:
         self.config = config
+        #: The configuration each new association is pinned to (see :mod:`.reload`).
+        self.live = LiveConfig(config)
+        self._admission: Admission | None = None
         self._forward_backoff = forward_backoff
         self._forward_idle_release = forward_idle_release
         self.store = WorklistStore(
@@ -179,10 +181,7 @@ class WorklistServer:
         # the association limits are the handlers' (see admission.Admission): pynetdicom's own
         # count includes connections that never send a request, so its limit is only a
         # safety net here
-        ae.maximum_associations = max(
-            config.max_associations * 4,
-            config.max_associations + 4 * config.max_associations_per_peer,
-        )
+        ae.maximum_associations = _safety_net(config)
         ae.maximum_pdu_size = config.max_pdu
         return ae
 
@@ -228,20 +227,18 @@ class WorklistServer:
         # (1.4 s at 100,000 files), while the server starts and the cache is read back; after
         # the watcher started, so that no change made after a folder was listed is missed
         self._listings = self.store.list_ahead() if self.cache is not None else None
-        admission = Admission(self.config)
-        handlers = [
-            (evt.EVT_CONN_OPEN, handle_connection_open, [self.config, admission]),
-            (evt.EVT_REQUESTED, handle_requested, [self.store, self.config, admission]),
-            (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_FIND, handle_find, [self.store, self.config, self.mpps]),
-        ]
+        self._admission = admission = Admission(self.config)
+        # every association gets the configuration current when its connection opened
+        live = self.live
         self._pacing = Pacing.from_config(self.config)
-        if self._pacing is not None:  # --sleep-before/-during/-after: answers slowed on purpose
-            handlers[-1] = (
-                evt.EVT_C_FIND,
-                self._pacing.find,
-                [self.store, self.config, self.mpps],
-            )
+        # --sleep-before/-during/-after: answers slowed on purpose
+        find = handle_find if self._pacing is None else self._pacing.find
+        handlers = [
+            (evt.EVT_CONN_OPEN, live.connection_open, [admission]),
+            (evt.EVT_REQUESTED, live.requested, [self.store, admission]),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_FIND, live.find, [find, self.store, self.mpps]),
+        ]
         handlers += [
             (evt.EVT_N_CREATE, handle_n_create, [self.mpps, self.forwarder]),
             (evt.EVT_N_SET, handle_n_set, [self.mpps, self.forwarder]),
@@ -289,6 +286,32 @@ class WorklistServer:
             self.retention.start()
         if wait:
             self.wait_indexed()
+
+    def reconfigure(self, config: Config, tls_context: ssl.SSLContext | None = None) -> None:
+        """Serve new associations with ``config`` (a reload, see :mod:`.reload`): open
+        associations keep theirs; new TLS handshakes use ``tls_context`` when given.
+
+        ``config`` must differ from the running one in reloadable settings only
+        (:data:`wlmserver.service.reload.LIVE`)."""
+        self.config = config
+        if self._admission is not None:
+            self._admission.use(config)
+        if self._handshakes is not None:
+            self._handshakes.use(config)
+        main_is_tls = self.config.tls_port is None
+        for listener in (self._server if main_is_tls else None, self._tls_server):
+            if listener is not None and tls_context is not None:
+                listener.ssl_context = tls_context  # read at each accept
+        self.ae.maximum_associations = _safety_net(config)
+        if self.retention is not None and config.retention_days is None:
+            self.retention.stop()
+            self.retention = None
+        elif self.retention is not None:
+            self.retention.policy = config.retention
+        elif config.retention_days is not None and self._server is not None:
+            self.retention = RetentionRuns(self.store, config.retention, config.archive_folder)
+            self.retention.start()
+        self.live.replace(config)  # last: a new association sees all of the above
 
     def _load_mpps(self) -> None:
         """Read the MPPS instances back. A folder given with ``--mpps-folder`` is made now,
@@ -538,12 +561,38 @@ class WorklistServer:
         self.stop()
 
 
-def run(config: Config, ready_message: str | None = None) -> int:
-    """Serve until SIGINT or SIGTERM; a second one exits at once. SIGHUP rescans the database.
+def _safety_net(config: Config) -> int:
+    """pynetdicom's own association limit, above the handlers' (see :class:`Admission`)."""
+    return max(
+        config.max_associations * 4,
+        config.max_associations + 4 * config.max_associations_per_peer,
+    )
+
+
+def run(
+    config: Config,
+    ready_message: str | None = None,
+    argv: Sequence[str] | None = None,
+    args: argparse.Namespace | None = None,
+) -> int:
+    """Serve until SIGINT or SIGTERM; a second one exits at once. SIGHUP reloads the
+    configuration from ``argv`` (see :mod:`.reload`) and rescans the database.
 
     On the first SIGINT or SIGTERM the server stops accepting, gives open associations a
     moment to finish their answers, stops the watcher and returns 0; a second signal while
     that runs ends the process at once (status 130), whatever a stalled peer is doing.
+
+    Parameters
+    ----------
+    config : Config
+        What to serve.
+    ready_message : str or None
+        Printed on stdout once the database is indexed (``{port}``, ``{tls_port}``).
+    argv : sequence of str or None
+        The command line ``config`` was loaded from, read again on SIGHUP; None: SIGHUP
+        only rescans the database.
+    args : argparse.Namespace or None
+        The options parsed from it, so that a reload names logging options that changed.
 
     Returns
     -------
@@ -591,6 +640,8 @@ def run(config: Config, ready_message: str | None = None) -> int:
     def on_hangup(signum: int, frame: FrameType | None) -> None:
         rescan.set()  # the loop below checks it twice a second
 
+    reloader = Reloader(server, argv, args)
+
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGTERM, on_stop)
     if hasattr(signal, "SIGHUP"):
@@ -602,9 +653,7 @@ def run(config: Config, ready_message: str | None = None) -> int:
         while not stop.wait(0.5):
             if rescan.is_set():
                 rescan.clear()
-                LOGGER.info("SIGHUP: rescanning %s", config.data_files_path)
-                corrected = server.store.verify()
-                LOGGER.info("SIGHUP: rescan done, %d files were out of date", corrected)
+                reloader.hangup()
         LOGGER.info("signal %d: shutting down", received[0] if received else 0)
     finally:
         server.stop()
@@ -645,6 +694,8 @@ def policy_lines(config: Config) -> list[str]:
             ]
             prefix = where if where == "access" else f"access to {where}"
             lines.append(f"{prefix}: {'; '.join(said)}")
+        if not access.certificates.is_empty:
+            lines.append(access.certificates.describe())
     for profile in config.profiles.profiles:
         names = ", ".join(profile.calling_ae_titles) or "every other calling AE title"
         lines.append(f"profile {profile.name}: {names}")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from wlmserver.config import Config
+from wlmserver.config.certificates import identities_of
 from wlmserver.service import reactor
 
 LOGGER = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ PEER_CERT_MODES = {
     "ignore": ssl.CERT_NONE,
 }
 
-#: What the server writes into an association's ``__dict__``: the TLS version it negotiated.
+#: What the server writes into an association's ``__dict__``: the TLS version it negotiated,
+#: and the identities of the client's verified certificate (``[access.certificates]``).
 _VERSION_KEY = "_wlmserver_tls"
+_PEER_KEY = "_wlmserver_tls_peer"
 
 
 class TlsSetupError(ValueError):
@@ -303,16 +306,24 @@ class Handshakes:
     """
 
     def __init__(self, config: Config) -> None:
-        timeouts = (
-            ("ACSE timeout", config.acse_timeout),
-            ("network timeout", config.network_timeout),
-        )
-        found = [(name, seconds) for name, seconds in timeouts if seconds is not None]
-        self.timeout_name: str = found[0][0] if found else "no timeout"
-        self.seconds: float | None = found[0][1] if found else None
+        self._timeout = _handshake_timeout(config)
         self._lock = threading.Condition()
         self._running: set[ssl.SSLSocket] = set()
         self._stopping = False
+
+    @property
+    def timeout_name(self) -> str:
+        """Which timeout bounds a handshake ("ACSE timeout"), for the log."""
+        return self._timeout[0]
+
+    @property
+    def seconds(self) -> float | None:
+        """The seconds a handshake may take (None: no bound)."""
+        return self._timeout[1]
+
+    def use(self, config: Config) -> None:
+        """Bound the handshakes from now on by ``config``'s timeouts (a reload)."""
+        self._timeout = _handshake_timeout(config)  # one reference: never half of each
 
     def on_connection_open(self, event: Any) -> None:
         """``EVT_CONN_OPEN``: perform the handshake; on failure log one line and close.
@@ -330,17 +341,19 @@ class Handshakes:
             if not stopping:
                 self._running.add(sock)
         if stopping:  # accepted while the server stops: closed at once
-            self._failed(assoc, sock, ConnectionAbortedError())
+            self._failed(assoc, sock, ConnectionAbortedError(), *self._timeout)
             return
+        name, seconds = self._timeout
         try:
-            _handshake(sock, self.seconds)
+            _handshake(sock, seconds)
         except Exception as exc:  # ssl.SSLError, OSError, TimeoutError, ValueError (closed)
-            self._failed(assoc, sock, exc)
+            self._failed(assoc, sock, exc, name, seconds)
             return
         finally:
             with self._lock:
                 self._running.discard(sock)
                 self._lock.notify_all()
+        assoc.__dict__[_PEER_KEY] = identities_of(sock.getpeercert() or {})
         assoc.__dict__[_VERSION_KEY] = sock.version()
         if LOGGER.isEnabledFor(logging.DEBUG):
             cipher = sock.cipher()
@@ -353,8 +366,15 @@ class Handshakes:
                 "verified" if sock.getpeercert() else "not asked for or not verified",
             )
 
-    def _failed(self, assoc: Any, sock: ssl.SSLSocket, exc: BaseException) -> None:
-        reason, level = failure_reason(exc, self.seconds, self.timeout_name)
+    def _failed(
+        self,
+        assoc: Any,
+        sock: ssl.SSLSocket,
+        exc: BaseException,
+        timeout_name: str,
+        seconds: float | None,
+    ) -> None:
+        reason, level = failure_reason(exc, seconds, timeout_name)
         if self._stopping:
             reason, level = "the server is stopping", logging.DEBUG
         peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
@@ -383,6 +403,27 @@ class Handshakes:
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
             while self._running and time.monotonic() < deadline:
                 self._lock.wait(max(0.0, deadline - time.monotonic()))
+
+
+def _handshake_timeout(config: Config) -> tuple[str, float | None]:
+    """The timeout bounding a handshake: the ACSE timeout, else the network timeout."""
+    timeouts = (
+        ("ACSE timeout", config.acse_timeout),
+        ("network timeout", config.network_timeout),
+    )
+    found = [(name, seconds) for name, seconds in timeouts if seconds is not None]
+    return found[0] if found else ("no timeout", None)
+
+
+def peer_identities(assoc: Any) -> frozenset[str] | None:
+    """The identities of the client's verified certificate (empty: it presented none), or
+    None when the association is not over TLS (see
+    :func:`wlmserver.config.certificates.identities_of`)."""
+    try:
+        found = assoc.__dict__.get(_PEER_KEY)
+    except AttributeError:
+        return None
+    return found if isinstance(found, frozenset) else None
 
 
 def negotiated_version(assoc: Any) -> str | None:
