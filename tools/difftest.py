@@ -186,8 +186,9 @@ INTENDED: tuple[Intended, ...] = (
         "`ScheduledProcedureStepStartTime=2200-0600` alone, or with the date `20231231`: "
         "wlmscpfs matches nothing; wlmserver the night shift (22:00 to 06:00 the next "
         "morning; late or early without a date)",
-        "a time range that ends before it starts crosses midnight (with several days, both "
-        "run from the first day's 22:00 to the last day's 06:00)",
+        "a time range that ends before it starts crosses midnight: alone, late or early; with "
+        "one date, that date's night; with a date range, one date-time range from the first "
+        "day's 22:00 to the last day's 06:00 (C.2.2.2.5.4)",
     ),
     Intended(
         FORMS,
@@ -199,9 +200,9 @@ INTENDED: tuple[Intended, ...] = (
     ),
     Intended(
         REFUSED,
-        "a date range that ends before it starts (`20240102-20240101`), `-` alone, a wildcard "
-        "in a UID: wlmscpfs answers; wlmserver fails with 0xA900, OffendingElement and "
-        "ErrorComment",
+        "a date range that ends before it starts (`20240102-20240101`), or a date-time range "
+        "(`20240101-20240101` with `2200-0600`), `-` alone, a wildcard in a UID: wlmscpfs "
+        "answers; wlmserver fails with 0xA900, OffendingElement and ErrorComment",
         "an invalid value is reported, not guessed at (`--no-fail` answers such queries with "
         "success and no matches)",
     ),
@@ -1739,7 +1740,8 @@ def datetime_verdict(
     the instant it starts at; a time range that ends before it starts matches nothing. The
     options switch on, one by one, what wlmserver documents: ``precision``, a time covers its
     precision (``10`` is 10:00 to 10:59:59); ``night``, a time range that ends before it starts
-    crosses midnight (with one day, the night from that day; with no date, late or early);
+    crosses midnight (with a single date, the night from that day; with no date, late or
+    early; with a date range, one date-time range, refused when it ends before it starts);
     ``standard_forms``, date and time form one combined range when both have the same form
     or the date is a single day (C.2.2.2.5.4), the range running to the end of its last day.
     """
@@ -1766,8 +1768,8 @@ def datetime_verdict(
             )
         return time_ok and (d is None or _in_dates(d, day))
     d_lo, d_hi = d.lo, d.hi
-    if night and crosses and d_lo is not None and d_lo == d_hi:
-        d_hi = _next_day(d_lo)
+    if night and crosses and d.form == "S" and d_lo is not None:
+        d_hi = _next_day(d_lo)  # a single date: the night that starts on it
     open_time_end = "000000000000" if not standard_forms and d.form == "R" else "235959999999"
     lo = None if d_lo is None else d_lo + (t_lo or "000000000000")
     hi = None if d_hi is None else d_hi + (t_hi or open_time_end)
@@ -1911,8 +1913,17 @@ def _invalid_cs(c: Constraint) -> bool:
 
 def refusal_reasons(query: Query) -> list[str]:
     """Why wlmserver refuses a query (the REFUSED row): date ranges that end before they
-    start (a time range may: it crosses midnight), ``-`` alone, wildcards in UIDs."""
+    start (a time range may: it crosses midnight), a date range and a time range that make a
+    date-time range ending before it starts, ``-`` alone, wildcards in UIDs."""
     reasons = []
+    by_path = {c.path: c for c in constraints(query)}
+    d, t = by_path.get(SPS_DATE), by_path.get(SPS_TIME)
+    d_span = None if d is None or "\\" in d.value else span(d.value)
+    t_span = None if t is None or "\\" in t.value else span(t.value)
+    if d_span is not None and t_span is not None and d_span.form == t_span.form == "R":
+        assert d_span.lo and d_span.hi and t_span.lo and t_span.hi
+        if d_span.lo + _tm(t_span.lo) > d_span.hi + _tm_end(t_span.hi, precision=True):
+            reasons.append("date-time range ends before it starts")
     for c in constraints(query):
         where = ".".join(c.path)
         for alternative in _alternatives(c.vr, c.value):

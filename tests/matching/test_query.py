@@ -166,6 +166,17 @@ ERRORS = [
         0x00400002,
         "after",
     ),
+    # one day and a time range crossing midnight: a date-time range ending before it starts
+    (
+        _query(
+            {
+                "ScheduledProcedureStepStartDate": "20240101-20240101",
+                "ScheduledProcedureStepStartTime": "2200-0600",
+            }
+        ),
+        0x00400003,
+        "after",
+    ),
     (_query(StudyInstanceUID="1.2.*"), 0x0020000D, "UID"),
     (_query(PatientBirthDate="yesterday"), 0x00100030, "date"),
 ]
@@ -229,6 +240,7 @@ FORMS = [
     ("20231231-20240101", "2200-0600", "20231231", "2330", True),
     ("20231231-20240101", "2200-0600", "20240101", "0300", True),
     ("20231231-20240101", "2200-0600", "20231231", "0300", False),
+    ("20231231-20240101", "2200-0600", "20240102", "0300", False),
     # a date range with a single time: those days, at that time
     ("20231226-20231230", "2115", "20231228", "2115", True),
     ("20231226-20231230", "2115", "20231228", "1200", False),

@@ -378,14 +378,30 @@ def test_peer_abort_during_a_stream_leaves_the_server_serving(
     assert len(find(server.port, _sps_query(Modality="XX"))) == 1  # Success, no answers
 
 
-def test_night_shift_range_over_two_days(start_server: StartServer, db: Path) -> None:
-    """Date 20231231-20240101 with time 2200-0600 is one date-time range (C.2.2.2.5.1),
-    31 December 22:00 to 1 January 06:00; it was refused with 0xA900."""
+# SPS start date and time with a time range crossing midnight, over DIMSE: the patient IDs
+# answered, or the failure status. Two ranges are one date-time range (C.2.2.2.5.4): over two
+# days it runs from the first evening to the next morning (it was refused with 0xA900); over
+# one day it would end before it starts, so it is refused (it was read as the single day's
+# night and answered a step of the next morning); a single day is the night that starts on it.
+NIGHT_QUERIES = [
+    ("20231231-20240101", "2200-0600", ["evening", "early"]),
+    ("20231231", "2200-0600", ["evening", "early"]),
+    ("20240101", "2200-0600", ["next"]),
+    ("20240101-20240101", "2200-0600", 0xA900),
+    ("20240101-20240102", "2200-0600", ["next"]),
+]
+
+
+@pytest.mark.parametrize(("dates", "times", "expected"), NIGHT_QUERIES)
+def test_time_ranges_crossing_midnight(
+    start_server: StartServer, db: Path, dates: str, times: str, expected: list[str] | int
+) -> None:
     for name, day, time_ in [
         ("evening", "20231231", "2330"),
         ("early", "20240101", "0300"),
         ("late", "20240101", "0700"),
         ("before", "20231231", "2100"),
+        ("next", "20240102", "0300"),
     ]:
         write_wl(
             db / "WLM" / f"{name}.wl",
@@ -400,16 +416,13 @@ def test_night_shift_range_over_two_days(start_server: StartServer, db: Path) ->
     server = start_server()
     results = find(
         server.port,
-        _sps_query(
-            ScheduledProcedureStepStartDate="20231231-20240101",
-            ScheduledProcedureStepStartTime="2200-0600",
-        ),
+        _sps_query(ScheduledProcedureStepStartDate=dates, ScheduledProcedureStepStartTime=times),
     )
+    if isinstance(expected, int):
+        assert [s for s, _ in results] == [expected]
+        return
     assert results[-1][0] == SUCCESS
-    assert [ds.PatientID for s, ds in results if s == PENDING and ds is not None] == [
-        "evening",
-        "early",
-    ]
+    assert [ds.PatientID for s, ds in results if s == PENDING and ds is not None] == expected
 
 
 @pytest.mark.parametrize("stars", ["*", "**", "***"])
