@@ -145,17 +145,18 @@ INTENDED: tuple[Intended, ...] = (
     Intended(
         NOT_MATCHED,
         "`ScheduledProcedureStepID=S0001`, `StudyInstanceUID=1.2.3\\1.2.4`, "
-        "`PatientWeight=72.5`, `(0040,0100)[0].ScheduledProtocolCodeSequence[0].CodeValue=X`: "
-        "wlmscpfs ignores the value (answers as if universal); wlmserver matches it",
-        "every Table K.6-1 key is a matching key, by the C.2.2.2 rule for its VR; in a "
-        "sequence, an entry matches if an item does, and only matching items are returned",
+        "`ScheduledProcedureStepStatus=SCHEDULED`: wlmscpfs ignores the value (answers as if "
+        "universal); wlmserver matches it",
+        "wlmserver's default matching keys are wlmscpfs's and these three, which name one order "
+        "or step; every other key is a return key only (PS3.4 K.2.2.1.1.2), as for wlmscpfs "
+        "(`PatientWeight=72.5`, `PregnancyStatus=0`) unless a profile's `match-keys` names it",
     ),
     Intended(
         OUTSIDE,
-        "`PatientComments=*allergy*`: wlmscpfs drops the key from the query and its answers; "
-        "wlmserver matches it where the entry has it and returns it",
-        "any attribute an entry carries is matched by the generic rule for its VR, and "
-        "returned when asked for",
+        "`StudyDescription=*HEAD*`: wlmscpfs drops the key from the query and its answers "
+        "(Pending with warning 0xFF01); wlmserver returns it, filled from the entry",
+        "every requested key is returned; like any key outside the default matching keys, it "
+        "is a return key only (a profile's `match-keys` or `match-all-keys` matches it)",
     ),
     Intended(
         CHARS,
@@ -294,6 +295,13 @@ SCPFS_MATCHED: frozenset[tuple[str, ...]] = frozenset(
         )
     }
 )
+#: Keys wlmserver matches on by default (README "Matching and answers"): wlmscpfs's, and three
+#: that name one order or step; every other key is a return key only (PS3.4 K.2.2.1.1.2).
+WLM_MATCHED: frozenset[tuple[str, ...]] = SCPFS_MATCHED | {
+    ("StudyInstanceUID",),
+    (SPS, "ScheduledProcedureStepID"),
+    (SPS, "ScheduledProcedureStepStatus"),
+}
 #: Keys on which wlmscpfs compares ``*`` and ``?`` literally (star-only is still universal).
 SCPFS_LITERAL: frozenset[tuple[str, ...]] = frozenset(
     {("PatientID",), (SPS, "Modality"), (SPS, "ScheduledStationAETitle")}
@@ -1829,9 +1837,9 @@ def flags(query: Query) -> list[Flag]:
         if c.vr in ("DA", "TM", "DT"):
             continue
         reference = _on(c.path, lambda v, cs, c=c: reference_verdict(c, v))  # type: ignore[misc]
-        if not in_table(c.path):
-            out.append(Flag((c,), (("", _always), (OUTSIDE, reference))))
-        elif c.path not in SCPFS_MATCHED:
+        if c.path not in WLM_MATCHED:
+            continue  # a return key only, for both
+        if c.path not in SCPFS_MATCHED:
             out.append(Flag((c,), (("", _always), (NOT_MATCHED, reference))))
         elif (
             (c.path in SCPFS_LITERAL and ("*" in c.value or "?" in c.value))
@@ -1912,11 +1920,13 @@ def _invalid_cs(c: Constraint) -> bool:
 
 
 def refusal_reasons(query: Query) -> list[str]:
-    """Why wlmserver refuses a query (the REFUSED row): date ranges that end before they
-    start (a time range may: it crosses midnight), a date range and a time range that make a
-    date-time range ending before it starts, ``-`` alone, wildcards in UIDs."""
+    """Why wlmserver refuses a query (the REFUSED row): on its matching keys, date ranges that
+    end before they start (a time range may: it crosses midnight), a date range and a time
+    range that make a date-time range ending before it starts, ``-`` alone, wildcards in
+    UIDs. The values of return keys are not looked at."""
     reasons = []
-    by_path = {c.path: c for c in constraints(query)}
+    matched = [c for c in constraints(query) if c.path in WLM_MATCHED]
+    by_path = {c.path: c for c in matched}
     d, t = by_path.get(SPS_DATE), by_path.get(SPS_TIME)
     d_span = None if d is None or "\\" in d.value else span(d.value)
     t_span = None if t is None or "\\" in t.value else span(t.value)
@@ -1924,7 +1934,7 @@ def refusal_reasons(query: Query) -> list[str]:
         assert d_span.lo and d_span.hi and t_span.lo and t_span.hi
         if d_span.lo + _tm(t_span.lo) > d_span.hi + _tm_end(t_span.hi, precision=True):
             reasons.append("date-time range ends before it starts")
-    for c in constraints(query):
+    for c in matched:
         where = ".".join(c.path)
         for alternative in _alternatives(c.vr, c.value):
             if c.vr == "UI" and ("*" in alternative or "?" in alternative):
