@@ -83,6 +83,77 @@ def make_dataset(sps: list[dict[str, Any]] | None = None, **top: Any) -> Dataset
     return ds
 
 
+#: The keys of the ready-made worklist query of Node.js dcmjs-dimse
+#: (``CFindRequest.createWorklistFindRequest``), all zero-length but Pregnancy Status: a US
+#: value it cannot leave empty, so it sends 0. ``dcmjs_query`` builds it.
+DCMJS_TOP_KEYS = [
+    "PatientID",
+    "PatientName",
+    "IssuerOfPatientID",
+    "PatientSex",
+    "PatientWeight",
+    "PatientBirthDate",
+    "MedicalAlerts",
+    "Allergies",
+    "PatientComments",
+    "SpecialNeeds",
+    "PatientState",
+    "CurrentPatientLocation",
+    "InstitutionName",
+    "AdmissionID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "AdmittingDiagnosesDescription",
+    "RequestingPhysician",
+    "StudyInstanceUID",
+    "StudyDescription",
+    "StudyID",
+    "ReasonForTheRequestedProcedure",
+    "StudyDate",
+    "StudyTime",
+    "RequestedProcedureID",
+    "RequestedProcedureDescription",
+    "RequestedProcedurePriority",
+]
+DCMJS_TOP_SEQUENCES = (
+    "RequestedProcedureCodeSequence",
+    "ReferencedStudySequence",
+    "ProcedureCodeSequence",
+)
+DCMJS_SPS_KEYS = [
+    "ScheduledStationAETitle",
+    "ScheduledStationName",
+    "ScheduledProcedureStepStartDate",
+    "ScheduledProcedureStepStartTime",
+    "Modality",
+    "ScheduledPerformingPhysicianName",
+    "ScheduledProcedureStepDescription",
+    "ScheduledProcedureStepLocation",
+    "ScheduledProcedureStepID",
+    "RequestedContrastAgent",
+    "PreMedication",
+    "AnatomicalOrientationType",
+]
+
+
+def dcmjs_query(pregnancy_status: int | None = 0, **values: str) -> Dataset:
+    """dcmjs-dimse's worklist query (its keys as it sends them), with ``values`` set (SPS keys
+    go into the SPS item); ``pregnancy_status=None`` leaves Pregnancy Status zero-length."""
+    query = Dataset()
+    for keyword in DCMJS_TOP_KEYS:
+        setattr(query, keyword, values.get(keyword, ""))
+    for keyword in DCMJS_TOP_SEQUENCES:
+        setattr(query, keyword, [])
+    query.add_new(0x001021C0, "US", pregnancy_status)  # PregnancyStatus
+    query.QueryRetrieveLevel = ""
+    item = Dataset()
+    for keyword in DCMJS_SPS_KEYS:
+        setattr(item, keyword, values.get(keyword, ""))
+    item.ScheduledProtocolCodeSequence = []
+    query.ScheduledProcedureStepSequence = [item]
+    return query
+
+
 #: One scheduled step as an MPPS names it (Scheduled Step Attributes Sequence item).
 STEP_DEFAULTS: dict[str, Any] = {
     "StudyInstanceUID": TOP_DEFAULTS["StudyInstanceUID"],

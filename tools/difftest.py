@@ -145,17 +145,18 @@ INTENDED: tuple[Intended, ...] = (
     Intended(
         NOT_MATCHED,
         "`ScheduledProcedureStepID=S0001`, `StudyInstanceUID=1.2.3\\1.2.4`, "
-        "`PatientWeight=72.5`, `(0040,0100)[0].ScheduledProtocolCodeSequence[0].CodeValue=X`: "
-        "wlmscpfs ignores the value (answers as if universal); wlmserver matches it",
-        "every Table K.6-1 key is a matching key, by the C.2.2.2 rule for its VR; in a "
-        "sequence, an entry matches if an item does, and only matching items are returned",
+        "`ScheduledProcedureStepStatus=SCHEDULED`: wlmscpfs ignores the value (answers as if "
+        "universal); wlmserver matches it",
+        "wlmserver's default matching keys are wlmscpfs's and these three, which name one order "
+        "or step; every other key is a return key only (PS3.4 K.2.2.1.1.2), as for wlmscpfs "
+        "(`PatientWeight=72.5`, `PregnancyStatus=0`) unless a profile's `match-keys` names it",
     ),
     Intended(
         OUTSIDE,
-        "`PatientComments=*allergy*`: wlmscpfs drops the key from the query and its answers; "
-        "wlmserver matches it where the entry has it and returns it",
-        "any attribute an entry carries is matched by the generic rule for its VR, and "
-        "returned when asked for",
+        "`StudyDescription=*HEAD*`: wlmscpfs drops the key from the query and its answers "
+        "(Pending with warning 0xFF01); wlmserver returns it, filled from the entry",
+        "every requested key is returned; like any key outside the default matching keys, it "
+        "is a return key only (a profile's `match-keys` or `match-all-keys` matches it)",
     ),
     Intended(
         CHARS,
@@ -186,8 +187,9 @@ INTENDED: tuple[Intended, ...] = (
         "`ScheduledProcedureStepStartTime=2200-0600` alone, or with the date `20231231`: "
         "wlmscpfs matches nothing; wlmserver the night shift (22:00 to 06:00 the next "
         "morning; late or early without a date)",
-        "a time range that ends before it starts crosses midnight (with several days, both "
-        "run from the first day's 22:00 to the last day's 06:00)",
+        "a time range that ends before it starts crosses midnight: alone, late or early; with "
+        "one date, that date's night; with a date range, one date-time range from the first "
+        "day's 22:00 to the last day's 06:00 (C.2.2.2.5.4)",
     ),
     Intended(
         FORMS,
@@ -199,9 +201,9 @@ INTENDED: tuple[Intended, ...] = (
     ),
     Intended(
         REFUSED,
-        "a date range that ends before it starts (`20240102-20240101`), `-` alone, a wildcard "
-        "in a UID: wlmscpfs answers; wlmserver fails with 0xA900, OffendingElement and "
-        "ErrorComment",
+        "a date range that ends before it starts (`20240102-20240101`), or a date-time range "
+        "(`20240101-20240101` with `2200-0600`), `-` alone, a wildcard in a UID: wlmscpfs "
+        "answers; wlmserver fails with 0xA900, OffendingElement and ErrorComment",
         "an invalid value is reported, not guessed at (`--no-fail` answers such queries with "
         "success and no matches)",
     ),
@@ -293,6 +295,13 @@ SCPFS_MATCHED: frozenset[tuple[str, ...]] = frozenset(
         )
     }
 )
+#: Keys wlmserver matches on by default (README "Matching and answers"): wlmscpfs's, and three
+#: that name one order or step; every other key is a return key only (PS3.4 K.2.2.1.1.2).
+WLM_MATCHED: frozenset[tuple[str, ...]] = SCPFS_MATCHED | {
+    ("StudyInstanceUID",),
+    (SPS, "ScheduledProcedureStepID"),
+    (SPS, "ScheduledProcedureStepStatus"),
+}
 #: Keys on which wlmscpfs compares ``*`` and ``?`` literally (star-only is still universal).
 SCPFS_LITERAL: frozenset[tuple[str, ...]] = frozenset(
     {("PatientID",), (SPS, "Modality"), (SPS, "ScheduledStationAETitle")}
@@ -1739,7 +1748,8 @@ def datetime_verdict(
     the instant it starts at; a time range that ends before it starts matches nothing. The
     options switch on, one by one, what wlmserver documents: ``precision``, a time covers its
     precision (``10`` is 10:00 to 10:59:59); ``night``, a time range that ends before it starts
-    crosses midnight (with one day, the night from that day; with no date, late or early);
+    crosses midnight (with a single date, the night from that day; with no date, late or
+    early; with a date range, one date-time range, refused when it ends before it starts);
     ``standard_forms``, date and time form one combined range when both have the same form
     or the date is a single day (C.2.2.2.5.4), the range running to the end of its last day.
     """
@@ -1766,8 +1776,8 @@ def datetime_verdict(
             )
         return time_ok and (d is None or _in_dates(d, day))
     d_lo, d_hi = d.lo, d.hi
-    if night and crosses and d_lo is not None and d_lo == d_hi:
-        d_hi = _next_day(d_lo)
+    if night and crosses and d.form == "S" and d_lo is not None:
+        d_hi = _next_day(d_lo)  # a single date: the night that starts on it
     open_time_end = "000000000000" if not standard_forms and d.form == "R" else "235959999999"
     lo = None if d_lo is None else d_lo + (t_lo or "000000000000")
     hi = None if d_hi is None else d_hi + (t_hi or open_time_end)
@@ -1827,9 +1837,9 @@ def flags(query: Query) -> list[Flag]:
         if c.vr in ("DA", "TM", "DT"):
             continue
         reference = _on(c.path, lambda v, cs, c=c: reference_verdict(c, v))  # type: ignore[misc]
-        if not in_table(c.path):
-            out.append(Flag((c,), (("", _always), (OUTSIDE, reference))))
-        elif c.path not in SCPFS_MATCHED:
+        if c.path not in WLM_MATCHED:
+            continue  # a return key only, for both
+        if c.path not in SCPFS_MATCHED:
             out.append(Flag((c,), (("", _always), (NOT_MATCHED, reference))))
         elif (
             (c.path in SCPFS_LITERAL and ("*" in c.value or "?" in c.value))
@@ -1910,10 +1920,21 @@ def _invalid_cs(c: Constraint) -> bool:
 
 
 def refusal_reasons(query: Query) -> list[str]:
-    """Why wlmserver refuses a query (the REFUSED row): date ranges that end before they
-    start (a time range may: it crosses midnight), ``-`` alone, wildcards in UIDs."""
+    """Why wlmserver refuses a query (the REFUSED row): on its matching keys, date ranges that
+    end before they start (a time range may: it crosses midnight), a date range and a time
+    range that make a date-time range ending before it starts, ``-`` alone, wildcards in
+    UIDs. The values of return keys are not looked at."""
     reasons = []
-    for c in constraints(query):
+    matched = [c for c in constraints(query) if c.path in WLM_MATCHED]
+    by_path = {c.path: c for c in matched}
+    d, t = by_path.get(SPS_DATE), by_path.get(SPS_TIME)
+    d_span = None if d is None or "\\" in d.value else span(d.value)
+    t_span = None if t is None or "\\" in t.value else span(t.value)
+    if d_span is not None and t_span is not None and d_span.form == t_span.form == "R":
+        assert d_span.lo and d_span.hi and t_span.lo and t_span.hi
+        if d_span.lo + _tm(t_span.lo) > d_span.hi + _tm_end(t_span.hi, precision=True):
+            reasons.append("date-time range ends before it starts")
+    for c in matched:
         where = ".".join(c.path)
         for alternative in _alternatives(c.vr, c.value):
             if c.vr == "UI" and ("*" in alternative or "?" in alternative):

@@ -215,6 +215,37 @@ def test_without_a_file_nothing_is_refused(tmp_path: Path) -> None:
             "access.certificates.refuse-unbound-titles",
             "true or false",
         ),
+        (
+            '[profiles.default]\n\nmatch-keys = ["PregnancyStatuss"]\n',
+            3,
+            "profiles.default.match-keys",
+            "'PregnancyStatuss' is not a DICOM attribute keyword (like PregnancyStatus); "
+            "did you mean 'PregnancyStatus'?",
+        ),
+        (
+            '[profiles.default]\nmatch-keys = "PregnancyStatus"\n',
+            2,
+            "profiles.default.match-keys",
+            "list of keywords",
+        ),
+        (
+            '[profiles.default]\nmatch-keys = ["ProtocolContextSequence"]\n',
+            2,
+            "profiles.default.match-keys",
+            "never a matching key (PS3.4 Table K.6-1: matching type -)",
+        ),
+        (
+            '[profiles.default]\nmatch-keys = ["SpecificCharacterSet"]\n',
+            2,
+            "profiles.default.match-keys",
+            "never a matching key",
+        ),
+        (
+            '[profiles.default]\nmatch-all-keys = "yes"\n',
+            2,
+            "profiles.default.match-all-keys",
+            "true or false",
+        ),
     ],
 )
 def test_errors_name_the_file_line_and_key(
@@ -375,3 +406,28 @@ def test_the_readmes_certificate_examples_are_accepted(tmp_path: Path) -> None:
         certificates = load(_write(tmp_path, block)).access.certificates
         ct01 = certificates.binding_for("CT01")
         assert ct01 is not None and "DNS:ct01.example.org" in ct01.identities
+
+
+def test_profiles_turn_matching_on_for_more_keys(tmp_path: Path) -> None:
+    path = tmp_path / "match.toml"
+    path.write_text(
+        '[profiles.us]\ncalling-ae-titles = ["US*"]\n'
+        'match-keys = ["PregnancyStatus", "PatientWeight"]\n'
+        '[profiles.all]\ncalling-ae-titles = ["OLD*"]\nmatch-all-keys = true\n'
+    )
+    profiles = load(path).profiles
+    us, everything, other = (profiles.for_calling(t) for t in ("US01", "OLD01", "CT01"))
+    assert us.match_keys == frozenset({0x001021C0, 0x00101030}) and not us.is_neutral
+    assert us.matching.matches_on(0x001021C0) and not other.matching.matches_on(0x001021C0)
+    assert everything.matching.matches_on(0x00104000)  # PatientComments, outside Table K.6-1
+    assert not everything.matching.matches_on(0x00080201)  # Timezone Offset From UTC: never
+
+
+def test_the_readme_example_is_a_valid_file(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"## Configuration file\n.*?```toml\n(.*?)```", readme, re.S)
+    assert example, "README.md has no TOML example under '## Configuration file'"
+    path = tmp_path / "wlmserver.toml"
+    path.write_text(example.group(1), encoding="utf-8")
+    profiles = load(path).profiles
+    assert profiles.for_calling("US01").match_keys == frozenset({0x001021C0})

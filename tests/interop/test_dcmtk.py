@@ -383,6 +383,27 @@ def test_findscu_override_keys(
             assert (step.Modality, stations, step.ScheduledProcedureStepStartDate) == expected_step
 
 
+@needs_findscu
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        # what dcmjs-dimse sends: an optional key wlmserver does not match by default is a
+        # return key only (PS3.4 K.2.2.1.1.2), as for wlmscpfs; it got no answer at all
+        (["PregnancyStatus=0"], ALL_STEPS),
+        (["PregnancyStatus=0", "PatientWeight=70", f"{SPS}.ScheduledStationName=X"], ALL_STEPS),
+        (["PregnancyStatus=0", f"{SPS}.Modality=MR"], [("P1", "S2")]),
+    ],
+    ids=lambda v: None if v and not isinstance(v[0], str) else " ".join(v),
+)
+def test_findscu_return_keys_only_narrow_nothing(
+    wlm_port: int, tmp_path: Path, keys: list[str], expected: list[tuple[str, str]]
+) -> None:
+    _, answers = _extract(wlm_port, tmp_path, *_keys(*BASE_KEYS, *keys))
+    assert _steps(answers) == sorted(expected)
+    for answer in answers:  # returned, filled from the entry (which has none): zero-length
+        assert "PregnancyStatus" in answer and answer.PregnancyStatus in (None, "", b"")
+
+
 # --------------------------------------------------------------------------- 3. character sets
 NAMES = {
     "P1": ("DOE^JOHN", None),

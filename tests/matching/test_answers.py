@@ -13,6 +13,7 @@ from pynetdicom.dsutils import encode
 
 from wlmserver.matching.answers import CharsetPolicy, build_answer, can_encode, choose_charset
 from wlmserver.matching.entry import Entry
+from wlmserver.matching.keys import MatchingKeys
 from wlmserver.matching.query import compile_query
 from wlmserver.store.wlfile import read_worklist_file
 
@@ -105,7 +106,15 @@ def test_sequences_whole_or_restricted_to_the_requested_keys(tmp_path: Path) -> 
     wanted.CodeValue = "B2"
     wanted.CodeMeaning = ""
     restricted.RequestedProcedureCodeSequence = [wanted]
+    # a return key only by default (K.2.2.1.1.2): every item, with the requested keys
     items = build_answer(compile_query(restricted), entry).RequestedProcedureCodeSequence
+    assert [[e.keyword for e in i] for i in items] == [["CodeValue", "CodeMeaning"]] * 2
+    assert [i.CodeMeaning for i in items] == ["Exam A1", "Exam B2"]
+    # matched (a profile's match-keys): only the items that match (C.2.2.2.6)
+    matching = MatchingKeys(frozenset({0x00321064}))
+    items = build_answer(
+        compile_query(restricted, matching=matching), entry
+    ).RequestedProcedureCodeSequence
     assert [[e.keyword for e in i] for i in items] == [["CodeValue", "CodeMeaning"]]
     assert items[0].CodeMeaning == "Exam B2"
 

@@ -223,11 +223,11 @@ NIGHT = [
     ("20231231-20240101", "2200-0600", "20240101", "0300", True),
     ("20231231-20240101", "2200-0600", "20231231", "2100", False),
     ("20231231-20240101", "2200-0600", "20240101", "0700", False),
-    # a one-day range: the night that starts on that day
-    ("20231231-20231231", "2200-0600", "20231231", "2300", True),
-    ("20231231-20231231", "2200-0600", "20240101", "0500", True),
-    ("20231231-20231231", "2200-0600", "20231231", "0500", False),
-    ("20231231-20231231", "2200-0600", "20240101", "2300", False),
+    # a single day: the night that starts on that day
+    ("20231231", "2200-0600", "20231231", "2300", True),
+    ("20231231", "2200-0600", "20240101", "0500", True),
+    ("20231231", "2200-0600", "20231231", "0500", False),
+    ("20231231", "2200-0600", "20240101", "2300", False),
     # open date ranges: the open end is open whatever the time
     ("20231231-", "2200-0600", "20240105", "1200", True),
     ("-20240101", "2200-0600", "20240101", "0700", False),
@@ -237,6 +237,22 @@ NIGHT = [
 @pytest.mark.parametrize(("dq", "tq", "date", "time", "expected"), NIGHT)
 def test_night_shift_ranges(dq: str, tq: str, date: str, time: str, expected: bool) -> None:
     assert combined_date_time(dq, tq).match((date,), (time,)) is expected
+
+
+# a range stays a range (C.2.2.2.5.4: matched as one DT range): a one-day range with a time
+# range crossing midnight ends before it starts, and is refused like a reversed date range
+# (it was read as the single day's night shift, and matched the next morning)
+REVERSED_DATE_TIMES = [
+    ("20240101-20240101", "2200-0600"),
+    ("20231231-20231231", "2300-0100"),
+    ("20240101-20240101", "1800-1000"),
+]
+
+
+@pytest.mark.parametrize(("dq", "tq"), REVERSED_DATE_TIMES)
+def test_a_range_that_ends_before_it_starts_is_refused(dq: str, tq: str) -> None:
+    with pytest.raises(QueryValueError, match="starts after it ends"):
+        combined_date_time(dq, tq)
 
 
 RULES = [

@@ -9,6 +9,7 @@ from conftest import make_dataset, write_wl
 from pydicom.dataset import Dataset
 
 from wlmserver.matching.entry import Entry
+from wlmserver.matching.keys import MatchingKeys
 from wlmserver.matching.query import QueryError, compile_query
 from wlmserver.matching.record import Record
 from wlmserver.matching.status import Status
@@ -132,7 +133,22 @@ def test_utf8_query_finds_latin1_file(entries: list[Entry]) -> None:
     assert _modalities(raw, entries) == ["US"]
 
 
-def test_sequence_matching_on_nested_items(tmp_path: Path) -> None:
+RPCS, SPCS = 0x00321064, 0x00400008  # Requested Procedure / Scheduled Protocol Code Sequence
+
+
+@pytest.mark.parametrize(
+    ("matching", "expected"),
+    [
+        # optional keys wlmserver does not match by default: return keys only (K.2.2.1.1.2)
+        (MatchingKeys(), (True, True, True, True)),
+        # a profile's match-keys: sequence matching (C.2.2.2.6) on the items' keys
+        (MatchingKeys(frozenset({RPCS, SPCS})), (True, False, True, False)),
+        (MatchingKeys(all_keys=True), (True, False, True, False)),
+    ],
+)
+def test_sequence_matching_on_nested_items(
+    tmp_path: Path, matching: MatchingKeys, expected: tuple[bool, ...]
+) -> None:
     ds = make_dataset()
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "P1", "99L", "Head"
@@ -142,14 +158,16 @@ def test_sequence_matching_on_nested_items(tmp_path: Path) -> None:
     wanted.CodeValue = "P1"
     other = Dataset()
     other.CodeValue = "P2"
-    for item, expected in ((wanted, True), (other, False), (Dataset(), True)):
+    got = []
+    for item in (wanted, other, Dataset()):
         query = _query({})
         query.ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence = [item]
-        assert compile_query(query).matches(entry) is expected
+        got.append(compile_query(query, matching=matching).matches(entry))
     # a constrained sequence the entry lacks does not match
     query = _query()
     query.RequestedProcedureCodeSequence = [wanted]
-    assert compile_query(query).matches(entry) is False
+    got.append(compile_query(query, matching=matching).matches(entry))
+    assert tuple(got) == expected
 
 
 ERRORS = [
@@ -166,8 +184,24 @@ ERRORS = [
         0x00400002,
         "after",
     ),
+    # one day and a time range crossing midnight: a date-time range ending before it starts
+    (
+        _query(
+            {
+                "ScheduledProcedureStepStartDate": "20240101-20240101",
+                "ScheduledProcedureStepStartTime": "2200-0600",
+            }
+        ),
+        0x00400003,
+        "after",
+    ),
     (_query(StudyInstanceUID="1.2.*"), 0x0020000D, "UID"),
     (_query(PatientBirthDate="yesterday"), 0x00100030, "date"),
+]
+# a key outside the default matching keys is validated when a profile matches it (and only then)
+PROFILE_ERRORS = [
+    (_query(IssueDateOfImagingServiceRequest="xx"), 0x00402004, "date"),
+    (_query({"ScheduledProcedureStepEndDate": "2026-11-22"}), 0x00400004, "YYYYMMDD"),
 ]
 
 
@@ -178,6 +212,16 @@ def test_invalid_values_name_the_element(query: Dataset, tag: int, words: str) -
     assert tag in info.value.tags
     assert words in info.value.message
     assert info.value.status is Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+
+
+@pytest.mark.parametrize(("query", "tag", "words"), PROFILE_ERRORS)
+def test_invalid_values_of_return_keys_are_not_looked_at(
+    query: Dataset, tag: int, words: str
+) -> None:
+    assert compile_query(query).return_only[0].tag == tag
+    with pytest.raises(QueryError) as info:
+        compile_query(query, matching=MatchingKeys(frozenset({tag})))
+    assert tag in info.value.tags and words in info.value.message
 
 
 def test_two_sps_items_is_an_error() -> None:
@@ -229,6 +273,7 @@ FORMS = [
     ("20231231-20240101", "2200-0600", "20231231", "2330", True),
     ("20231231-20240101", "2200-0600", "20240101", "0300", True),
     ("20231231-20240101", "2200-0600", "20231231", "0300", False),
+    ("20231231-20240101", "2200-0600", "20240102", "0300", False),
     # a date range with a single time: those days, at that time
     ("20231226-20231230", "2115", "20231228", "2115", True),
     ("20231226-20231230", "2115", "20231228", "1200", False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -13,6 +14,9 @@ from conftest import write_wl
 from pydicom.dataset import Dataset
 
 from wlmserver.config import Config
+from wlmserver.config.profiles import Profile, Profiles
+from wlmserver.matching.answers import as_dataset
+from wlmserver.matching.encoding import EncodedAnswer
 from wlmserver.matching.status import Status
 from wlmserver.service.handlers import CANCEL_CHECK_EVERY, handle_find
 from wlmserver.store.index import WorklistStore
@@ -87,7 +91,8 @@ def test_error_comment_fits_lo(db: Path) -> None:
     assert isinstance(status, Dataset) and len(status.ErrorComment) <= 64
 
 
-# (keyword in the SPS item or at the top, invalid value, the rule the comment must keep whole)
+# (keyword in the SPS item or at the top, invalid value, the rule the comment must keep whole);
+# a key outside the default matching keys is matched by a profile's match-all-keys
 INVALID_QUERIES = [
     ("ScheduledProcedureStepStartDate", "2026-12-01", "use YYYYMMDD or a range YYYYMMDD-YYYYMMDD"),
     ("ScheduledProcedureStepStartDate", "20261301", "not a calendar date (YYYYMMDD)"),
@@ -100,6 +105,9 @@ INVALID_QUERIES = [
 ]
 
 
+MATCH_ALL = Config(Path("."), profiles=Profiles((Profile("default", match_all_keys=True),)))
+
+
 @pytest.mark.parametrize(("keyword", "value", "rule"), INVALID_QUERIES)
 def test_failure_comment_keeps_the_rule_and_the_log_never_the_value(
     db: Path, caplog: pytest.LogCaptureFixture, keyword: str, value: str, rule: str
@@ -110,8 +118,9 @@ def test_failure_comment_keeps_the_rule_and_the_log_never_the_value(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the invalid value
         setattr(level, keyword, value)
+    config = dataclasses.replace(MATCH_ALL, data_files_path=db)
     with caplog.at_level(logging.INFO, logger="wlmserver"):
-        ((status, _),) = list(handle_find(FakeEvent(query), store, Config(db)))
+        ((status, _),) = list(handle_find(FakeEvent(query), store, config))
     assert isinstance(status, Dataset)
     assert status.Status == Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
     comment = str(status.ErrorComment)
@@ -120,3 +129,32 @@ def test_failure_comment_keeps_the_rule_and_the_log_never_the_value(
     (line,) = [r.getMessage() for r in caplog.records if r.name.startswith("wlmserver")]
     assert keyword in line and rule in line and "0xA900" in line
     assert value not in line
+
+
+# return keys only by default (PS3.4 K.2.2.1.1.2): their values are not looked at, so a value
+# not valid for the VR does not fail the query, and does not remove the answer
+RETURN_KEYS_ONLY = [
+    ("IssueDateOfImagingServiceRequest", "xx"),
+    ("PatientWeight", "72.5"),  # the entry has no weight: matched, it would not answer
+    ("PregnancyStatus", 0),
+    ("ScheduledStationName", "NOWHERE"),
+]
+
+
+@pytest.mark.parametrize(("keyword", "value"), RETURN_KEYS_ONLY)
+def test_a_return_key_only_is_answered_whatever_its_value(
+    db: Path, keyword: str, value: object
+) -> None:
+    store = _store(db, 1)
+    query = _query()
+    level = query.ScheduledProcedureStepSequence[0] if "Station" in keyword else query
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        setattr(level, keyword, value)
+    responses = list(handle_find(FakeEvent(query), store, Config(db)))
+    assert [s for s, _ in responses] == [Status.PENDING, Status.SUCCESS]
+    answer = responses[0][1]
+    if isinstance(answer, EncodedAnswer):  # the fast path, once a server installed it
+        answer = as_dataset(answer.answer_elements)
+    assert isinstance(answer, Dataset)
+    assert keyword in (answer.ScheduledProcedureStepSequence[0] if "Station" in keyword else answer)

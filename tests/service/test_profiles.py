@@ -8,10 +8,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import StartServer, make_dataset, write_wl
+from conftest import StartServer, dcmjs_query, make_dataset, write_wl
 from pydicom import Dataset
 from pynetdicom import AE
 
+from wlmserver.config.file import load as load_config_file
 from wlmserver.config.profiles import Profile, Profiles
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.service.server import MODALITY_WORKLIST_FIND
@@ -173,3 +174,47 @@ def test_log_and_capture_say_which_profile_applied(
         "# wlmserver profile: ct; added ScheduledStationAETitle (0040,0001) = CT01"
     )
     assert not (captured / "MR01.dump").read_text().startswith("#")
+
+
+# the profiles of a configuration file (``[profiles.X]``), and what a dcmjs-dimse query (which
+# sends Pregnancy Status 0) gets from each calling AE title: by default Pregnancy Status is a
+# return key only; a profile's match-keys (or match-all-keys) makes it match again
+MATCH_PROFILES = """
+[profiles.us]
+calling-ae-titles = ["US*"]
+match-keys = ["PregnancyStatus"]
+[profiles.old]
+calling-ae-titles = ["OLD*"]
+match-all-keys = true
+"""
+MATCHED_BY_PROFILE = [
+    ("CT01", 0, ["P1", "P2", "P3"]),
+    ("CT01", 4, ["P1", "P2", "P3"]),
+    ("US01", 0, []),
+    ("US01", 4, ["P1"]),
+    ("OLD01", 0, []),
+    ("OLD01", 1, ["P2"]),
+]
+
+
+@pytest.mark.parametrize(("calling", "status", "expected"), MATCHED_BY_PROFILE)
+def test_match_keys_of_a_profile_make_a_return_key_match(
+    start_server: StartServer,
+    db: Path,
+    tmp_path: Path,
+    calling: str,
+    status: int,
+    expected: list[str],
+) -> None:
+    for pid, value in (("P1", 4), ("P2", 1), ("P3", None)):
+        ds = make_dataset(PatientID=pid)
+        if value is not None:
+            ds.PregnancyStatus = value
+        write_wl(db / "WLM" / f"{pid}.wl", ds)
+    config_file = tmp_path / "wlmserver.toml"
+    config_file.write_text(MATCH_PROFILES)
+    server = start_server(profiles=load_config_file(config_file).profiles)
+    answers = _find(server.port, dcmjs_query(status), calling)
+    assert _ids(answers) == expected
+    # the key is still returned, filled from the entry
+    assert all(a.PregnancyStatus == {"P1": 4, "P2": 1}.get(a.PatientID) for a in answers)

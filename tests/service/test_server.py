@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import StartServer, echo, find, make_dataset, write_wl
+from conftest import StartServer, dcmjs_query, echo, find, make_dataset, write_wl
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -381,14 +381,74 @@ def test_peer_abort_during_a_stream_leaves_the_server_serving(
     assert len(find(server.port, _sps_query(Modality="XX"))) == 1  # Success, no answers
 
 
-def test_night_shift_range_over_two_days(start_server: StartServer, db: Path) -> None:
-    """Date 20231231-20240101 with time 2200-0600 is one date-time range (C.2.2.2.5.1),
-    31 December 22:00 to 1 January 06:00; it was refused with 0xA900."""
+def _pregnancy_store(db: Path) -> None:
+    """Three patients: Pregnancy Status 4 (unknown), 1 (not pregnant), and none at all."""
+    for pid, status, weight in (("P1", 4, "61.5"), ("P2", 1, None), ("P3", None, None)):
+        ds = make_dataset(PatientID=pid, PatientWeight=weight)
+        if status is not None:
+            ds.PregnancyStatus = status
+        write_wl(db / "WLM" / f"{pid}.wl", ds)
+
+
+def _answered(results: list[tuple[int, Dataset | None]]) -> list[tuple[str, object, object]]:
+    assert results[-1][0] == SUCCESS
+    return [
+        (ds.PatientID, ds.get("PregnancyStatus"), ds.get("PatientWeight"))
+        for status, ds in results
+        if status == PENDING and ds is not None
+    ]
+
+
+# dcmjs-dimse's ready-made worklist query sends Pregnancy Status 0 (a US key it cannot leave
+# empty): an optional key wlmserver does not match by default is a return key only (PS3.4
+# K.2.2.1.1.2), so it gets the answers of a universal query, Pregnancy Status filled from each
+# entry (it got no answer: 0 matched nothing). Its matching keys with a value still match.
+DCMJS_QUERIES = [
+    ({}, ["P1", "P2", "P3"]),
+    ({"PatientID": "P2"}, ["P2"]),
+    ({"PatientWeight": "61.5", "ScheduledStationName": "NOWHERE"}, ["P1", "P2", "P3"]),
+    ({"Modality": "MR"}, []),
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), DCMJS_QUERIES)
+def test_dcmjs_worklist_query_gets_what_a_universal_query_gets(
+    start_server: StartServer, db: Path, values: dict[str, str], expected: list[str]
+) -> None:
+    _pregnancy_store(db)
+    server = start_server()
+    universal = _answered(find(server.port, dcmjs_query(None)))
+    assert [pid for pid, _, _ in universal] == ["P1", "P2", "P3"]
+    answered = _answered(find(server.port, dcmjs_query(**values)))
+    assert [pid for pid, _, _ in answered] == expected
+    assert answered == [row for row in universal if row[0] in expected]
+    assert [status for _, status, _ in universal] == [4, 1, None]  # from the entry, not the query
+
+
+# SPS start date and time with a time range crossing midnight, over DIMSE: the patient IDs
+# answered, or the failure status. Two ranges are one date-time range (C.2.2.2.5.4): over two
+# days it runs from the first evening to the next morning (it was refused with 0xA900); over
+# one day it would end before it starts, so it is refused (it was read as the single day's
+# night and answered a step of the next morning); a single day is the night that starts on it.
+NIGHT_QUERIES = [
+    ("20231231-20240101", "2200-0600", ["evening", "early"]),
+    ("20231231", "2200-0600", ["evening", "early"]),
+    ("20240101", "2200-0600", ["next"]),
+    ("20240101-20240101", "2200-0600", 0xA900),
+    ("20240101-20240102", "2200-0600", ["next"]),
+]
+
+
+@pytest.mark.parametrize(("dates", "times", "expected"), NIGHT_QUERIES)
+def test_time_ranges_crossing_midnight(
+    start_server: StartServer, db: Path, dates: str, times: str, expected: list[str] | int
+) -> None:
     for name, day, time_ in [
         ("evening", "20231231", "2330"),
         ("early", "20240101", "0300"),
         ("late", "20240101", "0700"),
         ("before", "20231231", "2100"),
+        ("next", "20240102", "0300"),
     ]:
         write_wl(
             db / "WLM" / f"{name}.wl",
@@ -403,16 +463,13 @@ def test_night_shift_range_over_two_days(start_server: StartServer, db: Path) ->
     server = start_server()
     results = find(
         server.port,
-        _sps_query(
-            ScheduledProcedureStepStartDate="20231231-20240101",
-            ScheduledProcedureStepStartTime="2200-0600",
-        ),
+        _sps_query(ScheduledProcedureStepStartDate=dates, ScheduledProcedureStepStartTime=times),
     )
+    if isinstance(expected, int):
+        assert [s for s, _ in results] == [expected]
+        return
     assert results[-1][0] == SUCCESS
-    assert [ds.PatientID for s, ds in results if s == PENDING and ds is not None] == [
-        "evening",
-        "early",
-    ]
+    assert [ds.PatientID for s, ds in results if s == PENDING and ds is not None] == expected
 
 
 @pytest.mark.parametrize("stars", ["*", "**", "***"])

@@ -3,12 +3,14 @@ stores and random queries; incremental replacement == building from scratch."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
 from pydicom.dataset import Dataset
 
 from wlmserver.matching.entry import Entry
+from wlmserver.matching.keys import DEFAULT_MATCHING, MatchingKeys
 from wlmserver.matching.primitives import sortable_instant
 from wlmserver.matching.query import QueryError, compile_query
 from wlmserver.matching.record import Record
@@ -76,8 +78,30 @@ def _query(rng: random.Random) -> Dataset:
     for keyword, make in sps_choices.items():
         if rng.random() < 0.4:
             setattr(item, keyword, make())
+    if rng.random() < 0.3:  # as dcmjs-dimse sends it: a return key only, unless a profile says
+        query.PregnancyStatus = 0
+    if rng.random() < 0.2:
+        item.ScheduledStationName = "CTROOM1"
     query.ScheduledProcedureStepSequence = [item]
     return query
+
+
+def _without_return_keys(query: Dataset) -> Dataset:
+    bare = copy.deepcopy(query)
+    for level in (bare, bare.ScheduledProcedureStepSequence[0]):
+        for keyword in ("PregnancyStatus", "ScheduledStationName"):
+            if keyword in level:
+                delattr(level, keyword)
+    return bare
+
+
+#: The matching keys of the queries: the default, a profile's match-keys, match-all-keys.
+MATCHINGS = [
+    DEFAULT_MATCHING,
+    DEFAULT_MATCHING,
+    MatchingKeys(frozenset({0x001021C0})),  # PregnancyStatus: no entry has it
+    MatchingKeys(all_keys=True),
+]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -87,13 +111,20 @@ def test_candidates_then_matching_equals_a_full_scan(seed: int) -> None:
     lookup = Lookup.build(entries)
     narrowed = intersected = 0
     for _ in range(60):
+        identifier = _query(rng)
+        matching = rng.choice(MATCHINGS)
+        pn_fold = rng.random() < 0.2
         try:
-            query = compile_query(_query(rng), pn_fold=rng.random() < 0.2)
+            query = compile_query(identifier, pn_fold=pn_fold, matching=matching)
         except QueryError:
             continue
         full = [e for e in lookup.entries if query.matches(e)]
         candidates = lookup.candidates(query)
         assert [e for e in candidates if query.matches(e)] == full
+        if matching.is_default:  # return keys only narrow nothing, lookups included
+            bare = compile_query(_without_return_keys(identifier), pn_fold=pn_fold)
+            assert lookup.candidates(bare) == candidates
+            assert [e for e in lookup.entries if bare.matches(e)] == full
         narrowed += len(candidates) < len(entries)
         options = [len(o) for o in lookup._options(query)]
         intersected += bool(options) and len(candidates) < min(options)

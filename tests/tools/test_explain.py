@@ -230,6 +230,71 @@ def test_the_profile_of_the_calling_ae_title_applies(
     assert "it adds no constraint" in lines[0] and status == 0
 
 
+# a key of the query that is a return key only (PS3.4 K.2.2.1.1.2) is named once, before the
+# entries; it narrows nothing (every entry of the store answers)
+RETURN_KEYS = [
+    (
+        ["-k", "PregnancyStatus=0"],
+        "RETURN PregnancyStatus (0010,21C0) = 0: a return key only, not a matching key of this "
+        "server (PS3.4 K.2.2.1.1.2), so it narrows nothing; a modality profile's match-keys "
+        "makes it one",
+    ),
+    (
+        ["-k", "ScheduledProcedureStepSequence[0].ScheduledStationName=CTROOM9"],
+        "RETURN ScheduledProcedureStepSequence item > ScheduledStationName (0040,0010) = CTROOM9:"
+        " a return key only, not a matching key",
+    ),
+    (
+        ["-k", "PertinentDocumentsSequence[0].DocumentTitle=X"],
+        "RETURN PertinentDocumentsSequence (0038,0100): a return key only, not a matching key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("keys", "line"), RETURN_KEYS)
+def test_a_return_key_only_is_named_and_narrows_nothing(
+    store: Path, capsys: pytest.CaptureFixture[str], keys: list[str], line: str
+) -> None:
+    status, lines = _run(store, capsys, *keys)
+    assert lines[0].startswith(line)
+    assert status == 0 and sum(x.startswith("MATCH") for x in lines) == 3
+
+
+def test_a_key_a_profile_matches_says_so_when_it_removes_every_answer(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "wlmserver.toml"
+    config.write_text(
+        '[profiles.us]\ncalling-ae-titles = ["US*"]\nmatch-keys = ["PregnancyStatus"]\n'
+    )
+    status, lines = _run(
+        store, capsys, "-k", "PregnancyStatus=0", "--config", str(config), "-aet", "US01"
+    )
+    assert status == 1 and not any(line.startswith("RETURN") for line in lines)
+    assert lines[1].endswith(
+        "PregnancyStatus (0010,21C0): query 0, entry has nothing (matched by profile us's "
+        "match-keys; by default a return key only)"
+    )
+    assert lines[-1] == (
+        "NOTE   no entry answers; 3 would without PregnancyStatus (0010,21C0), matched only "
+        "because of profile us's match-keys (by default a return key only)"
+    )
+    # another key that fails too: the entries would not answer without the profile's key
+    status, lines = _run(
+        store,
+        capsys,
+        "-k",
+        "PregnancyStatus=0",
+        "--modality",
+        "XA",
+        "--config",
+        str(config),
+        "-aet",
+        "US01",
+    )
+    assert status == 1 and not lines[-1].startswith("NOTE")
+
+
 def test_a_bad_config_file_is_a_usage_error(
     store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

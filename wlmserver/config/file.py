@@ -20,6 +20,7 @@
     calling-ae-titles = ["CT*"]
     station-filter = true
     date-window = [-1, 1]
+    match-keys = ["PregnancyStatus"]
 
 Every error names the file, the line and the key, and is raised before the server starts.
 This module reads and checks the file; the ``[server]`` table is checked against the command
@@ -37,6 +38,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
+
 from wlmserver.config.access import Access, AllowList, parse_network, valid_ae_pattern
 from wlmserver.config.certificates import (
     OPTION_KEYS,
@@ -47,6 +50,7 @@ from wlmserver.config.certificates import (
 )
 from wlmserver.config.profiles import DEFAULT_PROFILE, Profile, Profiles
 from wlmserver.matching.answers import CharsetPolicy
+from wlmserver.matching.keys import KEYS_BY_KEYWORD, never_matched
 from wlmserver.matching.stepstatus import parse_statuses
 
 if sys.version_info >= (3, 11):
@@ -65,6 +69,8 @@ _PROFILE_KEYS = (
     "sq-expansion",
     "omit-empty-optional",
     "hide-status",
+    "match-keys",
+    "match-all-keys",
 )
 _CHARSETS = {"file": CharsetPolicy.FILE, "latin1": CharsetPolicy.LATIN1}
 
@@ -332,6 +338,27 @@ def _statuses(draft: ConfigFile, dotted: str, value: Any) -> frozenset[str]:
         raise draft.error(dotted, str(exc)) from None
 
 
+def _match_keys(draft: ConfigFile, dotted: str, value: Any) -> frozenset[int]:
+    """The tags of ``match-keys``: DICOM keywords of attributes that can be matching keys."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise draft.error(dotted, 'must be a list of keywords, like ["PregnancyStatus"]')
+    tags = set()
+    for keyword in value:
+        tag = tag_for_keyword(keyword.strip())
+        if tag is None:
+            hint = difflib.get_close_matches(keyword, list(KEYS_BY_KEYWORD), n=1)
+            also = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise draft.error(
+                dotted, f"{keyword!r} is not a DICOM attribute keyword (like PregnancyStatus){also}"
+            )
+        if never_matched(tag):
+            raise draft.error(
+                dotted, f"{keyword!r} is never a matching key (PS3.4 Table K.6-1: matching type -)"
+            )
+        tags.add(tag)
+    return frozenset(tags)
+
+
 def _profiles(draft: ConfigFile, table: Mapping[str, Any]) -> Profiles:
     profiles = []
     for name, settings in table.items():
@@ -367,6 +394,10 @@ def _profiles(draft: ConfigFile, table: Mapping[str, Any]) -> Profiles:
                 kwargs["omit_empty_optional"] = _bool(draft, dotted, value)
             elif key == "hide-status":
                 kwargs["hide_statuses"] = _statuses(draft, dotted, value)
+            elif key == "match-keys":
+                kwargs["match_keys"] = _match_keys(draft, dotted, value)
+            elif key == "match-all-keys":
+                kwargs["match_all_keys"] = _bool(draft, dotted, value)
             else:
                 raise draft.error(dotted, f"unknown key; {_suggest(key, _PROFILE_KEYS)}")
         if name != DEFAULT_PROFILE and not kwargs.get("calling_ae_titles"):

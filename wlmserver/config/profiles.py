@@ -15,7 +15,11 @@ file; else the profile named ``default``; else the server's options unchanged) a
   empty in the answer and optional (Type 3 in Table K.6-1, or not in it) for stacks that choke
   on zero-length values (``omit-empty-optional``);
 - hide other step statuses than the server does (``hide-status = ["COMPLETED"]``), e.g. show
-  DISCONTINUED steps to the modality that may resume them.
+  DISCONTINUED steps to the modality that may resume them;
+- match on more keys than the server's default set (``match-keys = ["PregnancyStatus"]``), or
+  on every attribute by the generic PS3.4 C.2.2.2 rule for its VR (``match-all-keys = true``):
+  by default an optional key outside that set is a return key only (K.2.2.1.1.2; see
+  :class:`~wlmserver.matching.keys.MatchingKeys`).
 
 The constraints a profile adds only narrow which steps answer: they are not returned, since the
 query did not ask for them.
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from wlmserver.matching.answers import CharsetPolicy
+from wlmserver.matching.keys import MatchingKeys
 
 DEFAULT_PROFILE = "default"
 
@@ -56,6 +61,10 @@ class Profile:
     hide_statuses : frozenset of str or None
         Step statuses not answered to this modality (``hide-status``), instead of the
         server's ``--hide-status``.
+    match_keys : frozenset of int
+        Tags matched in addition to the default matching keys (``match-keys``).
+    match_all_keys : bool
+        Match every attribute of a query, not only the matching keys (``match-all-keys``).
     """
 
     name: str
@@ -66,6 +75,19 @@ class Profile:
     expand_empty_sps: bool | None = None
     omit_empty_optional: bool = False
     hide_statuses: frozenset[str] | None = None
+    match_keys: frozenset[int] = frozenset()
+    match_all_keys: bool = False
+
+    @property
+    def matching(self) -> MatchingKeys:
+        """The matching keys of this modality's queries.
+
+        Examples
+        --------
+        >>> Profile("us", match_keys=frozenset({0x001021C0})).matching.matches_on(0x001021C0)
+        True
+        """
+        return MatchingKeys(self.match_keys, self.match_all_keys)
 
     def applies_to(self, calling: str) -> bool:
         """Whether the profile names this calling AE title."""
@@ -99,6 +121,7 @@ class Profile:
             and self.expand_empty_sps is None
             and not self.omit_empty_optional
             and self.hide_statuses is None
+            and self.matching.is_default
         )
 
 

@@ -470,8 +470,9 @@ def range_form(text: str) -> str | None:
     A date and a time are combined into one date-time range when both have the same form, or
     the date is a single day: ``20231231-20240101`` with ``2200-0600`` is one range from the
     evening of the first day to the morning of the second, and ``20231231`` with ``2200-0600``
-    the night that starts that day; ``20231226-20231230`` with ``2115`` is matched as two keys
-    (those days, at 21:15), as are open ends of different forms.
+    the night that starts that day (see :func:`combined_date_time`); ``20231226-20231230``
+    with ``2115`` is matched as two keys (those days, at 21:15), as are open ends of different
+    forms.
 
     Examples
     --------
@@ -522,16 +523,22 @@ def combined_date_time(date_text: str, time_text: str) -> CombinedDateTime:
     start or end of its day (C.2.2.2.5.1).
 
     The query compiler combines a date and a time when both have the same form of range
-    matching (C.2.2.2.5.4), or the date is a single day (:func:`range_form`). A time range that
-    crosses midnight (``2200-0600``) is read the same way: with the dates
-    ``20231231-20240101`` it runs from 31 December 22:00 to 1 January 06:00; with a single day
-    (``20231231``, or ``20231231-20231231``) it is the night that starts on that day.
+    matching (C.2.2.2.5.4), or the date is a single day (:func:`range_form`). Two ranges are
+    matched as the one date-time range their ends make, "as if they were a single Attribute of
+    VR DT" (C.2.2.2.5.4): with the dates ``20231231-20240101``, the times ``2200-0600`` run
+    from 31 December 22:00 to 1 January 06:00. A range stays a range: ``20231231-20231231``
+    with ``2200-0600`` would run from 22:00 back to 06:00 of the same day, a date-time range
+    that ends before it starts (C.2.2.2.5.3 defines none; C.2.2.2.5.2: "range matching
+    crossing midnight is not supported"), so it is refused, as a reversed date range is.
+    Only a *single* date with a time range that crosses midnight is read otherwise, as the
+    night that starts on that day (wlmserver's documented reading of a query the standard does
+    not define).
 
     Raises
     ------
     QueryValueError
         Either value is invalid, or is a list of alternatives (not defined for combined ranges),
-        or the date-time range starts after it ends.
+        or the date-time range starts after it ends (``20231231-20231231`` with ``2200-0600``).
 
     Examples
     --------
@@ -541,12 +548,18 @@ def combined_date_time(date_text: str, time_text: str) -> CombinedDateTime:
     >>> r = combined_date_time("20231231", "2200-0600")
     >>> r.lo, r.hi
     ('20231231220000000000', '20240101060059999999')
+    >>> try:
+    ...     combined_date_time("20231231-20231231", "2200-0600")
+    ... except QueryValueError as exc:
+    ...     print(exc)
+    the date-time range starts after it ends
     """
     if "\\" in date_text or "\\" in time_text:
         raise QueryValueError("no value lists in a combined date-time range")
     dlo, dhi = parse_range("DA", date_text)
     tlo, thi = parse_range("TM", time_text)
-    if dlo is not None and dlo == dhi and tlo is not None and thi is not None and tlo > thi:
+    single_day = range_form(date_text) == "single"
+    if single_day and dlo is not None and tlo is not None and thi is not None and tlo > thi:
         dhi = (date(int(dlo[:4]), int(dlo[4:6]), int(dlo[6:8])) + timedelta(days=1)).strftime(
             "%Y%m%d"
         )

@@ -1,8 +1,14 @@
 """Compile a C-FIND identifier once into a query that runs over many entries.
 
-Compilation validates the identifier: a value not valid for its VR, a sequence with more than
-one item or an unknown character set raises :class:`QueryError`, which names the offending
-element so the handler can answer with a failure status, OffendingElement and ErrorComment.
+Only the matching keys of the identifier become constraints (see
+:class:`~wlmserver.matching.keys.MatchingKeys`); the others are return keys only (PS3.4
+K.2.2.1.1.2), which the compiled query lists in :attr:`CompiledQuery.return_only` when they
+hold a value, so that ``explain`` can say why they did not filter.
+
+Compilation validates the matching keys: a value not valid for its VR, a sequence with more
+than one item or an unknown character set raises :class:`QueryError`, which names the
+offending element so the handler can answer with a failure status, OffendingElement and
+ErrorComment. The value of a return key is not looked at (only its length is bounded).
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ from pydicom.multival import MultiValue
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import (
     COMBINED_DATE_TIME,
+    DEFAULT_MATCHING,
     SPS_EXPANSION_TAGS,
     SPS_SEQUENCE_TAG,
+    WILDCARD_VRS,
+    MatchingKeys,
     describe_tag,
 )
 from wlmserver.matching.primitives import (
@@ -125,6 +134,22 @@ class Mismatch:
 
 
 @dataclass(frozen=True)
+class ReturnKey:
+    """A key of a query that holds a value but is a return key only (PS3.4 K.2.2.1.1.2).
+
+    Attributes
+    ----------
+    path : tuple of int
+        The sequence tags leading to the item that holds it (``()``: the top level).
+    tag : int
+        The key.
+    """
+
+    path: tuple[int, ...]
+    tag: int
+
+
+@dataclass(frozen=True)
 class ItemQuery:
     """The constraints of one dataset level (the top level or a sequence item).
 
@@ -197,12 +222,19 @@ class CompiledQuery:
     sps_keys : Dataset or None
         The SPS item keys to return (expanded when the request's item was empty), or ``None``
         when the request does not ask for the SPS sequence.
+    return_only : tuple of ReturnKey
+        The keys of the request that hold a value but are return keys only (not matching keys
+        of ``matching``): they did not narrow the answers.
+    matching : MatchingKeys
+        Which keys were matched.
     """
 
     identifier: Dataset
     top: ItemQuery
     sps: ItemQuery
     sps_keys: Dataset | None
+    return_only: tuple[ReturnKey, ...] = ()
+    matching: MatchingKeys = DEFAULT_MATCHING
 
     def matches(self, entry: Entry) -> bool:
         """Whether an entry (one scheduled procedure step) matches the query."""
@@ -233,9 +265,35 @@ def _is_ignored(tag: int, top: bool) -> bool:
     return top and tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL)
 
 
-def _compile_level(
-    ds: Dataset, *, top: bool, pn_fold: bool, max_value_length: int | None = None
-) -> ItemQuery:
+def _has_value(vr: str, text: str) -> bool:
+    """Whether a query value would constrain (not zero-length, not ``*`` alone)."""
+    stripped = text.strip(" \x00")
+    return bool(stripped) and not (vr in WILDCARD_VRS and stripped.strip("*") == "")
+
+
+def _holds_value(ds: Dataset) -> bool:
+    """Whether a sequence item of a query holds a value anywhere (a key that would match)."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            if any(_holds_value(item) for item in elem.value or []):
+                return True
+        elif _has_value(_vr(elem), _text(elem.value)):
+            return True
+    return False
+
+
+@dataclass
+class _Compiling:
+    """What one compilation needs at every level."""
+
+    matching: MatchingKeys
+    pn_fold: bool
+    max_value_length: int | None
+    return_only: list[ReturnKey]
+
+
+def _compile_level(ds: Dataset, path: tuple[int, ...], job: _Compiling) -> ItemQuery:
+    top = not path
     texts: dict[int, tuple[str, str]] = {}
     sequences: list[tuple[int, ItemQuery]] = []
     for elem in ds:
@@ -243,6 +301,7 @@ def _compile_level(
         if _is_ignored(tag, top) or (top and tag == SPS_SEQUENCE_TAG):
             continue
         vr = _vr(elem)
+        matched = job.matching.matches_on(tag, path)
         if vr == "SQ" or elem.VR == "SQ":
             items = list(elem.value or [])
             if len(items) > 1:
@@ -250,20 +309,25 @@ def _compile_level(
                     f"{_keyword(tag)}: {len(items)} items; a query sequence holds one",
                     (tag,),
                 )
-            if items:
-                nested = _compile_level(
-                    items[0], top=False, pn_fold=pn_fold, max_value_length=max_value_length
-                )
+            if items and not matched:
+                if _holds_value(items[0]):
+                    job.return_only.append(ReturnKey(path, tag))
+            elif items:
+                nested = _compile_level(items[0], (*path, tag), job)
                 if not nested.is_universal:
                     sequences.append((tag, nested))
             continue
         text = _text(elem.value)
-        if max_value_length is not None and len(text) > max_value_length:
+        if job.max_value_length is not None and len(text) > job.max_value_length:
             raise QueryError(
-                f"{_keyword(tag)}: longer than {max_value_length} characters",
+                f"{_keyword(tag)}: longer than {job.max_value_length} characters",
                 (tag,),
                 Status.UNABLE_TO_PROCESS,
             )
+        if not matched:
+            if _has_value(vr, text):
+                job.return_only.append(ReturnKey(path, tag))
+            continue
         if "\ufffd" in text:  # pydicom replaced bytes not valid in the character set
             raise QueryError(
                 f"{_keyword(tag)}: not valid in the Specific Character Set",
@@ -294,7 +358,7 @@ def _compile_level(
     values: list[tuple[int, Matcher]] = []
     for tag, (vr, text) in texts.items():
         try:
-            matcher = compile_value(vr, text, pn_fold=pn_fold)
+            matcher = compile_value(vr, text, pn_fold=job.pn_fold)
         except QueryValueError as exc:
             raise QueryError(f"{_keyword(tag)}: {exc}", (tag,)) from None
         if matcher is not None:
@@ -328,6 +392,7 @@ def compile_query(
     pn_fold: bool = False,
     expand_empty_sps: bool = True,
     max_value_length: int | None = None,
+    matching: MatchingKeys = DEFAULT_MATCHING,
 ) -> CompiledQuery:
     """Compile a C-FIND identifier of the Modality Worklist Information Model.
 
@@ -344,6 +409,9 @@ def compile_query(
         Refuse a value longer than this many characters (status 0xC000): matching cost and
         memory grow with it, and no worklist attribute needs more (LO holds 64, LT 10240
         but is not a key anyone matches on).
+    matching : MatchingKeys
+        Which keys are matching keys (a modality profile's ``match-keys``); the others are
+        return keys only (PS3.4 K.2.2.1.1.2).
 
     Raises
     ------
@@ -358,6 +426,10 @@ def compile_query(
     >>> q = compile_query(ds)
     >>> len(q.top.values), q.sps.is_universal
     (1, True)
+    >>> ds.PregnancyStatus = 0  # an optional key wlmserver does not match by default
+    >>> q = compile_query(ds)
+    >>> len(q.top.values), [describe_tag(k.tag) for k in q.return_only]
+    (1, ['PregnancyStatus (0010,21C0)'])
     """
     charset = identifier.get("SpecificCharacterSet", "")
     names = [charset] if isinstance(charset, str) else list(charset)
@@ -365,12 +437,8 @@ def compile_query(
         if name and name.strip() not in python_encoding:
             raise QueryError(f"unknown Specific Character Set {name!r}", (SPECIFIC_CHARACTER_SET,))
 
-    top = _guarded(
-        identifier,
-        lambda: _compile_level(
-            identifier, top=True, pn_fold=pn_fold, max_value_length=max_value_length
-        ),
-    )
+    job = _Compiling(matching, pn_fold, max_value_length, [])
+    top = _guarded(identifier, lambda: _compile_level(identifier, (), job))
     sps = ItemQuery()
     sps_keys: Dataset | None = None
     if SPS_SEQUENCE_TAG in identifier:
@@ -382,15 +450,10 @@ def compile_query(
                 (SPS_SEQUENCE_TAG,),
             )
         item = items[0] if items else Dataset()
-        sps = _guarded(
-            item,
-            lambda: _compile_level(
-                item, top=False, pn_fold=pn_fold, max_value_length=max_value_length
-            ),
-        )
+        sps = _guarded(item, lambda: _compile_level(item, (SPS_SEQUENCE_TAG,), job))
         sps_keys = item
         if len(item) == 0 and expand_empty_sps:
             sps_keys = Dataset()
             for tag in SPS_EXPANSION_TAGS:
                 sps_keys.add(DataElement(tag, dictionary_VR(tag), None))
-    return CompiledQuery(identifier, top, sps, sps_keys)
+    return CompiledQuery(identifier, top, sps, sps_keys, tuple(job.return_only), matching)

@@ -450,6 +450,7 @@ def handle_find(
             pn_fold=config.pn_case_insensitive,
             expand_empty_sps=expand,
             max_value_length=config.max_value_length,
+            matching=profile.matching,
         )
         query, narrowed = narrow(
             query,
@@ -480,6 +481,12 @@ def handle_find(
         return
     if narrowed:
         LOGGER.debug("C-FIND from %s: profile %s added %s", peer, profile.name, "; ".join(narrowed))
+    if query.return_only:  # keywords only, never their values (patient data)
+        LOGGER.debug(
+            "C-FIND from %s: return keys only (not matched, PS3.4 K.2.2.1.1.2): %s",
+            peer,
+            ", ".join(describe_tag(key.tag) for key in query.return_only),
+        )
     if config.request_file_path is not None:
         _capture(event.assoc, config, identifier, aet, peer, profile_notes(profile, narrowed))
     policy = profile.charset_policy or config.charset_policy

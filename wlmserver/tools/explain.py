@@ -12,6 +12,13 @@ the database read as the server reads it. For every entry (or only those of ``--
 - ``PatientName (0010,0010): query NAKAMURA*, entry has Nakamura^Kenji; case differs, and
   person names match case-sensitively (the server's --pn-case-insensitive changes that)``
 
+A key of the query that holds a value but is a return key only (not one of the server's
+matching keys, PS3.4 K.2.2.1.1.2) is named before the entries, so that a user sees why it did
+not filter: ``RETURN PregnancyStatus (0010,21C0) = 0: a return key only, ...``. A key matched
+only because a modality profile matches more than the default keys (``match-keys``,
+``match-all-keys``) says so where it fails, and a ``NOTE`` says when such keys removed every
+answer.
+
 Files the server does not serve, or serves only in part (a missing Type 1 attribute, cut
 short, not DICOM ...), are listed as ``NOT SERVED`` with the reason. With ``--entry-patient-id``
 or ``--entry-accession`` only those holding that patient or accession are listed; a file that
@@ -43,7 +50,12 @@ from wlmserver.config.file import ConfigFileError
 from wlmserver.config.file import load as load_config_file
 from wlmserver.config.profiles import Profile, Profiles
 from wlmserver.matching.entry import Entry
-from wlmserver.matching.keys import SPS_SEQUENCE_TAG, describe_tag
+from wlmserver.matching.keys import (
+    DEFAULT_MATCHING,
+    SPS_SEQUENCE_TAG,
+    describe_tag,
+    never_matched,
+)
 from wlmserver.matching.mpps import PerformedSteps
 from wlmserver.matching.narrow import SPS_START_DATE, STATION_AET, narrow
 from wlmserver.matching.primitives import compile_value
@@ -124,12 +136,18 @@ def explain_entry(
     """The reasons an entry does not match (empty: it matches).
 
     With ``profile``, the constraints it added (:func:`~wlmserver.matching.narrow.narrow`)
-    are named as the profile's, not the query's.
+    are named as the profile's, not the query's; a key matched only because the profile
+    matches more keys than the default (``match-keys``, ``match-all-keys``) says so.
     """
-    reasons = [describe(m, query, False, pn_fold) for m in query.top.mismatches(entry.top)]
+    reasons = [
+        describe(m, query, False, pn_fold) + _widened(m, False, profile)
+        for m in query.top.mismatches(entry.top)
+    ]
     for mismatch in query.sps.mismatches(entry.sps):
         added = _added_by_profile(query, mismatch, profile)
-        reasons.append(added or describe(mismatch, query, True, pn_fold))
+        reasons.append(
+            added or describe(mismatch, query, True, pn_fold) + _widened(mismatch, True, profile)
+        )
     return reasons
 
 
@@ -155,6 +173,75 @@ def _added_by_profile(
             f"(profile {profile.name}: date-window {list(profile.date_window or ())})"
         )
     return None
+
+
+def _outside_default(mismatch: Mismatch, sps: bool) -> bool:
+    """Whether a failed constraint is on a key the server does not match by default."""
+    path = (SPS_SEQUENCE_TAG,) if sps else ()
+    return not DEFAULT_MATCHING.matches_on(mismatch.tags[0], path)
+
+
+def _widened(mismatch: Mismatch, sps: bool, profile: Profile | None) -> str:
+    """What a reason adds when its key is matched only because of the profile."""
+    if not _outside_default(mismatch, sps):
+        return ""
+    setting = "match-all-keys" if profile is not None and profile.match_all_keys else "match-keys"
+    whose = f"profile {profile.name}'s {setting}" if profile is not None else setting
+    return f" (matched by {whose}; by default a return key only)"
+
+
+def fails_only_outside_default(entry: Entry, query: CompiledQuery) -> bool:
+    """Whether an entry fails the query, and only on keys matched beyond the default ones:
+    it would answer a query compiled with the default matching keys."""
+    top = query.top.mismatches(entry.top)
+    sps = query.sps.mismatches(entry.sps)
+    return bool(top or sps) and all(
+        _outside_default(m, level) for level, found in ((False, top), (True, sps)) for m in found
+    )
+
+
+def return_key_lines(query: CompiledQuery) -> list[str]:
+    """One line for each key of the query that holds a value but is a return key only
+    (PS3.4 K.2.2.1.1.2): it narrowed nothing, and the line says why and what changes that."""
+    lines = []
+    for key in query.return_only:
+        where = "".join(f"{describe_tag(t).split(' (')[0]} item > " for t in key.path)
+        sps = key.path == (SPS_SEQUENCE_TAG,)
+        level = query.identifier.ScheduledProcedureStepSequence[0] if sps else query.identifier
+        element = level.get(key.tag) if len(key.path) <= 1 else None
+        shown = _query_text(query.identifier, key.tag, sps) if element is not None else ""
+        value = f" = {shown}" if shown and element is not None and element.VR != "SQ" else ""
+        if never_matched(key.tag):
+            why = "never a matching key (PS3.4 Table K.6-1: matching type -)"
+        else:
+            why = (
+                "not a matching key of this server (PS3.4 K.2.2.1.1.2), so it narrows "
+                "nothing; a modality profile's match-keys makes it one"
+            )
+        lines.append(f"RETURN {where}{describe_tag(key.tag)}{value}: a return key only, {why}")
+    return lines
+
+
+def widened_note(query: CompiledQuery, profile: Profile, matched: int, blocked: int) -> str | None:
+    """A note when keys matched beyond the default ones removed every answer: ``blocked``
+    entries fail on those keys only (:func:`fails_only_outside_default`)."""
+    if matched or not blocked or query.matching.is_default:
+        return None
+    keys = [
+        describe_tag(tag)
+        for level, path in ((query.top, ()), (query.sps, (SPS_SEQUENCE_TAG,)))
+        for tag in (
+            *(t for t, _ in level.values),
+            *(d for d, _, _ in level.date_times),
+            *(t for t, _ in level.sequences),
+        )
+        if not DEFAULT_MATCHING.matches_on(tag, path)
+    ]
+    setting = "match-all-keys" if profile.match_all_keys else "match-keys"
+    return (
+        f"NOTE   no entry answers; {blocked} would without {', '.join(keys)}, matched only "
+        f"because of profile {profile.name}'s {setting} (by default a return key only)"
+    )
 
 
 @dataclass(frozen=True)
@@ -340,7 +427,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--hide-status: {exc}")
     expand = True if profile.expand_empty_sps is None else profile.expand_empty_sps
     try:
-        query = compile_query(identifier, pn_fold=args.pn_case_insensitive, expand_empty_sps=expand)
+        query = compile_query(
+            identifier,
+            pn_fold=args.pn_case_insensitive,
+            expand_empty_sps=expand,
+            matching=profile.matching,
+        )
         query, narrowed = narrow(
             query,
             station=args.calling_aet if profile.station_filter else None,
@@ -371,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         calling = f"calling AE title {args.calling_aet!r}" if args.calling_aet else "no -aet"
         added = f"; it adds {'; '.join(narrowed)}" if narrowed else "; it adds no constraint"
         print(f"PROFILE {profile.name} ({calling}){added}")
+    for line in return_key_lines(query):
+        print(line)
     mpps_folder = args.mpps_folder or _server_path(args.config, server.get("mpps-folder"))
     view = StatusView(
         _performed(mpps_folder or default_folder(root)),
@@ -383,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--retention-days: {exc}")
     today = datetime.date.today()
     wanted = EntryFilter(args.entry_patient_id, args.entry_accession)
-    matched = shown = unserved = 0
+    matched = shown = unserved = blocked = 0
     for folder in folders:
         for indexed in folder.entries:
             if wanted and not wanted.matches_record(indexed.top):
@@ -412,8 +506,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 matched += 1
                 print(f"MATCH  {where}")
             else:
+                blocked += fails_only_outside_default(entry, query)
                 print(f"NO     {where}: " + "; ".join(reasons))
         unserved += _print_unserved(store.root, folder, wanted)
+    note = widened_note(query, profile, matched, blocked)
+    if note:
+        print(note)
     summary = f"{matched} of {shown} entries answer the query"
     if unserved:
         whose = f" that hold {wanted.describe()}" if wanted else ""
