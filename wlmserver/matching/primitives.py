@@ -551,8 +551,8 @@ def combined_date_time(date_text: str, time_text: str) -> CombinedDateTime:
     >>> try:
     ...     combined_date_time("20231231-20231231", "2200-0600")
     ... except QueryValueError as exc:
-    ...     print(exc)
-    the date-time range starts after it ends
+    ...     print(exc)  # doctest: +ELLIPSIS
+    the date-time range starts after it ends (a time range across midnight needs a single ...
     """
     if "\\" in date_text or "\\" in time_text:
         raise QueryValueError("no value lists in a combined date-time range")
@@ -566,6 +566,11 @@ def combined_date_time(date_text: str, time_text: str) -> CombinedDateTime:
     lo = None if dlo is None else dlo + (tlo or "000000000000")
     hi = None if dhi is None else dhi + (thi or "235959999999")
     if lo is not None and hi is not None and lo > hi:
+        if tlo is not None and thi is not None and tlo > thi:  # what to type instead
+            raise QueryValueError(
+                "the date-time range starts after it ends (a time range across midnight "
+                "needs a single date, the night that starts that day, or a range of two days)"
+            )
         raise QueryValueError("the date-time range starts after it ends")
     return CombinedDateTime(lo, hi)
 
