@@ -15,7 +15,7 @@ from pathlib import Path
 from wlmserver import __version__, logs
 from wlmserver.config import Config
 from wlmserver.config.file import ConfigFileError
-from wlmserver.config.loader import load
+from wlmserver.config.loader import fail, load
 from wlmserver.config.options import LOG_LEVELS, TOOLS, UsageError
 from wlmserver.config.parity import expanded_arguments
 from wlmserver.config.tlsoptions import PEER_CERT_OPTIONS
@@ -235,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging(args)
         except LogConfigError as exc:
             raise UsageError(f"-lc {args.log_config}: {exc}") from None
-    except ConfigFileError as exc:
-        argparse.ArgumentParser.error(parser, f"--config {exc}")
-    except UsageError as exc:
-        argparse.ArgumentParser.error(parser, str(exc))
+    except (ConfigFileError, UsageError) as exc:
+        fail(parser, exc)
     return run(config, ready_message=ready_line(config))
