@@ -325,3 +325,26 @@ def test_an_unreadable_mpps_folder_is_named(
     err = capsys.readouterr().err
     assert "(given): cannot read it (Permission denied): the statuses modalities reported " in err
     assert "are NOT applied; run this as the server's user" in err
+
+
+def test_files_only_their_owner_can_read_are_named(db: Path) -> None:
+    """check judges as the server's user would, not as whoever runs it (root, the writer):
+    a file only its owner can read is a warning with the reason (issue 19)."""
+    private = write_wl(db / "WLM" / "private.wl", AccessionNumber="A1")
+    private.chmod(0o600)
+    group = write_wl(db / "WLM" / "group.wl", AccessionNumber="A2")
+    group.chmod(0o640)
+    write_wl(db / "WLM" / "all.wl", AccessionNumber="A3").chmod(0o644)
+    reports = _by_name(check.check(db, today=TODAY, past_days=None))
+    assert reports["all.wl"].verdict == reports["group.wl"].verdict == check.SERVED
+    report = reports["private.wl"]
+    assert report.verdict == check.WARNING
+    assert report.problems[0].startswith("only its owner can read it (mode 0600, ")
+    assert "a server running as another user does not serve it" in report.problems[0]
+    (db / "WLM").chmod(0o700)
+    try:
+        reports = _by_name(check.check(db, today=TODAY, past_days=None))
+    finally:
+        (db / "WLM").chmod(0o755)
+    assert all(r.verdict == check.WARNING for r in reports.values())
+    assert "can be listed by its owner only (mode 0700, " in reports["all.wl"].problems[0]

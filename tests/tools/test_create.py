@@ -266,3 +266,56 @@ def test_step_ids_are_unique_and_fit_in_sixteen_characters(
     with pytest.raises(orders.EntryError, match="SPS items 1 and 2: the same Sch") as info:
         orders.complete(ds)
     assert "SECRET7" not in str(info.value)
+
+
+@pytest.fixture
+def umask_077() -> object:
+    """The umask of a private shell (``umask 077``), for the test's duration."""
+    import os
+
+    before = os.umask(0o077)
+    yield
+    os.umask(before)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+@pytest.mark.usefixtures("umask_077")
+def test_a_private_umask_still_writes_files_the_server_can_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``umask 077; wlmserver create`` wrote 0600 files the server (another user) could not
+    read, and said all was well (issue 19): the mode is now explicit."""
+    source = tmp_path / "orders.json"
+    source.write_text(json.dumps(ORDER), encoding="utf-8")
+    plain = tmp_path / "plain"
+    assert main(["create", "-o", str(plain / "CT01"), str(source)]) == 0
+    (path,) = (plain / "CT01").iterdir()
+    assert _mode(path) == 0o644  # readable by the server whatever its group
+    assert _mode(plain / "CT01") == _mode(plain) == 0o755  # the folders create made
+    # the README's layout: a setgid database root of the server's group
+    root = tmp_path / "wlistdb"
+    root.mkdir()
+    root.chmod(0o2750)
+    assert main(["create", "-o", str(root / "WLMSERVER"), str(source)]) == 0
+    assert _mode(root / "WLMSERVER") == 0o2750
+    (path,) = (root / "WLMSERVER").iterdir()
+    assert _mode(path) == 0o640 and path.stat().st_gid == root.stat().st_gid
+    assert "WARNING" not in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("umask_077")
+def test_a_folder_only_its_owner_can_list_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "orders.json"
+    source.write_text(json.dumps(ORDER), encoding="utf-8")
+    (tmp_path / "CT01").mkdir()  # 0700, by the umask
+    assert main(["create", "-o", str(tmp_path / "CT01"), str(source)]) == 0
+    err = capsys.readouterr().err
+    assert f"WARNING {tmp_path / 'CT01'}: its folder {tmp_path / 'CT01'} can be listed by its " in (
+        err
+    )
+    assert "a server running as another user serves nothing from it" in err

@@ -9,11 +9,14 @@ verdict:
 ``warning``
     served, but something is likely wrong: a value that is not valid for its VR (PS3.5 6.2),
     a Scheduled Procedure Step ID used twice for the same Requested Procedure in one AE folder,
-    a step scheduled more than ``--past-days`` days ago;
+    a step scheduled more than ``--past-days`` days ago, a file that only its owner can read
+    (or in a folder only its owner can list: a server running as another user, as it should,
+    does not serve it; :func:`readers_problem`);
 ``not served``
     the file, or one of its steps, is not served: unparseable or cut short, text that does not
     decode in its Specific Character Set, no SPS item, a missing Type 1 attribute (PS3.4
-    Table K.6-1).
+    Table K.6-1), or it cannot be read by the user running ``check`` (run it as the server's
+    user, as README "Deploying for real" does, to judge as the server).
 
 Messages name the attribute and the rule, never the value (values are patient data). The exit
 status is 1 when any file (or step) would not be served, else 0.
@@ -37,10 +40,13 @@ the configured one (``--mpps-folder``, or ``--config``'s), else ``<root>/.mpps``
 from __future__ import annotations
 
 import argparse
+import grp
 import json
+import pwd
+import stat
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -185,11 +191,15 @@ def check_file(
         report.note(NOT_SERVED, str(exc))
         return report, ()
     except OSError as exc:
-        report.note(NOT_SERVED, f"cannot read it ({exc.strerror or exc})")
+        owner = f": {_owner_and_mode(path)}" if isinstance(exc, PermissionError) else ""
+        report.note(NOT_SERVED, f"cannot read it ({exc.strerror or exc}){owner}")
         return report, ()
     except Exception as exc:  # as the server: one bad file is one file not served
         report.note(NOT_SERVED, unexpected_reason(exc))
         return report, ()
+    problem = readers_problem(path)
+    if problem is not None:
+        report.note(WARNING, problem)
     report.entries = len(result.entries)
     for problem in result.problems:
         report.note(NOT_SERVED if reject_incomplete else WARNING, problem)
@@ -200,6 +210,70 @@ def check_file(
                 seen.add(message)
                 report.note(WARNING, message)
     return report, result.entries
+
+
+def _name_of(number: int, names: Callable[[int], str]) -> str:
+    try:
+        return names(number)
+    except (KeyError, OverflowError):
+        return str(number)
+
+
+def _user(uid: int) -> str:
+    return _name_of(uid, lambda n: pwd.getpwuid(n).pw_name)
+
+
+def _group(gid: int) -> str:
+    return _name_of(gid, lambda n: grp.getgrgid(n).gr_name)
+
+
+def _owner_and_mode(path: Path) -> str:
+    """``mode 0600, risexport:wlmdata`` (or ``""`` when it cannot be told)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, {_user(st.st_uid)}:{_group(st.st_gid)}"
+
+
+def readers_problem(path: Path) -> str | None:
+    """Why a server running as another user than the file's writer could not read it,
+    judged from the modes of the file and of its AE folder, or None.
+
+    The server's user is not known here, nor need it be the one running ``check`` (root, the
+    RIS export's user): it is taken to be another user than the file's owner, who reaches the
+    folder through its group or as anyone (README: the database is ``risexport:wlmdata``
+    2750, files 0640, the server in ``wlmdata``). A file that only its owner can read is
+    served only by a server running as that owner.
+    """
+    try:
+        file, folder = path.stat(), path.parent.stat()
+    except OSError:
+        return None
+    anyone = folder.st_mode & 0o005 == 0o005  # list the folder and open its files
+    group = folder.st_mode & 0o050 == 0o050
+    if not (anyone or group):
+        return (
+            f"its folder {path.parent} can be listed by its owner only "
+            f"({_owner_and_mode(path.parent)}): a server running as another user serves "
+            "nothing from it; make it 2750 with the server's group (or 0755)"
+        )
+    if file.st_mode & 0o004:
+        return None
+    if file.st_mode & 0o040:
+        if anyone or file.st_gid == folder.st_gid:
+            return None
+        return (
+            f"readable by its group {_group(file.st_gid)} only ({_owner_and_mode(path)}), "
+            f"but its folder admits the group {_group(folder.st_gid)}: the server must be in "
+            f"both; chgrp {_group(folder.st_gid)} (a file made in a setgid folder gets its "
+            "group)"
+        )
+    return (
+        f"only its owner can read it ({_owner_and_mode(path)}): a server running as another "
+        "user does not serve it; make it readable by the server's group (chmod 0640, and "
+        "umask 027 where it is written) or by all (0644)"
+    )
 
 
 def _files(target: Path, json_drops: bool = False) -> Iterator[tuple[Path, str]]:

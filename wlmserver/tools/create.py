@@ -8,12 +8,17 @@ it, and only then renames it to ``order-<key>.wl``
 same order again, in a later run, replaces its file). Merging happens within one run. Exit
 status: 0 when every entry was written, 1 when any was refused (the others are still
 written), 2 for usage errors.
+
+The server reads the files as another user (README "Deploying for real"), so their mode is
+set explicitly, whatever the umask: 0640 in a setgid AE folder (the file gets the folder's
+group, the server's), else 0644; an AE folder ``-o`` makes is 2750 under a setgid folder,
+else 0755 (:mod:`wlmserver.store.dicomwrite`). A folder that only its owner can list is
+named in a WARNING line: the server, running as another user, would serve nothing from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -23,6 +28,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from wlmserver.store.dicomwrite import make_served_folder, served_file_mode, write_atomically
 from wlmserver.store.orders import (
     ENTRY_WORDS,
     READERS,
@@ -39,29 +45,31 @@ from wlmserver.store.orders import (
 def write_entry(ds: Dataset, folder: Path) -> Path:
     """Write one completed entry atomically into an AE folder, checked as the server reads it.
 
+    The file is 0640 in a setgid AE folder (it gets the folder's group, the server's), else
+    0644, and a folder made for it 2750 or 0755 (:func:`~wlmserver.store.dicomwrite.
+    served_file_mode`): set explicitly, so that no umask makes it unreadable to the server.
+
     Raises
     ------
     EntryError
         The written file would not be served (the reason from the server's own reader).
     """
-    from wlmserver.tools.check import NOT_SERVED, check_file  # the server's reader, via check
 
-    folder.mkdir(parents=True, exist_ok=True)
+    make_served_folder(folder)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = UID(WORKLIST_FILE_CLASS)
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     final = folder / file_name(ds)
-    temp = folder / f".{final.name}.{os.getpid()}.tmp"  # a name the server ignores
-    try:
-        ds.save_as(temp, enforce_file_format=True)
-        report, _ = check_file(temp, folder.name)
+
+    from wlmserver.tools.check import NOT_SERVED, check_file  # the server's reader, via check
+
+    def served(temporary: Path) -> None:
+        report, _ = check_file(temporary, folder.name)
         if report.verdict == NOT_SERVED:
             raise EntryError(report.problems)
-        os.replace(temp, final)
-    finally:
-        if temp.exists():
-            temp.unlink()
+
+    write_atomically(final, ds, mode=served_file_mode(folder), check=served)
     return final
 
 
@@ -113,6 +121,8 @@ def _read_input(name: str, form: str) -> list[InputEntry]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``wlmserver create``; returns the exit status."""
+    from wlmserver.tools.check import readers_problem
+
     args = build_parser().parse_args(argv)
     entries: list[InputEntry] = []
     unreadable = 0
@@ -129,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         entries.extend(read)
     files = steps = refused = 0
+    written: Path | None = None
     last_report = time.monotonic()
     for order in plan_orders(entries):
         label = describe_entries(order.entries)
@@ -139,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.dry_run:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    target = write_entry(order.dataset, args.out)
+                    target = written = write_entry(order.dataset, args.out)
         except EntryError as exc:
             print(f"REFUSED {label}: {'; '.join(exc.problems)}", file=sys.stderr)
             refused += len(order.entries)
@@ -152,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if time.monotonic() - last_report > 2:
             last_report = time.monotonic()
             print(f"... {files} files written, {refused} entries refused", file=sys.stderr)
+    if written is not None:  # the folder's own mode can still keep the server out
+        problem = readers_problem(written)
+        if problem is not None:
+            print(f"WARNING {args.out}: {problem}", file=sys.stderr)
     verb = "checked" if args.dry_run else "written"
     summary = (
         f"{files} files {verb} ({steps} steps from {len(entries) - refused} entries), "
