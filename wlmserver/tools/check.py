@@ -51,9 +51,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from pydicom import config as pydicom_config
-from pydicom.valuerep import validate_value
-
 from wlmserver.config.loader import Loaded
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import describe_tag
@@ -65,6 +62,7 @@ from wlmserver.store.formats import Formats
 from wlmserver.store.forward import QueueState, forward_folder, queue_state
 from wlmserver.store.index import is_safe_ae_title, unexpected_reason
 from wlmserver.store.retention import FilePlan, plan_file
+from wlmserver.store.valuerules import RULES, value_problem
 from wlmserver.tools.configured import (
     add_config_option,
     hidden_statuses,
@@ -80,11 +78,6 @@ _START_DATE = 0x00400002
 _REQUESTED_PROCEDURE_ID = 0x00401001
 _STUDY_UID = 0x0020000D
 _ACCESSION = 0x00080050
-
-#: VRs whose values are checked against PS3.5 (pydicom's validation, which raises on errors).
-_CHECKED_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI", "UR"}
-)
 
 
 @dataclass(frozen=True)
@@ -159,13 +152,12 @@ def _invalid_values(record: Record, where: str = "") -> Iterator[str]:
                 if isinstance(item, Record):
                     yield from _invalid_values(item, f"{where}{_name(tag)}[{n}] ")
             continue
-        if vr not in _CHECKED_VRS:
+        if vr not in RULES:
             continue
         for text in value:
-            try:
-                validate_value(vr, text, pydicom_config.RAISE)
-            except (ValueError, TypeError):
-                yield f"{where}{_name(tag)}: not a valid {vr} value (length {len(str(text))})"
+            problem = value_problem(vr, text)
+            if problem is not None:
+                yield f"{where}{_name(tag)}: {problem}"
 
 
 def _first(record: Record, tag: int) -> str:
