@@ -168,6 +168,7 @@ def expanded_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> list
 
     Examples
     --------
+    >>> from wlmserver.config.options import build_parser
     >>> expanded_arguments(build_parser(), ["-dfp", "db", "-v", "+xb", "-rff", "-v", "104"])
     ['--data-files-path', 'db', '--verbose', '--prefer-big', '--request-file-format', '-v', '104']
     """
