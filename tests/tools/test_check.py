@@ -348,3 +348,14 @@ def test_files_only_their_owner_can_read_are_named(db: Path) -> None:
         (db / "WLM").chmod(0o755)
     assert all(r.verdict == check.WARNING for r in reports.values())
     assert "can be listed by its owner only (mode 0700, " in reports["all.wl"].problems[0]
+
+
+def test_a_file_in_the_current_folder(
+    db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_wl(db / "WLM" / "a.wl")
+    monkeypatch.chdir(db / "WLM")
+    assert main(["check", "a.wl"]) == 0
+    captured = capsys.readouterr()
+    assert "1 files in 1 AE folders (WLM): 1 served" in captured.out
+    assert captured.err.startswith(f"wlmserver check: database {db} (given)")

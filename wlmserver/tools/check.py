@@ -273,7 +273,7 @@ def _files(target: Path, json_drops: bool = False) -> Iterator[tuple[Path, str]]
     served = Formats.chosen(json_drops=json_drops).serves
 
     if not target.is_dir():  # a file, or whatever else was named (the reader says what)
-        yield target, target.parent.name
+        yield target, target.absolute().parent.name
         return
     folders = [target] if any(served(p.name) for p in target.iterdir()) else []
     if not folders:
@@ -583,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def database_root(target: Path, json_drops: bool = False) -> Path:
     """The database root of a check's target: the root itself, an AE folder's parent, or a
-    file's AE folder's parent."""
+    file's AE folder's parent (``x.wl`` in the current folder: its parent's parent)."""
+    target = target.absolute()
     if not target.is_dir():  # one file: <root>/<AET>/<file>
         return target.parent.parent
     if Formats.chosen(json_drops=json_drops).holds_served_files(target):
