@@ -91,13 +91,10 @@ class MppsState:
     describe : str
         How it stands, for :func:`sources_line`: ``3 instances``, ``absent (no MPPS received
         yet)``, or why it cannot be read and what that means.
-    readable : bool
-        Whether the folder could be read (or is absent: nothing to read).
     """
 
     steps: PerformedSteps
     describe: str
-    readable: bool = True
 
 
 def read_mpps(folder: Path) -> MppsState:
@@ -116,7 +113,6 @@ def read_mpps(folder: Path) -> MppsState:
             PerformedSteps(),
             f"cannot read it ({exc.strerror or exc}): the statuses modalities reported are "
             "NOT applied; run this as the server's user",
-            readable=False,
         )
     finally:
         package_log.setLevel(level)
