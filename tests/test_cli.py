@@ -371,3 +371,33 @@ def test_the_listen_backlog_takes_a_burst_of_connections(db: Path) -> None:
         ).stdout
     # for a listening socket, ss's Send-Q column is its backlog
     assert out.split()[2] == str(LISTEN_BACKLOG), out
+
+
+@pytest.mark.parametrize(
+    ("titles", "expected"),
+    [
+        (None, None),  # no allow-list: findscu's own title
+        (("FINDSCU", "CT01"), None),
+        (("CT0?", "MR01", "WLMHEALTH", "WLMQUERY"), "WLMQUERY"),  # as deploy/wlmserver.toml
+        (("CT*", "MR01"), "MR01"),  # no wildcard, and no profile of its own
+        (("CT0?",), "CT00"),  # made from the pattern
+    ],
+)
+def test_the_ready_line_calls_with_a_title_the_allow_lists_admit(
+    db: Path, titles: tuple[str, ...] | None, expected: str | None
+) -> None:
+    """The ready line suggested findscu's default calling AE title FINDSCU, which the
+    shipped allow-list refuses (issue 19)."""
+    from wlmserver.cli import ready_line
+    from wlmserver.config import Config
+    from wlmserver.config.access import Access, AllowList
+    from wlmserver.config.profiles import Profile, Profiles
+
+    config = Config(
+        db,
+        access=Access(AllowList(calling_ae_titles=titles)),
+        profiles=Profiles((Profile("ct", calling_ae_titles=("CT*",), station_filter=True),)),
+    )
+    line = ready_line(config)
+    aet = f"-aet {expected} " if expected else ""
+    assert f"/usr/bin/findscu -W {aet}-aec WLM 127.0.0.1 {{port}} -k PatientName" in line

@@ -4,11 +4,18 @@ for real"), so that an option renamed or a path moved cannot leave them stale.""
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import start_command, stop_wlmserver
 
 from wlmserver.config import Config
 from wlmserver.config.file import load
@@ -154,3 +161,172 @@ def test_the_examples_tls_and_certificate_bindings_are_accepted(tmp_path: Path) 
     assert certificates_problem(config) is None
     assert config.access.certificate_refusal("CT01", frozenset({"CN=ct01.example.org"})) is None
     assert config.access.certificate_refusal("CT01", None) is not None
+
+
+# -- following the guide with the shipped configuration (issue 19)
+
+FINDSCU = Path("/usr/bin/findscu")
+
+
+@dataclass(frozen=True)
+class Site:
+    """The guide's layout in a temporary folder: deploy/wlmserver.toml with its paths under
+    ``root``, and the folders of step 2."""
+
+    root: Path
+    config: Path
+
+    def path(self, absolute: str) -> Path:
+        """Where one of the guide's paths (``/var/lib/wlmserver/...``) is here."""
+        return self.root / absolute.lstrip("/")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    text = (DEPLOY / "wlmserver.toml").read_text(encoding="utf-8")
+    for prefix in ("/var/lib/wlmserver", "/var/cache/wlmserver"):
+        text = text.replace(f'"{prefix}', f'"{tmp_path}{prefix}')
+    site = Site(tmp_path, tmp_path / "etc" / "wlmserver" / "wlmserver.toml")
+    site.config.parent.mkdir(parents=True)
+    site.config.write_text(text, encoding="utf-8")
+    # step 2: install -d ... (modes as the guide gives them; the tests run as one user)
+    database = site.path("/var/lib/wlmserver/wlistdb")
+    database.mkdir(parents=True)
+    database.chmod(0o2750)
+    before = os.umask(0o027)
+    try:
+        (database / "WLMSERVER").mkdir()
+    finally:
+        os.umask(before)
+    for private in ("/var/lib/wlmserver/mpps", "/var/cache/wlmserver"):
+        site.path(private).mkdir(mode=0o700, parents=True)
+    return site
+
+
+def _line(key: str) -> int:
+    """The line of a ``[server]`` key in the shipped configuration."""
+    lines = (DEPLOY / "wlmserver.toml").read_text(encoding="utf-8").splitlines()
+    return next(n for n, line in enumerate(lines, 1) if line.startswith(f"{key} = "))
+
+
+def _today_order(accession: str = "A100") -> dict[str, object]:
+    return {
+        "PatientName": "DOE^JANE",
+        "PatientID": "P100",
+        "AccessionNumber": accession,
+        "RequestedProcedureDescription": "CT HEAD",
+        "ScheduledStationAETitle": "CT01",
+        "Modality": "CT",
+        "ScheduledProcedureStepStartDate": datetime.date.today().strftime("%Y%m%d"),
+        "ScheduledProcedureStepStartTime": "0930",
+        "ScheduledProcedureStepDescription": "HEAD W/O",
+    }
+
+
+def _wlmserver(*args: str, umask: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``wlmserver ARGS`` as the guide runs it (``python -m wlmserver``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "wlmserver", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
+    )
+
+
+def _readme_commands(heading: str) -> list[str]:
+    """The lines of the first ``sh`` block after ``heading`` in README.md."""
+    text = (DEPLOY.parent / "README.md").read_text(encoding="utf-8")
+    after = text[text.index(heading) :]
+    block = after[after.index("```sh\n") + len("```sh\n") :]
+    return block[: block.index("```")].splitlines()
+
+
+def _as_run_here(line: str, port: int, uid: str = "") -> list[str]:
+    """A README command line as this test runs it: the guide's port is the test server's,
+    ``$UID`` what ``start`` printed; comments left out."""
+    words = shlex.split(line.replace('"$UID"', uid), comments=True)
+    assert words[0] == "wlmserver", line
+    return [str(port) if word == "11112" else word for word in words[1:]]
+
+
+def test_following_the_guide_with_the_shipped_configuration(site: Site) -> None:
+    """The deployment guide's own commands against a server started with the shipped
+    configuration: create under umask 077 writes a file the server serves, the ready line's
+    findscu and the README's mpps commands are answered, and explain and check --config see
+    the configured database and MPPS folder (the completed step hidden, not MATCH)."""
+    database = site.path("/var/lib/wlmserver/wlistdb")
+    orders = site.root / "orders.json"
+    orders.write_text(json.dumps(_today_order()), encoding="utf-8")
+    created = _wlmserver("create", "-o", str(database / "WLMSERVER"), str(orders), umask=0o077)
+    assert created.returncode == 0, created.stderr
+    (written,) = (database / "WLMSERVER").glob("*.wl")
+    assert written.stat().st_mode & 0o777 == 0o640  # readable by the folder's group
+    assert written.stat().st_gid == database.stat().st_gid
+    checked = _wlmserver("check", "--config", str(site.config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    root_line, mpps_line = _line("data-files-path"), _line("mpps-folder")
+    assert checked.stderr.startswith(
+        f"wlmserver check: database {database} (data-files-path of {site.config}:{root_line}); "
+        f"MPPS folder {site.path('/var/lib/wlmserver/mpps')} (mpps-folder of "
+        f"{site.config}:{mpps_line}): 0 instances"
+    )
+    assert "1 scheduled procedure steps served" in checked.stdout
+    process, port, ready = start_command(
+        [sys.executable, "-m", "wlmserver", "--config", str(site.config), "--bind", "127.0.0.1",
+         "0"]
+    )  # fmt: skip
+    try:
+        findscu = shlex.split(ready.split("query it with: ", 1)[1])
+        assert findscu[:4] == ["/usr/bin/findscu", "-W", "-aet", "WLMQUERY"]
+        if FINDSCU.exists():
+            answered = subprocess.run(findscu, capture_output=True, text=True, timeout=60)
+            assert answered.returncode == 0, answered.stdout + answered.stderr
+            assert "DOE^JANE" in answered.stdout + answered.stderr
+        start, query, complete = _readme_commands("### `wlmserver mpps`: MPPS without a modality")
+        assert start.startswith("UID=$(wlmserver mpps start ") and start.endswith(")")
+        started = _wlmserver(*_as_run_here(start[len("UID=$(") : -1], port))
+        assert started.returncode == 0, started.stderr
+        uid = started.stdout.strip()
+        listed = _wlmserver(*_as_run_here(query, port))
+        assert listed.returncode == 0, listed.stderr
+        assert "STARTED" in listed.stdout and "1 answers" in listed.stderr
+        completed = _wlmserver(*_as_run_here(complete, port, uid))
+        assert completed.returncode == 0, completed.stderr
+        assert f"N-SET {uid} COMPLETED: Success" in completed.stderr
+    finally:
+        log = stop_wlmserver(process)
+    assert "cannot write the index cache" not in log
+    # what the server hides now, explain and check with --config say is hidden
+    explained = _wlmserver(
+        "explain", "--config", str(site.config), "-aet", "CT01", "-aec", "WLMSERVER"
+    )
+    assert explained.returncode == 1
+    assert explained.stdout.splitlines()[-1] == (
+        f"NO     WLMSERVER/{written.name}#1: status COMPLETED (reported by an MPPS) is hidden "
+        "(hide-status COMPLETED,DISCONTINUED; a query asking for a status sees it)"
+    )
+    assert f"(mpps-folder of {site.config}:{mpps_line}): 1 instances" in explained.stderr
+    checked = _wlmserver("check", "--config", str(site.config))
+    assert "; 0 scheduled procedure steps served (1 hidden by their status, not served)" in (
+        checked.stdout
+    )
+
+
+def test_the_health_check_and_echoscu_are_answered(site: Site) -> None:
+    """The guide's health check (step 5) against the shipped configuration."""
+    process, port, _ = start_command(
+        [sys.executable, "-m", "wlmserver", "--config", str(site.config), "--bind", "127.0.0.1",
+         "0"]
+    )  # fmt: skip
+    try:
+        command = shlex.split(_unit("wlmserver-healthcheck.service")["ExecStart"][0])
+        healthy = _wlmserver(*command[1:-1], str(port))
+        assert healthy.returncode == 0, healthy.stderr
+        assert "0 answers; final status 0x0000 (Success)" in healthy.stderr
+        echoscu = Path("/usr/bin/echoscu")
+        if echoscu.exists():
+            echo = [str(echoscu), "-aet", "WLMHEALTH", "-aec", "WLMSERVER", "127.0.0.1", str(port)]
+            assert subprocess.run(echo, capture_output=True, timeout=60).returncode == 0
+    finally:
+        stop_wlmserver(process)

@@ -15,7 +15,7 @@ from pathlib import Path
 from wlmserver import __version__, logs
 from wlmserver.config import Config
 from wlmserver.config.file import ConfigFileError
-from wlmserver.config.loader import load
+from wlmserver.config.loader import fail, load
 from wlmserver.config.options import LOG_LEVELS, TOOLS, UsageError
 from wlmserver.config.parity import expanded_arguments
 from wlmserver.config.tlsoptions import tls_option_problem
@@ -175,8 +175,47 @@ def setup_logging(args: argparse.Namespace) -> None:
         logger.setLevel(max(wanted, logger.level) if log_config is not None else wanted)
 
 
+#: findscu's own calling AE title, and wlmserver query's (which the example configuration admits).
+_FINDSCU, _QUERY = "FINDSCU", "WLMQUERY"
+
+
+def ready_calling_aet(config: Config, called: str, host: str) -> str | None:
+    """The calling AE title the ready line's findscu should give (``-aet``) so that the
+    allow-lists admit it; None when findscu's own, FINDSCU, is admitted (or none is).
+
+    ``wlmserver query``'s WLMQUERY first, then the titles the lists name without a wildcard
+    (those of no modality profile first: a profile would narrow the answers), then a title
+    made from a pattern (``CT0?`` gives ``CT00``).
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from wlmserver.config.access import Access, AllowList
+    >>> access = Access(AllowList(calling_ae_titles=("CT0?", "MR01")))
+    >>> ready_calling_aet(Config(Path("/db"), access=access), "WLM", "127.0.0.1")
+    'MR01'
+    """
+    access = config.access
+
+    def admitted(title: str) -> bool:
+        return access.refusal(title, called, host) is None
+
+    if admitted(_FINDSCU):
+        return None
+    lists = [access.everyone, access.called.get(called)]
+    patterns = [p.strip() for a in lists if a and a.calling_ae_titles for p in a.calling_ae_titles]
+    literal = [p for p in patterns if not any(c in p for c in "*?")]
+    neutral = [t for t in literal if config.profiles.for_calling(t).is_neutral]
+    made = [p.replace("*", "").replace("?", "0") or "A" for p in patterns]
+    for title in [_QUERY, *neutral, *literal, *made]:
+        if admitted(title):
+            return title
+    return None
+
+
 def ready_line(config: Config) -> str:
-    """The one line that says where the server serves from and how to query it."""
+    """The one line that says where the server serves from and how to query it: a findscu
+    command that works with the configuration (a calling AE title the allow-lists admit)."""
     root = config.data_files_path
     try:
         aets = sorted(p.name for p in root.iterdir() if p.is_dir() and is_safe_ae_title(p.name))
@@ -184,10 +223,12 @@ def ready_line(config: Config) -> str:
         aets = []
     example = config.ae_title if config.ae_title in aets else (aets or ["<AETitle>"])[0]
     host = config.bind or "127.0.0.1"
+    calling = ready_calling_aet(config, example, host)
+    aet = f"-aet {calling} " if calling else ""
     return (
         f"wlmserver {__version__} serving {root} (AE titles: {', '.join(aets) or 'none'}) "
-        f"on port {{port}}; query it with: /usr/bin/findscu -W -aec {example} {host} {{port}} "
-        '-k PatientName -k PatientID -k "(0040,0100)[0].Modality"'
+        f"on port {{port}}; query it with: /usr/bin/findscu -W {aet}-aec {example} {host} "
+        '{port} -k PatientName -k PatientID -k "(0040,0100)[0].Modality"'
     ) + _tls_ready_hint(config)
 
 
@@ -221,8 +262,6 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging(args)
         except LogConfigError as exc:
             raise UsageError(f"-lc {args.log_config}: {exc}") from None
-    except ConfigFileError as exc:
-        argparse.ArgumentParser.error(parser, f"--config {exc}")
-    except UsageError as exc:
-        argparse.ArgumentParser.error(parser, str(exc))
+    except (ConfigFileError, UsageError) as exc:
+        fail(parser, exc)
     return run(config, ready_message=ready_line(config), argv=argv, args=args)

@@ -431,3 +431,89 @@ def test_the_readme_example_is_a_valid_file(tmp_path: Path) -> None:
     path.write_text(example.group(1), encoding="utf-8")
     profiles = load(path).profiles
     assert profiles.for_calling("US01").match_keys == frozenset({0x001021C0})
+
+
+THREE_MISTAKES = """\
+[server]
+port = 11112
+max-asociations = 3
+data-files-path = "no-such-folder"
+
+[access]
+hosts = ["ct-room.local"]
+"""
+
+
+def test_every_mistake_is_reported_with_its_line_and_no_usage_text(tmp_path: Path) -> None:
+    """A file with three mistakes says all three (one line each, file:line: key: problem),
+    and no usage text: the command line was right (issue 19)."""
+    path = _write(tmp_path, THREE_MISTAKES)
+    result = subprocess.run(
+        [sys.executable, "-m", "wlmserver", "--config", str(path), "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"wlmserver: error: --config {path}:3: server.max-asociations: not a command-line "
+        "option; did you mean 'max-associations'? (see wlmserver --help: long names)",
+        f"wlmserver: error: --config {path}:4: server.data-files-path: the database root "
+        f"{tmp_path / 'no-such-folder'} is not a folder",
+        f"wlmserver: error: --config {path}:7: access.hosts: 'ct-room.local' is not an IP "
+        "address or network (like 10.2.0.0/16 or 192.168.1.7); host names are not looked up",
+    ]
+    assert "usage:" not in result.stderr
+
+
+def test_a_file_read_alone_raises_all_its_mistakes_in_line_order(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        '[profiles.ct]\ncalling-ae-titles = ["CT*"]\nstation-filter = 1\n'
+        '[acess]\n[access]\nhosts = "x"\n',
+    )
+    with pytest.raises(ConfigFileError) as caught:
+        load(path)
+    assert [(e.line, e.key) for e in caught.value.errors] == [
+        (3, "profiles.ct.station-filter"),
+        (4, "acess"),
+        (6, "access.hosts"),
+    ]
+    assert (caught.value.line, caught.value.key) == (3, "profiles.ct.station-filter")
+    assert len(str(caught.value).splitlines()) == 3
+    lenient = load(path, strict=False)
+    assert [e.key for e in lenient.problems] == [e.key for e in caught.value.errors]
+    assert lenient.profiles.for_calling("CT01").name == "ct"  # what was right is kept
+
+
+def test_a_wrong_profile_title_is_one_mistake_not_two(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[profiles.ct]\ncalling-ae-titles = ["A_TITLE_LONGER_THAN_16"]\n')
+    with pytest.raises(ConfigFileError) as caught:
+        load(path)
+    assert [e.key for e in caught.value.errors] == ["profiles.ct.calling-ae-titles"]
+
+
+def test_a_value_refused_after_parsing_names_the_file_or_the_option(tmp_path: Path) -> None:
+    """The checks made after parsing (a root that is not a folder, an MPPS folder inside an
+    AE folder ...) name the file's key when the value is the file's, and are usage errors
+    when the command line gave it."""
+    from wlmserver.config.loader import load as load_argv
+    from wlmserver.config.options import UsageError
+
+    (tmp_path / "db" / "CT01").mkdir(parents=True)
+    path = _write(
+        tmp_path,
+        '[server]\ndata-files-path = "db"\nmpps-folder = "db/CT01/mpps"\nmax-pdu = 100\n',
+    )
+    with pytest.raises(ConfigFileError) as caught:
+        load_argv(["--config", str(path)])
+    assert [(e.line, e.key) for e in caught.value.errors] == [
+        (3, "server.mpps-folder"),
+        (4, "server.max-pdu"),
+    ]
+    assert "inside the AE folder CT01" in str(caught.value)
+    with pytest.raises(UsageError, match="-pdu must be between"):
+        load_argv(["--config", str(path), "-pdu", "200", "--mpps-folder", str(tmp_path / "m")])
+    loaded = load_argv(["--config", str(path), "--mpps-folder", str(tmp_path / "m"), "-pdu", "0"])
+    assert loaded.config.mpps_path == tmp_path / "m"
+    assert set(loaded.from_file) == {"data_files_path"}

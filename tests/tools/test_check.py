@@ -208,7 +208,7 @@ def test_retention_uses_the_scheduled_date(aged: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--archive-folder", "ARCHIVE"], "--archive-folder needs --retention-days"),
+        (["--archive-folder", "ARCHIVE"], "ARCHIVE needs --retention-days N"),
         (["--retention-days", "0"], "positive whole number"),
         (["--retention-days", "30", "--archive-folder", "WLM/old"], "inside the AE folder WLM"),
     ],
@@ -220,3 +220,142 @@ def test_retention_option_errors(
     with pytest.raises(SystemExit) as exited:
         main(["check", str(aged), *args])
     assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def _complete(folder: Path, accession: str) -> None:
+    """An MPPS in ``folder`` that completed the default step of ``accession``."""
+    from conftest import STEP_DEFAULTS, make_final, make_mpps
+
+    from wlmserver.store.mpps import MppsStore
+
+    mpps = MppsStore(folder)
+    mpps.load()
+    uid = f"1.2.826.0.1.3680043.10.9999.9{len(list(folder.iterdir()))}"
+    mpps.create(uid, make_mpps(steps=[{**STEP_DEFAULTS, "AccessionNumber": accession}]))
+    mpps.set(uid, make_final())
+
+
+@pytest.fixture
+def statuses(db: Path) -> Path:
+    """Three steps: one COMPLETED by an MPPS (in a folder of its own), one DISCONTINUED in
+    its file, one to do."""
+    write_wl(db / "WLM" / "done.wl", AccessionNumber="A1")
+    write_wl(
+        db / "WLM" / "given-up.wl",
+        AccessionNumber="A2",
+        StudyInstanceUID="1.2.826.0.1.3680043.10.9999.2",
+        sps=[{"ScheduledProcedureStepStatus": "DISCONTINUED"}],
+    )
+    write_wl(db / "WLM" / "todo.wl", AccessionNumber="A3", StudyInstanceUID="1.2.3.3")
+    _complete(db.parent / "mpps", "A1")
+    return db
+
+
+def test_steps_hidden_by_their_status_are_not_counted_as_served(
+    statuses: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check applies the statuses the server applies, from the configured MPPS folder and
+    the files, and reports the hidden steps apart (issue 19: it counted 33 steps served
+    where the server answers 31)."""
+    config = tmp_path / "wlmserver.toml"
+    config.write_text(f'[server]\ndata-files-path = "{statuses}"\nmpps-folder = "mpps"\n')
+    assert main(["check", "--config", str(config), "--past-days", "-1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"wlmserver check: database {statuses} (data-files-path of {config}:2); MPPS folder "
+        f"{tmp_path / 'mpps'} (mpps-folder of {config}:3): 1 instances"
+    ]
+    assert captured.out.splitlines() == [
+        "HIDDEN     steps the server does not answer (hide-status COMPLETED,DISCONTINUED; a "
+        "query asking for a status gets them):",
+        f"           - {statuses / 'WLM' / 'done.wl'}: SPS item 1 (SPS SPS001): status "
+        "COMPLETED (reported by an MPPS)",
+        f"           - {statuses / 'WLM' / 'given-up.wl'}: SPS item 1 (SPS SPS001): status "
+        "DISCONTINUED (in the file)",
+        f"{statuses}: 3 files in 1 AE folders (WLM): 3 served, 0 served with warnings, 0 not "
+        "served; 1 scheduled procedure steps served (2 hidden by their status, not served)",
+    ]
+    # the command line overrides the file, as on the server's
+    assert main(["check", "--config", str(config), "--json", "--hide-status", "COMPLETED"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["summary"]["entries"] == 2 and document["summary"]["hidden_by_status"] == 1
+    assert document["mpps_folder"] == str(tmp_path / "mpps")
+    hidden = {Path(f["path"]).name: f["hidden"] for f in document["files"]}
+    assert hidden["done.wl"] == [
+        {"item": 1, "sps_id": "SPS001", "status": "COMPLETED", "reported": True}
+    ]
+    assert hidden["given-up.wl"] == []
+    # without the configuration, the default MPPS folder (ROOT/.mpps) has nothing: say so
+    assert main(["check", str(statuses), "--past-days", "-1"]) == 0
+    captured = capsys.readouterr()
+    assert "1 hidden by their status" in captured.out
+    assert f"MPPS folder {statuses / '.mpps'} (the default, ROOT/.mpps): absent" in captured.err
+
+
+def test_retention_from_the_configuration_is_not_served(
+    aged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "wlmserver.toml"
+    config.write_text(f'[server]\ndata-files-path = "{aged}"\nretention-days = 30\n')
+    assert main(["check", "--config", str(config), "--past-days", "-1"]) == 0
+    out = capsys.readouterr().out
+    assert "; 2 scheduled procedure steps served (2 past retention, not served)" in out
+    assert "retention --retention-days 30" in out
+
+
+def test_the_bundled_example_is_named_as_such(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--past-days", "-1"]) == 0
+    err = capsys.readouterr().err
+    assert ": the BUNDLED EXAMPLE, not a configured database (no database given, no --config" in err
+
+
+def test_an_unreadable_mpps_folder_is_named(
+    statuses: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run as another user than the server's, the MPPS folder (0700) cannot be read: check
+    says so, and that the reported statuses are not applied (the tests run as root, who
+    reads every folder: the refusal is made here)."""
+    from wlmserver.store.mpps import MppsStore
+
+    def refused(self: MppsStore, create: bool = True, tidy: bool = True) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(MppsStore, "load", refused)
+    main(["check", str(statuses), "--mpps-folder", str(statuses.parent / "mpps")])
+    err = capsys.readouterr().err
+    assert "(given): cannot read it (Permission denied): the statuses modalities reported " in err
+    assert "are NOT applied; run this as the server's user" in err
+
+
+def test_files_only_their_owner_can_read_are_named(db: Path) -> None:
+    """check judges as the server's user would, not as whoever runs it (root, the writer):
+    a file only its owner can read is a warning with the reason (issue 19)."""
+    private = write_wl(db / "WLM" / "private.wl", AccessionNumber="A1")
+    private.chmod(0o600)
+    group = write_wl(db / "WLM" / "group.wl", AccessionNumber="A2")
+    group.chmod(0o640)
+    write_wl(db / "WLM" / "all.wl", AccessionNumber="A3").chmod(0o644)
+    reports = _by_name(check.check(db, today=TODAY, past_days=None))
+    assert reports["all.wl"].verdict == reports["group.wl"].verdict == check.SERVED
+    report = reports["private.wl"]
+    assert report.verdict == check.WARNING
+    assert report.problems[0].startswith("only its owner can read it (mode 0600, ")
+    assert "a server running as another user does not serve it" in report.problems[0]
+    (db / "WLM").chmod(0o700)
+    try:
+        reports = _by_name(check.check(db, today=TODAY, past_days=None))
+    finally:
+        (db / "WLM").chmod(0o755)
+    assert all(r.verdict == check.WARNING for r in reports.values())
+    assert "can be listed by its owner only (mode 0700, " in reports["all.wl"].problems[0]
+
+
+def test_a_file_in_the_current_folder(
+    db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_wl(db / "WLM" / "a.wl")
+    monkeypatch.chdir(db / "WLM")
+    assert main(["check", "a.wl"]) == 0
+    captured = capsys.readouterr()
+    assert "1 files in 1 AE folders (WLM): 1 served" in captured.out
+    assert captured.err.startswith(f"wlmserver check: database {db} (given)")

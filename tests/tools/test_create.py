@@ -266,3 +266,138 @@ def test_step_ids_are_unique_and_fit_in_sixteen_characters(
     with pytest.raises(orders.EntryError, match="SPS items 1 and 2: the same Sch") as info:
         orders.complete(ds)
     assert "SECRET7" not in str(info.value)
+
+
+@pytest.fixture
+def umask_077() -> object:
+    """The umask of a private shell (``umask 077``), for the test's duration."""
+    import os
+
+    before = os.umask(0o077)
+    yield
+    os.umask(before)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+@pytest.mark.usefixtures("umask_077")
+def test_a_private_umask_still_writes_files_the_server_can_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``umask 077; wlmserver create`` wrote 0600 files the server (another user) could not
+    read, and said all was well (issue 19): the mode is now explicit."""
+    source = tmp_path / "orders.json"
+    source.write_text(json.dumps(ORDER), encoding="utf-8")
+    plain = tmp_path / "plain"
+    assert main(["create", "-o", str(plain / "CT01"), str(source)]) == 0
+    (path,) = (plain / "CT01").iterdir()
+    assert _mode(path) == 0o644  # readable by the server whatever its group
+    assert _mode(plain / "CT01") == _mode(plain) == 0o755  # the folders create made
+    # the README's layout: a setgid database root of the server's group
+    root = tmp_path / "wlistdb"
+    root.mkdir()
+    root.chmod(0o2750)
+    assert main(["create", "-o", str(root / "WLMSERVER"), str(source)]) == 0
+    assert _mode(root / "WLMSERVER") == 0o2750
+    (path,) = (root / "WLMSERVER").iterdir()
+    assert _mode(path) == 0o640 and path.stat().st_gid == root.stat().st_gid
+    assert "WARNING" not in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("umask_077")
+def test_a_folder_only_its_owner_can_list_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "orders.json"
+    source.write_text(json.dumps(ORDER), encoding="utf-8")
+    (tmp_path / "CT01").mkdir()  # 0700, by the umask
+    assert main(["create", "-o", str(tmp_path / "CT01"), str(source)]) == 0
+    err = capsys.readouterr().err
+    assert f"WARNING {tmp_path / 'CT01'}: its folder {tmp_path / 'CT01'} can be listed by its " in (
+        err
+    )
+    assert "a server running as another user serves nothing from it" in err
+
+
+def test_a_misspelled_keyword_refuses_its_entry_only_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One misspelled keyword refused the whole JSON input without naming the entry
+    (issue 19): now it refuses that entry, named, with the keyword it probably means."""
+    typo = {k if k != "Modality" else "Modalty": v for k, v in ORDER.items()}
+    typo["AccessionNumber"] = "A2"
+    source = tmp_path / "orders.json"
+    source.write_text(json.dumps([ORDER, typo]), encoding="utf-8")
+    assert main(["create", "-o", str(tmp_path / "CT01"), str(source)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"REFUSED {source} entry 2: Modalty: not a DICOM keyword or tag; did you mean 'Modality'?",
+        "1 files written (1 steps from 1 entries), 1 entries refused",
+    ]
+    assert [p.name for p in (tmp_path / "CT01").iterdir()] == [NAME("A100")]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "words"),
+    [
+        ("ScheduledProcedureStepStartDate", "2026-12-01", "not a valid DA value: use YYYYMMDD"),
+        ("ScheduledProcedureStepStartTime", "9:30", "not a valid TM value: use HHMM or HHMMSS"),
+        ("RequestedProcedureDescription", "HEAD " * 14, "70 characters, LO allows at most 64"),
+        ("PatientSex", "female", "not a valid CS value: use upper-case letters"),
+        ("AccessionNumber", "A" * 17, "17 characters, SH allows at most 16"),
+        ("PatientName", "M" * 65, "65 characters, PN allows at most 64 a component group"),
+        ("StudyInstanceUID", "1.2.abc", "not a valid UI value: use digits and dots"),
+        ("ScheduledStationAETitle", "C" * 17, "17 characters, AE allows at most 16"),
+    ],
+)
+def test_refusals_say_what_to_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keyword: str, value: str, words: str
+) -> None:
+    source = tmp_path / "order.json"
+    source.write_text(json.dumps({**ORDER, keyword: value}), encoding="utf-8")
+    assert main(["create", "-o", str(tmp_path / "CT01"), str(source)]) == 1
+    err = capsys.readouterr().err
+    assert f"{keyword}: not a valid " in err and words in err
+    assert value not in err  # the attribute, never the value
+
+
+def test_no_warning_of_pydicom_reaches_stderr(tmp_path: Path) -> None:
+    """pydicom warned on stderr, with the value (patient data) in some of its warnings."""
+    import sys
+
+    rows = [dict(ORDER, AccessionNumber="SECRETACCESSION" * 3, PatientSex="SECRET-SEX-TOO-LONG")]
+    rows.append(dict(ORDER, AccessionNumber="A2", PatientBirthDate="SECRETDATE"))
+    source = tmp_path / "orders.json"
+    source.write_text(json.dumps(rows), encoding="utf-8")
+    dump = tmp_path / "order.dump"
+    dump.write_text("(0008,0050) SH [SECRETACCESSIONNUMBERLONG]\n(0010,0040) CS [secret]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "wlmserver", "create", "-o", str(tmp_path / "CT01"), str(source),
+         str(dump)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("REFUSED") == 3
+    assert "Warning" not in result.stderr and "warn_and_log" not in result.stderr
+    assert "SECRET" not in result.stderr.upper()
+
+
+def test_a_lower_case_station_is_refused_with_what_to_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ct01`` was written and never matched CT01 (AE titles match case-sensitively):
+    refused, saying what was probably meant; --keep-station-case writes it as given."""
+    source = tmp_path / "order.json"
+    source.write_text(json.dumps({**ORDER, "ScheduledStationAETitle": "ct01"}), encoding="utf-8")
+    assert main(["create", "-o", str(tmp_path / "CT01"), str(source)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "ScheduledStationAETitle: 'ct01' has lower-case letters; AE titles are case-sensitive, "
+        "so a modality calling as CT01 would never see this step: did you mean CT01?"
+    ) in err
+    assert not (tmp_path / "CT01").exists()
+    assert main(["create", "--keep-station-case", "-o", str(tmp_path / "CT01"), str(source)]) == 0
+    (path,) = (tmp_path / "CT01").iterdir()
+    assert dcmread(path).ScheduledProcedureStepSequence[0].ScheduledStationAETitle == "ct01"

@@ -140,10 +140,12 @@ def test_a_file_not_served_is_named_with_its_reason(
     assert status == 1
     assert out == "NOT SERVED WLM/nomod.wl: the entry lacks Type 1 Modality: not served\n"
     what = "patient ID P9" if which[0] == "--entry-patient-id" else "accession number A9"
-    assert err == (
+    assert err.splitlines() == [
+        f"wlmserver explain: database {unserved} (given); MPPS folder {unserved / '.mpps'} "
+        "(the default, ROOT/.mpps): absent (no MPPS received yet)",
         f"0 of 0 entries answer the query; 1 files that hold {what} are not served, "
-        "or not in full (NOT SERVED above)\n"
-    )  # and no log lines of the store besides
+        "or not in full (NOT SERVED above)",
+    ]  # and no log lines of the store besides
 
 
 def test_broken_and_partly_served_files_are_found_leniently(
@@ -346,3 +348,87 @@ def test_steps_past_retention_say_so(store: Path, capsys: pytest.CaptureFixture[
     assert lines[0].startswith("NO     WLM/mr.wl#1: scheduled 2026-11-22, past retention")
     status, lines = _run(store, capsys, "--entry-patient-id", "P2", "--retention-days", "100000")
     assert status == 0 and lines == ["MATCH  WLM/mr.wl#1"]
+
+
+def _completed_elsewhere(folder: Path, accession: str = "A2") -> None:
+    """An MPPS in ``folder`` that completed mr.wl's step."""
+    from conftest import make_final, make_mpps
+
+    from wlmserver.store.mpps import MppsStore
+
+    mpps = MppsStore(folder)
+    mpps.load()
+    uid = "1.2.826.0.1.3680043.10.9999.78"
+    step = {
+        "StudyInstanceUID": "1.2.826.0.1.3680043.10.9999.1",
+        "AccessionNumber": accession,
+        "RequestedProcedureID": "RP001",
+        "ScheduledProcedureStepID": "SPS001",
+    }
+    mpps.create(uid, make_mpps(steps=[step]))
+    mpps.set(uid, make_final())
+
+
+def test_the_configuration_names_the_database_and_the_mpps_folder(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --config and no database, explain reads the configured database and MPPS folder
+    (not the bundled example, not ROOT/.mpps), says so, and a step the server hides by its
+    reported status is hidden, not MATCH (issue 19)."""
+    _completed_elsewhere(tmp_path / "mpps")
+    (tmp_path / "mpps" / ".x.dcm.0001.tmp").write_bytes(b"")  # a write of the server's
+    config = tmp_path / "wlmserver.toml"
+    config.write_text(f'[server]\ndata-files-path = "{store}"\nmpps-folder = "mpps"\n')
+    status = main(["explain", "--config", str(config), "--entry-patient-id", "P2"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out.splitlines() == [
+        "NO     WLM/mr.wl#1: status COMPLETED (reported by an MPPS) is hidden "
+        "(hide-status COMPLETED,DISCONTINUED; a query asking for a status sees it)"
+    ]
+    assert captured.err.splitlines()[0] == (
+        f"wlmserver explain: database {store} (data-files-path of {config}:2); MPPS folder "
+        f"{tmp_path / 'mpps'} (mpps-folder of {config}:3): 1 instances"
+    )
+    assert (tmp_path / "mpps" / ".x.dcm.0001.tmp").exists()  # a tool changes nothing
+    # an option on the tool's command line overrides the file, as on the server's
+    base = ["explain", "--config", str(config), "--entry-patient-id", "P2"]
+    status = main([*base, "--hide-status", "none"])
+    assert status == 0 and capsys.readouterr().out == "MATCH  WLM/mr.wl#1\n"
+    status = main([*base, "--mpps-folder", str(tmp_path / "other")])
+    captured = capsys.readouterr()
+    assert status == 0 and captured.out == "MATCH  WLM/mr.wl#1\n"
+    assert f"MPPS folder {tmp_path / 'other'} (given): absent" in captured.err
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_the_bundled_example_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], with_config: bool
+) -> None:
+    config = tmp_path / "wlmserver.toml"
+    config.write_text("[server]\nport = 11112\n")
+    main(["explain", *(["--config", str(config)] if with_config else [])])
+    first = capsys.readouterr().err.splitlines()[0]
+    why = f"{config} names no data-files-path" if with_config else "no --config"
+    assert first.startswith("wlmserver explain: database ")
+    assert f": the BUNDLED EXAMPLE, not a configured database (no database given, {why}" in first
+
+
+def test_config_mistakes_are_reported_as_the_server_reports_them(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\nmax-asociations = 3\n[profiles.ct]\nstation-filter = 1\n")
+    with pytest.raises(SystemExit) as caught:
+        main(["explain", str(store), "--config", str(config)])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"wlmserver explain: error: --config {config}:2: server.max-asociations: not a "
+        "command-line option; did you mean 'max-associations'? (see wlmserver --help: long "
+        "names)",
+        f"wlmserver explain: error: --config {config}:3: profiles.ct: names no calling AE "
+        'title: add calling-ae-titles = ["..."] (or name it [profiles.default] to apply to '
+        "every other calling AE title)",
+        f"wlmserver explain: error: --config {config}:4: profiles.ct.station-filter: must be "
+        "true or false",
+    ]

@@ -22,9 +22,11 @@
     date-window = [-1, 1]
     match-keys = ["PregnancyStatus"]
 
-Every error names the file, the line and the key, and is raised before the server starts.
-This module reads and checks the file; the ``[server]`` table is checked against the command
-line's own options by :mod:`wlmserver.cli`, which owns them.
+Every error names the file, the line and the key, and is raised before the server starts;
+a file with several mistakes is reported with all of them at once (one
+:class:`ConfigFileError` whose ``errors`` are each of them, in line order), so that one edit
+fixes them all. This module reads and checks the file; the ``[server]`` table is checked
+against the command line's own options by :mod:`wlmserver.config.loader`, which owns them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -88,12 +91,40 @@ class ConfigFileError(Exception):
         The dotted key (``access.hosts``), or ``""`` for the whole file.
     problem : str
         What is wrong, and what to write instead.
+    errors : tuple of ConfigFileError
+        Every mistake found in the file, in line order: this one alone, or (an error made
+        by :meth:`every`) all of them, ``path``, ``line``, ``key`` and ``problem`` being the
+        first's. Its message is one line per mistake.
     """
 
     def __init__(self, path: Path, line: int | None, key: str, problem: str) -> None:
         where = f"{path}:{line}" if line else str(path)
         super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
         self.path, self.line, self.key, self.problem = path, line, key, problem
+        self.errors: tuple[ConfigFileError, ...] = (self,)
+
+    @classmethod
+    def every(cls, errors: Sequence[ConfigFileError]) -> ConfigFileError:
+        """One error standing for all of ``errors`` (each once, in line order; the lines
+        of a whole-file problem first).
+
+        Examples
+        --------
+        >>> a = ConfigFileError(Path("w.toml"), 3, "server.port", "not a port")
+        >>> b = ConfigFileError(Path("w.toml"), 2, "access.hosts", "not a list")
+        >>> print(ConfigFileError.every([a, b]))
+        w.toml:2: access.hosts: not a list
+        w.toml:3: server.port: not a port
+        """
+        unique = {str(e): e for error in errors for e in error.errors}
+        ordered = sorted(unique.values(), key=lambda e: e.line or 0)
+        if len(ordered) == 1:
+            return ordered[0]
+        first = ordered[0]
+        combined = cls(first.path, first.line, first.key, first.problem)
+        combined.args = ("\n".join(map(str, ordered)),)
+        combined.errors = tuple(ordered)
+        return combined
 
 
 @dataclass(frozen=True)
@@ -119,6 +150,9 @@ class ConfigFile:
         The allow-lists.
     profiles : Profiles
         The modality profiles.
+    problems : tuple of ConfigFileError
+        The mistakes found, when it was read with ``strict=False`` (:func:`load`); what they
+        are about is left out of the other attributes.
     """
 
     path: Path
@@ -126,10 +160,26 @@ class ConfigFile:
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)
     lines: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    problems: tuple[ConfigFileError, ...] = ()
 
     def error(self, key: str, problem: str) -> ConfigFileError:
         """An error about ``key`` (dotted), located at its line."""
         return ConfigFileError(self.path, self.lines.get(key), key, problem)
+
+
+@dataclass(frozen=True)
+class _Draft(ConfigFile):
+    """A file being checked: the mistakes found so far (:meth:`collecting`)."""
+
+    found: list[ConfigFileError] = field(default_factory=list)
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Record a :class:`ConfigFileError` raised inside, and go on with the next key."""
+        try:
+            yield
+        except ConfigFileError as exc:
+            self.found.extend(exc.errors)
 
 
 _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
@@ -181,14 +231,23 @@ def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
     return f"{hint}known keys: {', '.join(choices)}"
 
 
-def load(path: Path) -> ConfigFile:
+def load(path: Path, *, strict: bool = True) -> ConfigFile:
     """Read and check a configuration file.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    strict : bool
+        Raise on the mistakes found (all of them at once); with False, a file that is TOML
+        is returned with its mistakes in ``problems``, for the caller to add its own (the
+        ``[server]`` keys, :func:`wlmserver.config.loader.apply_config_file`) and raise.
 
     Raises
     ------
     ConfigFileError
-        The file cannot be read, is not TOML, or holds an unknown table or key or a value
-        of the wrong kind; the error names the file, line and key.
+        The file cannot be read, is not TOML, or holds unknown tables or keys or values of
+        the wrong kind; each error names the file, line and key.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -204,34 +263,44 @@ def load(path: Path) -> ConfigFile:
             found = re.search(r"at line (\d+)", str(exc))
             line = int(found.group(1)) if found else None
         raise ConfigFileError(path, line, "", f"not valid TOML: {message}") from None
-    return from_data(path, data, key_lines(text))
+    return from_data(path, data, key_lines(text), strict=strict)
 
 
-def from_data(path: Path, data: Mapping[str, Any], lines: Mapping[str, int]) -> ConfigFile:
+def from_data(
+    path: Path, data: Mapping[str, Any], lines: Mapping[str, int], *, strict: bool = True
+) -> ConfigFile:
     """Check the tables a TOML file was read into (``lines``: where each key is, for
-    errors).
+    errors); ``strict`` as for :func:`load`.
 
     Raises
     ------
     ConfigFileError
-        An unknown table or key, or a value of the wrong kind.
+        Unknown tables or keys, or values of the wrong kind: every one of them.
     """
-    draft = ConfigFile(path, lines=MappingProxyType(dict(lines)))
+    draft = _Draft(path, lines=MappingProxyType(dict(lines)))
+    tables: dict[str, Mapping[str, Any]] = {}
     for name in data:
-        if name not in TABLES:
-            raise draft.error(name, f"unknown table; {_suggest(name, TABLES)}")
-        if not isinstance(data[name], dict):
-            raise draft.error(name, f"must be a table: [{name}]")
+        with draft.collecting():
+            if name not in TABLES:
+                raise draft.error(name, f"unknown table; {_suggest(name, TABLES)}")
+            if not isinstance(data[name], dict):
+                raise draft.error(name, f"must be a table: [{name}]")
+            tables[name] = data[name]
     server = tuple(
         ServerOption(key, value, draft.lines.get(f"server.{key}"))
-        for key, value in data.get("server", {}).items()
+        for key, value in tables.get("server", {}).items()
     )
+    access = _access(draft, tables.get("access", {}))
+    profiles = _profiles(draft, tables.get("profiles", {}))
+    if draft.found and strict:
+        raise ConfigFileError.every(draft.found)
     return ConfigFile(
         path,
         server=server,
-        access=_access(draft, data.get("access", {})),
-        profiles=_profiles(draft, data.get("profiles", {})),
+        access=access,
+        profiles=profiles,
         lines=draft.lines,
+        problems=ConfigFileError.every(draft.found).errors if draft.found else (),
     )
 
 
@@ -249,43 +318,47 @@ def _titles(draft: ConfigFile, key: str, value: object) -> tuple[str, ...]:
     return titles
 
 
-def _allow_list(draft: ConfigFile, where: str, table: Mapping[str, Any]) -> AllowList:
+def _allow_list(draft: _Draft, where: str, table: Mapping[str, Any]) -> AllowList:
     titles: tuple[str, ...] | None = None
     hosts = None
     for key, value in table.items():
         dotted = f"{where}.{key}"
-        if key == "calling-ae-titles":
-            titles = _titles(draft, dotted, value)
-        elif key == "hosts":
-            try:
-                hosts = tuple(parse_network(h) for h in _strings(draft, dotted, value))
-            except ValueError as exc:
-                raise draft.error(dotted, str(exc)) from None
-        else:
-            raise draft.error(dotted, f"unknown key; {_suggest(key, _ALLOW_KEYS)}")
+        with draft.collecting():
+            if key == "calling-ae-titles":
+                titles = _titles(draft, dotted, value)
+            elif key == "hosts":
+                try:
+                    hosts = tuple(parse_network(h) for h in _strings(draft, dotted, value))
+                except ValueError as exc:
+                    raise draft.error(dotted, str(exc)) from None
+            else:
+                raise draft.error(dotted, f"unknown key; {_suggest(key, _ALLOW_KEYS)}")
     return AllowList(titles, hosts)
 
 
-def _access(draft: ConfigFile, table: Mapping[str, Any]) -> Access:
+def _access(draft: _Draft, table: Mapping[str, Any]) -> Access:
     called: dict[str, AllowList] = {}
     mine = {k: v for k, v in table.items() if k not in ("called", "certificates")}
-    if "called" in table and not isinstance(table["called"], dict):
-        raise draft.error("access.called", "must hold tables: [access.called.<AETitle>]")
-    for title, lists in table.get("called", {}).items():
+    tables = table.get("called", {})
+    if not isinstance(tables, dict):
+        with draft.collecting():
+            raise draft.error("access.called", "must hold tables: [access.called.<AETitle>]")
+        tables = {}
+    for title, lists in tables.items():
         where = f"access.called.{title}"
-        if not isinstance(lists, dict):
-            raise draft.error(where, f"must be a table: [access.called.{title}]")
-        if not valid_ae_pattern(title) or any(c in title for c in "*?"):
-            raise draft.error(where, "not a called AE title (1 to 16 characters, no wildcard)")
-        called[title.strip()] = _allow_list(draft, where, lists)
-    return Access(
-        _allow_list(draft, "access", mine),
-        MappingProxyType(called),
-        _certificates(draft, table.get("certificates", {})),
-    )
+        with draft.collecting():
+            if not isinstance(lists, dict):
+                raise draft.error(where, f"must be a table: [access.called.{title}]")
+            if not valid_ae_pattern(title) or any(c in title for c in "*?"):
+                raise draft.error(where, "not a called AE title (1 to 16 characters, no wildcard)")
+            called[title.strip()] = _allow_list(draft, where, lists)
+    certificates = CertificateBindings()
+    with draft.collecting():
+        certificates = _certificates(draft, table.get("certificates", {}))
+    return Access(_allow_list(draft, "access", mine), MappingProxyType(called), certificates)
 
 
-def _certificates(draft: ConfigFile, table: object) -> CertificateBindings:
+def _certificates(draft: _Draft, table: object) -> CertificateBindings:
     """``[access.certificates]``: calling AE titles (or patterns) to the certificate
     identities allowed to use them, and ``refuse-unbound-titles``."""
     where = "access.certificates"
@@ -295,28 +368,33 @@ def _certificates(draft: ConfigFile, table: object) -> CertificateBindings:
     refuse_unbound = False
     for key, value in table.items():
         dotted = f"{where}.{key}"
-        if key == REFUSE_UNBOUND:
-            refuse_unbound = _bool(draft, dotted, value)
-            continue
-        if not valid_ae_pattern(key):
-            raise draft.error(
-                dotted,
-                "neither a calling AE title (1 to 16 characters, * and ? wildcards) nor an "
-                f"option; {_suggest(key, list(OPTION_KEYS))}",
-            )
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            close = difflib.get_close_matches(key, OPTION_KEYS, n=1)
-            hint = f" (or did you mean {close[0]!r}?)" if close else ""
-            raise draft.error(
-                dotted,
-                'must be a list of certificate identities, like ["CN=ct01.example.org", '
-                f'"DNS:ct01.example.org"]{hint}',
-            )
-        try:
-            identities = frozenset(parse_identity(v) for v in value)
-        except ValueError as exc:
-            raise draft.error(dotted, str(exc)) from None
-        bindings.append(Binding(key.strip(), identities))
+        with draft.collecting():
+            if key == REFUSE_UNBOUND:
+                refuse_unbound = _bool(draft, dotted, value)
+                continue
+            if not valid_ae_pattern(key):
+                raise draft.error(
+                    dotted,
+                    "neither a calling AE title (1 to 16 characters, * and ? wildcards) nor an "
+                    f"option; {_suggest(key, list(OPTION_KEYS))}",
+                )
+            if (
+                not isinstance(value, list)
+                or not value
+                or not all(isinstance(v, str) for v in value)
+            ):
+                close = difflib.get_close_matches(key, OPTION_KEYS, n=1)
+                hint = f" (or did you mean {close[0]!r}?)" if close else ""
+                raise draft.error(
+                    dotted,
+                    'must be a list of certificate identities, like ["CN=ct01.example.org", '
+                    f'"DNS:ct01.example.org"]{hint}',
+                )
+            try:
+                identities = frozenset(parse_identity(v) for v in value)
+            except ValueError as exc:
+                raise draft.error(dotted, str(exc)) from None
+            bindings.append(Binding(key.strip(), identities))
     return CertificateBindings(tuple(bindings), refuse_unbound)
 
 
@@ -359,15 +437,24 @@ def _match_keys(draft: ConfigFile, dotted: str, value: Any) -> frozenset[int]:
     return frozenset(tags)
 
 
-def _profiles(draft: ConfigFile, table: Mapping[str, Any]) -> Profiles:
+def _profiles(draft: _Draft, table: Mapping[str, Any]) -> Profiles:
     profiles = []
     for name, settings in table.items():
-        where = f"profiles.{name}"
-        if not isinstance(settings, dict):
-            raise draft.error(where, f"must be a table: [profiles.{name}]")
-        kwargs: dict[str, Any] = {}
-        for key, value in settings.items():
-            dotted = f"{where}.{key}"
+        with draft.collecting():
+            profiles.append(_profile(draft, name, settings))
+    return Profiles(tuple(profiles))
+
+
+def _profile(draft: _Draft, name: str, settings: object) -> Profile:
+    """One ``[profiles.<name>]`` table; its keys' mistakes are collected, the first of the
+    table itself raised."""
+    where = f"profiles.{name}"
+    if not isinstance(settings, dict):
+        raise draft.error(where, f"must be a table: [profiles.{name}]")
+    kwargs: dict[str, Any] = {}
+    for key, value in settings.items():
+        dotted = f"{where}.{key}"
+        with draft.collecting():
             if key == "calling-ae-titles":
                 kwargs["calling_ae_titles"] = _titles(draft, dotted, value)
             elif key == "station-filter":
@@ -400,11 +487,11 @@ def _profiles(draft: ConfigFile, table: Mapping[str, Any]) -> Profiles:
                 kwargs["match_all_keys"] = _bool(draft, dotted, value)
             else:
                 raise draft.error(dotted, f"unknown key; {_suggest(key, _PROFILE_KEYS)}")
-        if name != DEFAULT_PROFILE and not kwargs.get("calling_ae_titles"):
-            raise draft.error(
-                where,
-                'names no calling AE title: add calling-ae-titles = ["..."] (or name it '
-                "[profiles.default] to apply to every other calling AE title)",
-            )
-        profiles.append(Profile(name, **kwargs))
-    return Profiles(tuple(profiles))
+    titles_wrong = "calling-ae-titles" in settings and "calling_ae_titles" not in kwargs
+    if name != DEFAULT_PROFILE and not kwargs.get("calling_ae_titles") and not titles_wrong:
+        raise draft.error(
+            where,
+            'names no calling AE title: add calling-ae-titles = ["..."] (or name it '
+            "[profiles.default] to apply to every other calling AE title)",
+        )
+    return Profile(name, **kwargs)

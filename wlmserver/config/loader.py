@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import difflib
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from wlmserver.config import Config, bundled_database
 from wlmserver.config.access import Access, AllowList, parse_network
 from wlmserver.config.cachedir import default_index_cache, is_inside
-from wlmserver.config.file import ConfigFile
+from wlmserver.config.file import ConfigFile, ConfigFileError, ServerOption
 from wlmserver.config.file import load as load_config_file
 from wlmserver.config.options import UsageError, build_parser, holds_worklist_files, positional_hint
 from wlmserver.config.parity import check_wlmscpfs_parity_options
@@ -97,17 +99,34 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
     )
 
 
-def apply_config_file(parser: argparse.ArgumentParser, file: ConfigFile) -> None:
+def apply_config_file(parser: argparse.ArgumentParser, file: ConfigFile) -> dict[str, ServerOption]:
     """Make the file's ``[server]`` keys (command-line long option names) and its global
     ``[access]`` lists the parser's defaults, so that the command line overrides them.
 
     A relative folder or file path is relative to the configuration file's folder.
 
+    Returns
+    -------
+    dict of str to ServerOption
+        The ``[server]`` key behind each option's default, by the option's ``dest``.
+
     Raises
     ------
     ConfigFileError
-        A key that is not an option, or a value the option does not take; it names the line.
+        Every key that is not an option, or whose value the option does not take, each
+        naming its line; with the mistakes the file was read with (``file.problems``).
     """
+    behind, errors = _apply(parser, file)
+    if errors:
+        raise ConfigFileError.every(errors)
+    return behind
+
+
+def _apply(
+    parser: argparse.ArgumentParser, file: ConfigFile
+) -> tuple[dict[str, ServerOption], list[ConfigFileError]]:
+    """:func:`apply_config_file`, the keys that can be applied applied; with the mistakes
+    (the file's own first)."""
     actions = {
         opt[2:]: action
         for action in parser._actions
@@ -118,6 +137,8 @@ def apply_config_file(parser: argparse.ArgumentParser, file: ConfigFile) -> None
     for name in ("help", "version", "config"):
         actions.pop(name, None)
     defaults: dict[str, object] = {}
+    behind: dict[str, ServerOption] = {}
+    errors = list(file.problems)
     for option in file.server:
         key = option.name.replace("_", "-")
         action = actions.get(key)
@@ -125,14 +146,19 @@ def apply_config_file(parser: argparse.ArgumentParser, file: ConfigFile) -> None
         if action is None:
             close = difflib.get_close_matches(key, actions, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise file.error(
-                dotted, f"not a command-line option; {hint}(see wlmserver --help: long names)"
+            errors.append(
+                file.error(
+                    dotted, f"not a command-line option; {hint}(see wlmserver --help: long names)"
+                )
             )
+            continue
         try:
             value = _option_value(parser, action, option.value)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-            raise file.error(dotted, str(exc) or "invalid value") from None
+            errors.append(file.error(dotted, str(exc) or "invalid value"))
+            continue
         defaults[action.dest] = _beside(file.path, value)
+        behind[action.dest] = option
     allow = file.access.everyone  # [access] and [server] lists add up
     if allow.calling_ae_titles is not None:
         before = defaults.get("allow_calling_aet") or []
@@ -141,6 +167,7 @@ def apply_config_file(parser: argparse.ArgumentParser, file: ConfigFile) -> None
         before = defaults.get("allow_host") or []
         defaults["allow_host"] = [*before, *(str(h) for h in allow.hosts)]  # type: ignore[misc]
     parser.set_defaults(**defaults)
+    return behind, errors
 
 
 def _beside(config_file: Path, value: object) -> object:
@@ -183,11 +210,19 @@ def _scalar(action: argparse.Action, value: object) -> object:
 
 
 def read_config_file(argv: list[str]) -> ConfigFile | None:
-    """The configuration file named by ``--config`` in ``argv``, read and checked, or None."""
+    """The configuration file named by ``--config`` in ``argv``, or None; read, its mistakes
+    in ``problems`` (:func:`apply_config_file` raises them with those of its ``[server]``
+    keys).
+
+    Raises
+    ------
+    ConfigFileError
+        It cannot be read, or is not TOML.
+    """
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", type=Path)
     known, _ = pre.parse_known_args(argv)
-    return None if known.config is None else load_config_file(known.config)
+    return None if known.config is None else load_config_file(known.config, strict=False)
 
 
 def archive_folder_problem(config: Config) -> str | None:
@@ -247,12 +282,25 @@ class Loaded:
         The configuration file read (``--config``), if any.
     parser : argparse.ArgumentParser
         The parser, for usage messages.
+    from_file : Mapping of str to ServerOption
+        The options whose value is the configuration file's (not overridden on the command
+        line), by ``dest``: the ``[server]`` key and its line.
     """
 
     config: Config
     args: argparse.Namespace
     file: ConfigFile | None
     parser: argparse.ArgumentParser
+    from_file: Mapping[str, ServerOption] = field(default_factory=dict)
+
+
+def _given(argv: Sequence[str]) -> set[str]:
+    """The options (by ``dest``) that ``argv`` gives itself, rather than a file's defaults."""
+    parser = build_parser()
+    for action in parser._actions:  # a positional's default is converted: None, not SUPPRESS
+        action.default = argparse.SUPPRESS if action.option_strings else None
+    namespace, _ = parser.parse_known_args(list(argv))
+    return {dest for dest, value in vars(namespace).items() if value is not None}
 
 
 def load(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> Loaded:
@@ -263,15 +311,33 @@ def load(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> 
     Raises
     ------
     ConfigFileError
-        The configuration file cannot be used (it names the file, line and key).
+        The configuration file cannot be used: every mistake in it, each naming the file,
+        line and key; a value of the file's that the checks after parsing refuse (a database
+        root that is not a folder ...) names its key too.
     UsageError
         An option, or a combination of them, the server cannot run with.
     """
     argv = list(argv)
     parser = parser or build_parser()
     file = read_config_file(argv)
-    if file is not None:
-        apply_config_file(parser, file)
+    behind, mistakes = _apply(parser, file) if file is not None else ({}, [])
+    try:
+        return _checked(argv, parser, file, behind, mistakes)
+    except UsageError:
+        if mistakes:  # what the file's mistakes left out may be why: say those
+            raise ConfigFileError.every(mistakes) from None
+        raise
+
+
+def _checked(
+    argv: list[str],
+    parser: argparse.ArgumentParser,
+    file: ConfigFile | None,
+    behind: dict[str, ServerOption],
+    mistakes: list[ConfigFileError],
+) -> Loaded:
+    """:func:`load`, once the file's keys are the parser's defaults (``mistakes``: those
+    that could not be, raised with what the checks after parsing find in the file)."""
     args, extra = parser.parse_known_args(argv)
     if any(word.startswith(("-", "+")) for word in extra):
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
@@ -279,37 +345,91 @@ def load(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> 
         word = extra[0]
         hint = f"{word!r} is a second port" if word.isdigit() else positional_hint(word)
         raise UsageError(f"only one port can be given; {hint}")
+    given = _given(argv) if behind else set()
+    from_file = {dest: option for dest, option in behind.items() if dest not in given}
+    refusals = _Refusals(file, from_file, mistakes)
     if not 4096 <= args.max_pdu <= 131072 and args.max_pdu != 0:
-        raise UsageError("-pdu must be between 4096 and 131072")
+        refusals.add("max_pdu", "-pdu must be between 4096 and 131072")
     if args.any_aet is not None and not is_safe_ae_title(args.any_aet):
-        raise UsageError(f"--any-aet {args.any_aet!r} is not a valid AE title folder name")
+        refusals.add("any_aet", f"--any-aet {args.any_aet!r} is not a valid AE title folder name")
     check_wlmscpfs_parity_options(parser, args)
     config = config_from_args(args, file)
     root = config.data_files_path
+    in_file = "data_files_path" in from_file
     if not root.is_dir():
-        raise UsageError(f"the database root {root} is not a folder")
-    if holds_worklist_files(root) and not any(
+        refusals.add("data_files_path", f"the database root {root} is not a folder")
+    elif holds_worklist_files(root) and not any(
         p.is_dir() and is_safe_ae_title(p.name) for p in root.iterdir()
     ):
-        raise UsageError(
-            f"-dfp {root} holds .wl files itself: it is an AE folder, not a database root; "
-            f"use -dfp {shlex.quote(str(root.parent))} (it is then served as AE title "
-            f"{root.name!r})"
+        parent = shlex.quote(str(root.parent))
+        refusals.add(
+            "data_files_path",
+            f"{'' if in_file else '-dfp '}{root} holds .wl files itself: it is an AE folder, "
+            "not a database root; use "
+            + (f'data-files-path = "{root.parent}"' if in_file else f"-dfp {parent}")
+            + f" (it is then served as AE title {root.name!r})",
         )
     if config.index_cache is not None and is_inside(config.index_cache, root):
-        raise UsageError(
+        refusals.add(
+            "index_cache",
             f"--index-cache {config.index_cache} is inside the database root {root}: the cache "
-            "holds patient data; give a folder outside it (default: the user's cache folder)"
+            "holds patient data; give a folder outside it (default: the user's cache folder)",
         )
     problem = folder_problem(config.mpps_path, root)
     if problem is not None:
-        raise UsageError(f"--mpps-folder {config.mpps_path}: {problem}; give a folder of its own")
+        refusals.add(
+            "mpps_folder", f"--mpps-folder {config.mpps_path}: {problem}; give a folder of its own"
+        )
     retention_problem = archive_folder_problem(config)
     if retention_problem is not None:
-        raise UsageError(retention_problem)
+        refusals.add("archive_folder", retention_problem)
     if args.mpps_forward_aet is not None and args.mpps_forward is None:
-        raise UsageError("--mpps-forward-aet needs --mpps-forward AET@HOST:PORT (where to forward)")
+        refusals.add(
+            "mpps_forward_aet",
+            "--mpps-forward-aet needs --mpps-forward AET@HOST:PORT (where to forward)",
+        )
     bindings_problem = certificates_problem(config)
     if bindings_problem is not None and file is not None:
-        raise file.error("access.certificates", bindings_problem)
-    return Loaded(config, args, file, parser)
+        refusals.in_file.append(file.error("access.certificates", bindings_problem))
+    refusals.raise_them()
+    return Loaded(config, args, file, parser, from_file)
+
+
+class _Refusals:
+    """What the checks after parsing refuse: a value of the configuration file's is a
+    mistake of the file (at its key's line), one of the command line's a usage error."""
+
+    def __init__(
+        self,
+        file: ConfigFile | None,
+        from_file: Mapping[str, ServerOption],
+        mistakes: list[ConfigFileError],
+    ) -> None:
+        self.file, self.from_file = file, from_file
+        self.in_file: list[ConfigFileError] = list(mistakes)
+        self.usage: list[str] = []
+
+    def add(self, dest: str, message: str) -> None:
+        option = self.from_file.get(dest)
+        if option is None or self.file is None:
+            self.usage.append(message)
+        else:
+            self.in_file.append(self.file.error(f"server.{option.name}", message))
+
+    def raise_them(self) -> None:
+        """Raise the file's mistakes (all of them), else the command line's first."""
+        if self.in_file:
+            raise ConfigFileError.every(self.in_file)
+        if self.usage:
+            raise UsageError(self.usage[0])
+
+
+def fail(parser: argparse.ArgumentParser, error: ConfigFileError | UsageError) -> NoReturn:
+    """Exit with status 2, as a command line that cannot run: a usage error after the usage
+    text; the configuration file's mistakes one line each (``PROG: error: --config
+    FILE:LINE: KEY: PROBLEM``), without the usage text (the command line was right)."""
+    if isinstance(error, UsageError):
+        argparse.ArgumentParser.error(parser, str(error))
+    for each in error.errors:
+        print(f"{parser.prog}: error: --config {each}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,9 +1,17 @@
 """Writing a DICOM file so that a crash leaves the old version or the new one, never half.
 
-What the server itself writes (MPPS instances, :mod:`wlmserver.store.mpps`; messages queued for
-the RIS, :mod:`wlmserver.store.forward`) is written here: to a temporary file in the same
-folder (a dot name ending in :data:`TEMPORARY`, mode 0600), synced, renamed over the final
-name, and the folder synced so that the rename is durable.
+Every DICOM file wlmserver writes is written here: to a temporary file in the same folder (a
+dot name ending in :data:`TEMPORARY`, which readers skip), synced, renamed over the final name,
+and the folder synced so that the rename is durable. Its mode is set explicitly, whatever the
+writer's umask:
+
+- what the server writes for itself (MPPS instances, :mod:`wlmserver.store.mpps`; messages
+  queued for the RIS, :mod:`wlmserver.store.forward`): :data:`FILE_MODE`, 0600, in folders
+  made 0700 (patient data only the server reads);
+- what the server must read as another user (``wlmserver create``'s worklist files):
+  :func:`served_file_mode`, 0640 in a setgid AE folder (the file gets the folder's group, the
+  server's way in, as in README "Deploying for real"), else 0644; a folder made for them gets
+  :func:`served_folder_mode`. A umask of 077 cannot make them unreadable to the server.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -22,18 +32,83 @@ FOLDER_MODE = 0o700
 TEMPORARY = ".tmp"
 
 
-def write_atomically(final: Path, ds: Dataset) -> None:
+def served_file_mode(folder: Path) -> int:
+    """The mode of a file the server reads as another user than its writer's.
+
+    0640 in a setgid folder, whose group the file gets (the kernel gives it at creation):
+    readable by that group, the server's (README: the database is ``risexport:wlmdata``
+    2750, the server in ``wlmdata``), by no one else. 0644 anywhere else: the file's group is
+    then the writer's, which the server need not be in; who may reach the file is left to the
+    folder's own mode.
+    """
+    try:
+        setgid = bool(folder.stat().st_mode & stat.S_ISGID)
+    except OSError:
+        setgid = False
+    return 0o640 if setgid else 0o644
+
+
+def served_folder_mode(parent: Path) -> int:
+    """The mode of a folder made for files the server reads (an AE folder that
+    ``wlmserver create -o`` makes): 2750 under a setgid folder (group and setgid bit
+    inherited, as README's ``install -d -m 2750``), else 0755."""
+    try:
+        setgid = bool(parent.stat().st_mode & stat.S_ISGID)
+    except OSError:
+        setgid = False
+    return 0o2750 if setgid else 0o755
+
+
+def make_served_folder(folder: Path) -> None:
+    """Make ``folder`` and its missing parents with :func:`served_folder_mode` (set
+    explicitly, whatever the umask); an existing folder is left as it is."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        mode = served_folder_mode(path.parent)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=mode)
+            os.chmod(path, mode)
+
+
+def write_atomically(
+    final: Path,
+    ds: Dataset,
+    *,
+    mode: int = FILE_MODE,
+    check: Callable[[Path], None] | None = None,
+) -> None:
     """Write ``ds`` (with its file meta) to ``final`` atomically; the folder is made (0700)
-    when absent. Raises what writing raises, leaving no temporary file behind."""
+    when absent. Raises what writing (or ``check``) raises, leaving no temporary file behind.
+
+    Parameters
+    ----------
+    final : Path
+        Where the file goes.
+    ds : Dataset
+        What it holds, file meta information included.
+    mode : int
+        Its permission bits, set on the open file whatever the umask (default 0600: the
+        server's own files; see :func:`served_file_mode` for the files it must read).
+    check : callable or None
+        Called with the temporary file, complete and synced, before it is renamed: raise to
+        keep it from being published (``wlmserver create`` reads it back as the server does).
+    """
     folder = final.parent
     folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
     temporary = folder / f".{final.name}.{secrets.token_hex(4)}{TEMPORARY}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o600)
     try:
         with os.fdopen(fd, "wb") as stream:
+            os.fchmod(stream.fileno(), mode)  # not the umask's: the reader may be another user
             dcmwrite(stream, ds, enforce_file_format=True)
             stream.flush()
             os.fsync(stream.fileno())
+        if check is not None:
+            check(temporary)
         os.replace(temporary, final)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -142,7 +142,7 @@ class MppsStore:
         """The file of an instance (``uid`` must be valid: :func:`is_valid_uid`)."""
         return self.folder / f"{uid}{SUFFIX}"
 
-    def load(self, create: bool = True) -> int:
+    def load(self, create: bool = True, tidy: bool = True) -> int:
         """Read every instance in the folder; returns how many.
 
         Parameters
@@ -151,6 +151,10 @@ class MppsStore:
             Make the folder now when absent (0700). Otherwise an absent folder holds no
             instance and is made at the first N-CREATE (so serving a database that never
             receives an MPPS leaves no folder behind).
+        tidy : bool
+            Remove temporary files left by an interrupted write (the server, at start). A
+            tool reading the folder beside a running server says False: such a file may be
+            the server's write in progress.
 
         Raises
         ------
@@ -168,7 +172,7 @@ class MppsStore:
         instances: dict[str, Dataset] = {}
         for name in names:
             path = self.folder / name
-            if name.startswith(".") and name.endswith(TEMPORARY):
+            if name.startswith(".") and name.endswith(TEMPORARY) and tidy:
                 LOGGER.warning("MPPS folder: removing %s, left by an interrupted write", path)
                 with contextlib.suppress(OSError):
                     path.unlink()

@@ -38,26 +38,27 @@ that differ; an order with a refused entry is refused whole.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import json
 import re
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pydicom import config as pydicom_config
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.valuerep import validate_value
 
 from wlmserver.matching.answers import can_encode
 from wlmserver.matching.keys import KEYS_BY_KEYWORD, REQUIRED_SPS, REQUIRED_TOP, Level
+from wlmserver.store.valuerules import RULES, value_problem
 
 SPS = "ScheduledProcedureStepSequence"
 _SPS_TAG = 0x00400100
@@ -68,7 +69,6 @@ _SH_LENGTH = 16  # ScheduledProcedureStepID is SH
 #: dump2dcm's Media Storage SOP Class of worklist files.
 WORKLIST_FILE_CLASS = "1.2.276.0.7230010.3.1.0.1"
 _TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?$")
-_CHECKED_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"})
 
 
 class EntryError(ValueError):
@@ -80,6 +80,26 @@ class EntryError(ValueError):
 
 
 # ------------------------------------------------------------------------------ reading input
+def close_keyword(name: str) -> str | None:
+    """The keyword ``name`` probably means (other case, a typo), or None: worklist keys
+    (PS3.4 Table K.6-1) first, then the whole dictionary.
+
+    Examples
+    --------
+    >>> close_keyword("Modalty"), close_keyword("patientname"), close_keyword("Xyzzy")
+    ('Modality', 'PatientName', None)
+    """
+    word = name.strip()
+    by_case = {k.lower(): k for k in keyword_dict}
+    if word.lower() in by_case:
+        return by_case[word.lower()]
+    for choices in (list(KEYS_BY_KEYWORD), list(keyword_dict)):
+        close = difflib.get_close_matches(word, choices, n=1, cutoff=0.8)
+        if close:
+            return close[0]
+    return None
+
+
 def _keyword_of(name: str) -> str:
     match = _TAG.match(name.strip())
     if match:
@@ -88,7 +108,9 @@ def _keyword_of(name: str) -> str:
             return str(keyword)
     elif tag_for_keyword(name.strip()) is not None:
         return name.strip()
-    raise EntryError([f"{name}: not a DICOM keyword or tag"])
+    close = None if match else close_keyword(name)
+    hint = f"; did you mean {close!r}?" if close else ""
+    raise EntryError([f"{name}: not a DICOM keyword or tag{hint}"])
 
 
 def _set(ds: Dataset, keyword: str, value: Any) -> None:
@@ -142,20 +164,60 @@ def entries_from_json(text: str) -> Iterator[Dataset]:
     document = json.loads(text)
     objects = document if isinstance(document, list) else [document]
     for obj in objects:
-        if not isinstance(obj, dict):
-            raise EntryError(["each JSON entry must be an object"])
-        yield Dataset.from_json(obj) if _is_dicom_json(obj) else from_flat(obj)
+        yield _json_entry(obj)
+
+
+def _json_entry(obj: object) -> Dataset:
+    if not isinstance(obj, dict):
+        raise EntryError(["each JSON entry must be an object"])
+    return Dataset.from_json(obj) if _is_dicom_json(obj) else from_flat(obj)
 
 
 def entries_from_csv(text: str) -> Iterator[Dataset]:
     """One entry per CSV row (header: keywords; ``\\`` separates values)."""
     for row in csv.DictReader(io.StringIO(text)):
-        obj = {
-            k.strip(): (v.split("\\") if "\\" in v else v)
-            for k, v in row.items()
-            if k and v not in (None, "")
-        }
-        yield from_flat(obj)
+        yield from_flat(_csv_object(row))
+
+
+def _csv_object(row: dict[str, str | None]) -> dict[str, Any]:
+    return {
+        k.strip(): (v.split("\\") if "\\" in v else v)
+        for k, v in row.items()
+        if k and v not in (None, "")
+    }
+
+
+def read_entries(text: str, form: str) -> Iterator[Dataset | EntryError]:
+    """The entries of an input, each read on its own (``form``: a key of :data:`READERS`): a
+    dataset, or an :class:`EntryError` saying why that entry (JSON object, CSV row) cannot be
+    read, so that one misspelled keyword refuses its entry, not the input.
+
+    Raises
+    ------
+    EntryError, ValueError
+        The input cannot be read as ``form`` at all (not JSON, a dump line ...).
+    """
+    if form == "json":
+        document = json.loads(text)
+        objects = document if isinstance(document, list) else [document]
+        for obj in objects:
+            yield _entry_or_error(partial(_json_entry, obj))
+    elif form == "csv":
+        for row in csv.DictReader(io.StringIO(text)):
+            yield _entry_or_error(partial(from_flat, _csv_object(row)))
+    else:
+        yield from READERS[form](text)
+
+
+def _entry_or_error(read: Callable[[], Dataset]) -> Dataset | EntryError:
+    try:
+        with warnings.catch_warnings():  # pydicom's value warnings: refused later instead
+            warnings.simplefilter("ignore")
+            return read()
+    except EntryError as exc:
+        return exc
+    except (ValueError, KeyError, TypeError) as exc:
+        return EntryError([f"cannot read it ({exc})"])
 
 
 _DUMP_LINE = re.compile(r"^\s*\(([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)\s+(\S+)\s*(.*)$")
@@ -257,19 +319,20 @@ def _walk_text(ds: Dataset, where: str = "") -> Iterator[tuple[str, str]]:
 
 
 def _invalid(ds: Dataset, where: str = "") -> Iterator[str]:
+    """One problem per value not valid for its VR, saying what to type
+    (:func:`~wlmserver.store.valuerules.value_problem`)."""
     for element in ds:
         if element.VR == "SQ":
             for n, item in enumerate(element.value):
                 yield from _invalid(item, f"{where}{element.keyword}[{n}].")
             continue
-        if element.VR not in _CHECKED_VRS or element.value in (None, ""):
+        if element.VR not in RULES or element.value in (None, ""):
             continue
         values = element.value if element.VM > 1 else [element.value]
         for value in values:
-            try:
-                validate_value(element.VR, str(value), pydicom_config.RAISE)
-            except (ValueError, TypeError):
-                yield f"{where}{element.keyword}: not a valid {element.VR} value"
+            problem = value_problem(element.VR, value)
+            if problem is not None:
+                yield f"{where}{element.keyword}: {problem}"
 
 
 def step_id(procedure: str, n: int) -> str:
@@ -547,12 +610,12 @@ def plan_orders(entries: Iterable[InputEntry]) -> list[Order]:
         In the order of each one's first entry; ``dataset`` set when it can be written.
     """
     orders: dict[str, Order] = {}
-    for entry in entries:
-        name = _order_name(entry.dataset)
-        orders.setdefault(name, Order(name)).entries.append(entry)
-    for order in orders.values():
-        with warnings.catch_warnings():  # pydicom's value warnings: refused below instead
-            warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():  # pydicom's value warnings (with the value): refused below
+        warnings.simplefilter("ignore")
+        for entry in entries:
+            name = _order_name(entry.dataset)
+            orders.setdefault(name, Order(name)).entries.append(entry)
+        for order in orders.values():
             _complete_order(order)
     return list(orders.values())
 

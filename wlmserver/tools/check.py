@@ -9,14 +9,23 @@ verdict:
 ``warning``
     served, but something is likely wrong: a value that is not valid for its VR (PS3.5 6.2),
     a Scheduled Procedure Step ID used twice for the same Requested Procedure in one AE folder,
-    a step scheduled more than ``--past-days`` days ago;
+    a step scheduled more than ``--past-days`` days ago, a file that only its owner can read
+    (or in a folder only its owner can list: a server running as another user, as it should,
+    does not serve it; :func:`readers_problem`);
 ``not served``
     the file, or one of its steps, is not served: unparseable or cut short, text that does not
     decode in its Specific Character Set, no SPS item, a missing Type 1 attribute (PS3.4
-    Table K.6-1).
+    Table K.6-1), or it cannot be read by the user running ``check`` (run it as the server's
+    user, as README "Deploying for real" does, to judge as the server).
 
 Messages name the attribute and the rule, never the value (values are patient data). The exit
 status is 1 when any file (or step) would not be served, else 0.
+
+The configuration is the server's (``--config FILE``, read by the server's own loader, see
+:mod:`wlmserver.tools.configured`): the database, ``-dfr``, JSON drops, retention and the
+statuses it hides. A step the server does not answer because of its status (the file's, or
+the one a modality reported in the MPPS folder) is not counted as served: it is reported
+apart, as hidden, with the status and where it comes from.
 
 With ``--retention-days N`` (and ``--archive-folder DIR``), a retention report follows: per AE
 folder, the steps a retention run would hide (file, item, SPS ID and scheduled date only) and
@@ -25,34 +34,42 @@ nothing: no file is moved, no folder made.
 For a database whose MPPS messages are forwarded to a RIS (``--mpps-forward``), it also says
 how the forwarding queue stands (:mod:`wlmserver.store.forward`): messages waiting, the age of
 the oldest, messages the RIS refused for good (in ``forward/failed/``). The MPPS folder is
-``<root>/.mpps`` unless ``--mpps-folder`` names the server's.
+the configured one (``--mpps-folder``, or ``--config``'s), else ``<root>/.mpps``.
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import json
+import pwd
+import stat
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from pydicom import config as pydicom_config
-from pydicom.valuerep import validate_value
-
-from wlmserver.config import bundled_database
+from wlmserver.config.loader import Loaded
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import describe_tag
 from wlmserver.matching.record import Record
 from wlmserver.matching.retention import RetentionPolicy
-from wlmserver.store.files import WorklistFileError
+from wlmserver.matching.stepstatus import StatusView
+from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE, WorklistFileError
 from wlmserver.store.formats import Formats
 from wlmserver.store.forward import QueueState, forward_folder, queue_state
 from wlmserver.store.index import is_safe_ae_title, unexpected_reason
-from wlmserver.store.mpps import default_folder
-from wlmserver.store.retention import FilePlan, archive_problem, plan_file
+from wlmserver.store.retention import FilePlan, plan_file
+from wlmserver.store.valuerules import RULES, value_problem
+from wlmserver.tools.configured import (
+    add_config_option,
+    hidden_statuses,
+    load_for_tool,
+    read_mpps,
+    sources_line,
+)
 
 SERVED, WARNING, NOT_SERVED = "served", "warning", "not served"
 
@@ -62,10 +79,27 @@ _REQUESTED_PROCEDURE_ID = 0x00401001
 _STUDY_UID = 0x0020000D
 _ACCESSION = 0x00080050
 
-#: VRs whose values are checked against PS3.5 (pydicom's validation, which raises on errors).
-_CHECKED_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI", "UR"}
-)
+
+@dataclass(frozen=True)
+class StatusHidden:
+    """A step not answered because of its status (no patient data).
+
+    Attributes
+    ----------
+    item : int
+        Its item in the file's Scheduled Procedure Step Sequence, counted from 1.
+    sps_id : str
+        Its Scheduled Procedure Step ID, or ``""``.
+    status : str
+        Its status as the server answers it.
+    reported : bool
+        Whether a modality reported it (an MPPS), rather than the file saying so.
+    """
+
+    item: int
+    sps_id: str
+    status: str
+    reported: bool
 
 
 @dataclass
@@ -86,6 +120,8 @@ class FileReport:
         Why it is not served, or what the warnings are.
     retention : FilePlan or None
         With a retention policy: its steps past retention, and whether the file would move.
+    hidden : list of StatusHidden
+        Its steps the server does not answer because of their status.
     """
 
     path: str
@@ -94,6 +130,7 @@ class FileReport:
     entries: int = 0
     problems: list[str] = field(default_factory=list)
     retention: FilePlan | None = None
+    hidden: list[StatusHidden] = field(default_factory=list)
 
     def note(self, verdict: str, problem: str) -> None:
         """Add a problem; the verdict only gets worse."""
@@ -115,13 +152,12 @@ def _invalid_values(record: Record, where: str = "") -> Iterator[str]:
                 if isinstance(item, Record):
                     yield from _invalid_values(item, f"{where}{_name(tag)}[{n}] ")
             continue
-        if vr not in _CHECKED_VRS:
+        if vr not in RULES:
             continue
         for text in value:
-            try:
-                validate_value(vr, text, pydicom_config.RAISE)
-            except (ValueError, TypeError):
-                yield f"{where}{_name(tag)}: not a valid {vr} value (length {len(str(text))})"
+            problem = value_problem(vr, text)
+            if problem is not None:
+                yield f"{where}{_name(tag)}: {problem}"
 
 
 def _first(record: Record, tag: int) -> str:
@@ -130,23 +166,32 @@ def _first(record: Record, tag: int) -> str:
 
 
 def check_file(
-    path: Path, folder: str, *, reject_incomplete: bool = True, json_drops: bool = False
+    path: Path,
+    folder: str,
+    *,
+    reject_incomplete: bool = True,
+    json_drops: bool = False,
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
 ) -> tuple[FileReport, tuple[Entry, ...]]:
     """Read one file as the server does; its report and the entries it serves."""
     report = FileReport(str(path), folder)
     try:
         result = Formats.chosen(json_drops=json_drops).read(
-            path, reject_incomplete=reject_incomplete
+            path, reject_incomplete=reject_incomplete, max_size=max_file_size
         )
     except WorklistFileError as exc:
         report.note(NOT_SERVED, str(exc))
         return report, ()
     except OSError as exc:
-        report.note(NOT_SERVED, f"cannot read it ({exc.strerror or exc})")
+        owner = f": {_owner_and_mode(path)}" if isinstance(exc, PermissionError) else ""
+        report.note(NOT_SERVED, f"cannot read it ({exc.strerror or exc}){owner}")
         return report, ()
     except Exception as exc:  # as the server: one bad file is one file not served
         report.note(NOT_SERVED, unexpected_reason(exc))
         return report, ()
+    problem = readers_problem(path)
+    if problem is not None:
+        report.note(WARNING, problem)
     report.entries = len(result.entries)
     for problem in result.problems:
         report.note(NOT_SERVED if reject_incomplete else WARNING, problem)
@@ -159,12 +204,76 @@ def check_file(
     return report, result.entries
 
 
+def _name_of(number: int, names: Callable[[int], str]) -> str:
+    try:
+        return names(number)
+    except (KeyError, OverflowError):
+        return str(number)
+
+
+def _user(uid: int) -> str:
+    return _name_of(uid, lambda n: pwd.getpwuid(n).pw_name)
+
+
+def _group(gid: int) -> str:
+    return _name_of(gid, lambda n: grp.getgrgid(n).gr_name)
+
+
+def _owner_and_mode(path: Path) -> str:
+    """``mode 0600, risexport:wlmdata`` (or ``""`` when it cannot be told)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, {_user(st.st_uid)}:{_group(st.st_gid)}"
+
+
+def readers_problem(path: Path) -> str | None:
+    """Why a server running as another user than the file's writer could not read it,
+    judged from the modes of the file and of its AE folder, or None.
+
+    The server's user is not known here, nor need it be the one running ``check`` (root, the
+    RIS export's user): it is taken to be another user than the file's owner, who reaches the
+    folder through its group or as anyone (README: the database is ``risexport:wlmdata``
+    2750, files 0640, the server in ``wlmdata``). A file that only its owner can read is
+    served only by a server running as that owner.
+    """
+    try:
+        file, folder = path.stat(), path.parent.stat()
+    except OSError:
+        return None
+    anyone = folder.st_mode & 0o005 == 0o005  # list the folder and open its files
+    group = folder.st_mode & 0o050 == 0o050
+    if not (anyone or group):
+        return (
+            f"its folder {path.parent} can be listed by its owner only "
+            f"({_owner_and_mode(path.parent)}): a server running as another user serves "
+            "nothing from it; make it 2750 with the server's group (or 0755)"
+        )
+    if file.st_mode & 0o004:
+        return None
+    if file.st_mode & 0o040:
+        if anyone or file.st_gid == folder.st_gid:
+            return None
+        return (
+            f"readable by its group {_group(file.st_gid)} only ({_owner_and_mode(path)}), "
+            f"but its folder admits the group {_group(folder.st_gid)}: the server must be in "
+            f"both; chgrp {_group(folder.st_gid)} (a file made in a setgid folder gets its "
+            "group)"
+        )
+    return (
+        f"only its owner can read it ({_owner_and_mode(path)}): a server running as another "
+        "user does not serve it; make it readable by the server's group (chmod 0640, and "
+        "umask 027 where it is written) or by all (0644)"
+    )
+
+
 def _files(target: Path, json_drops: bool = False) -> Iterator[tuple[Path, str]]:
     """``(file, AE folder)`` for a database root, one AE folder, or one file."""
     served = Formats.chosen(json_drops=json_drops).serves
 
     if not target.is_dir():  # a file, or whatever else was named (the reader says what)
-        yield target, target.parent.name
+        yield target, target.absolute().parent.name
         return
     folders = [target] if any(served(p.name) for p in target.iterdir()) else []
     if not folders:
@@ -184,6 +293,8 @@ def check(
     json_drops: bool = False,
     retention: RetentionPolicy | None = None,
     archive: bool = False,
+    statuses: StatusView | None = None,
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
 ) -> list[FileReport]:
     """Check every worklist file under ``target``.
 
@@ -203,6 +314,11 @@ def check(
         Say which steps a retention run would hide (each report's ``retention``).
     archive : bool
         An archive folder is set: say which files a retention run would move.
+    statuses : StatusView or None
+        The statuses the server hides, and those modalities reported: steps so hidden are
+        not served (each report's ``hidden``).
+    max_file_size : int
+        As the server's ``--max-file-size`` (in bytes).
 
     Returns
     -------
@@ -216,13 +332,32 @@ def check(
     steps: dict[tuple[str, str, str], list[FileReport]] = {}
     for path, folder in _files(target, json_drops):
         report, entries = check_file(
-            path, folder, reject_incomplete=reject_incomplete, json_drops=json_drops
+            path,
+            folder,
+            reject_incomplete=reject_incomplete,
+            json_drops=json_drops,
+            max_file_size=max_file_size,
         )
         reports.append(report)
+        past = retention.hider(today) if retention is not None else None
         if retention is not None:
             report.retention = plan_file(
                 folder, path.name, entries, retention, today, archive=archive
             )
+        served = [e for e in entries if past is None or not past(e)]  # as the server: first
+        if statuses is not None and not statuses.changes_nothing:
+            for entry in list(served):
+                if statuses.seen(entry) is None:
+                    served.remove(entry)
+                    report.hidden.append(
+                        StatusHidden(
+                            entry.item + 1,
+                            _first(entry.sps, _SPS_ID),
+                            statuses.status_of(entry),
+                            statuses.reported(entry) is not None,
+                        )
+                    )
+        report.entries = len(served)
         for entry in entries:
             sps_id = _first(entry.sps, _SPS_ID)
             if sps_id:
@@ -262,24 +397,51 @@ def summary(reports: Sequence[FileReport]) -> dict[str, int]:
         "warnings": counts[WARNING],
         "not_served": counts[NOT_SERVED],
         "entries": sum(r.entries for r in reports),
+        "hidden_by_status": sum(len(r.hidden) for r in reports),
+        "past_retention": sum(len(r.retention.hidden) for r in reports if r.retention),
     }
 
 
-def format_text(reports: Sequence[FileReport], target: Path) -> str:
-    """The human-readable report: one line per file with problems, then a summary."""
+def format_text(
+    reports: Sequence[FileReport], target: Path, hidden: frozenset[str] | None = None
+) -> str:
+    """The human-readable report: one line per file with problems, the steps hidden by
+    their status (``hidden``: the statuses the server hides), then a summary."""
     lines = []
     for report in reports:
         if report.verdict == SERVED:
             continue
         lines.append(f"{report.verdict.upper():10} {report.path}")
         lines.extend(f"           - {problem}" for problem in report.problems)
+    if any(r.hidden for r in reports):
+        lines.append(
+            f"HIDDEN     steps the server does not answer (hide-status "
+            f"{hidden_statuses(hidden or ())}; a query asking for a status gets them):"
+        )
+        for report in reports:
+            for step in report.hidden:
+                source = "reported by an MPPS" if step.reported else "in the file"
+                sps = f" (SPS {step.sps_id})" if step.sps_id else ""
+                lines.append(
+                    f"           - {report.path}: SPS item {step.item}{sps}: status "
+                    f"{step.status} ({source})"
+                )
     totals = summary(reports)
     folders = sorted({r.folder for r in reports})
+    apart = [
+        f"{totals[key]} {words}"
+        for key, words in (
+            ("hidden_by_status", "hidden by their status"),
+            ("past_retention", "past retention"),
+        )
+        if totals[key]
+    ]
     lines.append(
         f"{target}: {totals['files']} files in {len(folders)} AE folders "
         f"({', '.join(folders) or 'none'}): {totals['served']} served, "
         f"{totals['warnings']} served with warnings, {totals['not_served']} not served; "
         f"{totals['entries']} scheduled procedure steps served"
+        + (f" ({', '.join(apart)}, not served)" if apart else "")
     )
     return "\n".join(lines)
 
@@ -337,16 +499,11 @@ def retention_document(
     }
 
 
-def forwarding(target: Path, mpps_folder: Path | None) -> tuple[Path, QueueState] | None:
-    """The MPPS forwarding queue of a database (its folder and state), or None when there is
-    none (not a database root, or its MPPS messages were never forwarded)."""
-    folder = mpps_folder
-    if folder is None:
-        if not target.is_dir():
-            return None
-        folder = default_folder(target)
-    state = queue_state(folder)
-    return None if state is None else (forward_folder(folder), state)
+def forwarding(mpps_folder: Path) -> tuple[Path, QueueState] | None:
+    """The MPPS forwarding queue of the server's MPPS folder (its folder and state), or None
+    when there is none (its MPPS messages were never forwarded)."""
+    state = queue_state(mpps_folder)
+    return None if state is None else (forward_folder(mpps_folder), state)
 
 
 def format_forwarding(folder: Path, state: QueueState) -> str:
@@ -367,16 +524,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The options of ``wlmserver check``."""
     p = argparse.ArgumentParser(
         prog="wlmserver check",
-        description="Check worklist files offline: each is served, served with warnings, or "
-        "not served, with the reason. Exit status 1 if anything would not be served.",
+        description="Check worklist files offline as the server would serve them: each is "
+        "served, served with warnings, or not served, with the reason; steps the server "
+        "hides by their status are reported apart. Exit status 1 if anything would not be "
+        "served.",
         allow_abbrev=False,
     )
     p.add_argument(
         "target",
         nargs="?",
         type=Path,
-        help="a database root, an AE folder or a .wl file (default: the bundled example)",
+        help="a database root, an AE folder or a .wl file (default: --config's "
+        "data-files-path, else the bundled example, which it says)",
     )
+    add_config_option(p)
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.add_argument(
         "--past-days",
@@ -385,81 +546,84 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="warn about steps scheduled more than N days ago (default 30; -1: never)",
     )
-    p.add_argument(
+    server = p.add_argument_group(
+        "the server's options (default: --config's, else the server's defaults)"
+    )
+    server.add_argument(
         "--retention-days",
-        type=int,
         metavar="N",
-        help="also report which steps a server with --retention-days N would hide (scheduled "
+        help="also report which steps a server with --retention-days N hides (scheduled "
         "more than N days ago), without changing anything",
     )
-    p.add_argument(
+    server.add_argument(
         "--archive-folder",
-        type=Path,
         metavar="DIR",
         help="with --retention-days: also report which files would move to DIR/<AET>/",
     )
-    p.add_argument("--json-drops", action="store_true", help="also check *.json drop files")
-    p.add_argument(
+    server.add_argument("--json-drops", action="store_true", help="also check *.json drop files")
+    server.add_argument(
         "-dfr",
         "--disable-file-reject",
         action="store_true",
-        help="as the server's option: incomplete steps are served (reported as warnings)",
+        help="incomplete steps are served (reported as warnings)",
     )
-    p.add_argument(
+    server.add_argument(
         "--mpps-folder",
-        type=Path,
         metavar="DIR",
-        help="the server's --mpps-folder, for the state of its MPPS forwarding queue "
-        "(default: ROOT/.mpps)",
+        help="the server's MPPS folder: the statuses modalities reported there apply, and "
+        "its forwarding queue is reported (default: ROOT/.mpps)",
+    )
+    server.add_argument(
+        "--hide-status",
+        metavar="STATUS[,STATUS]",
+        help="the statuses the server hides (default COMPLETED,DISCONTINUED)",
     )
     return p
+
+
+def database_root(target: Path, json_drops: bool = False) -> Path:
+    """The database root of a check's target: the root itself, an AE folder's parent, or a
+    file's AE folder's parent (``x.wl`` in the current folder: its parent's parent)."""
+    target = target.absolute()
+    if not target.is_dir():  # one file: <root>/<AET>/<file>
+        return target.parent.parent
+    if Formats.chosen(json_drops=json_drops).holds_served_files(target):
+        return target.parent  # an AE folder
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``wlmserver check``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    target: Path = args.target or bundled_database()
-    if not target.exists():
-        parser.error(f"{target} does not exist")
-    policy = _retention_policy(parser, args, target)
+    if args.target is not None and not args.target.exists():
+        parser.error(f"{args.target} does not exist")
+    root = None if args.target is None else database_root(args.target, args.json_drops)
+    loaded = load_for_tool(parser, args, root)
+    config = loaded.config
+    target: Path = args.target or config.data_files_path
+    mpps = read_mpps(config.mpps_path)
+    print(sources_line(parser.prog, loaded, args.target is not None, mpps), file=sys.stderr)
+    policy = config.retention if config.retention_days is not None else None
     today = date.today()
-    archive: Path | None = args.archive_folder
+    archive = config.archive_folder
     reports = check(
         target,
         past_days=None if args.past_days < 0 else args.past_days,
         today=today,
-        reject_incomplete=not args.disable_file_reject,
-        json_drops=args.json_drops,
+        reject_incomplete=config.reject_incomplete,
+        json_drops=config.json_drops,
         retention=policy,
         archive=archive is not None,
+        statuses=StatusView(mpps.steps, config.hide_statuses),
+        max_file_size=config.max_file_size,
     )
-    queue = forwarding(target, args.mpps_folder)
+    queue = forwarding(config.mpps_path)
     if args.json:
-        files = [asdict(r) for r in reports]
-        if policy is None:
-            for file in files:
-                del file["retention"]
-        document: dict[str, object] = {
-            "target": str(target),
-            "summary": summary(reports),
-            "files": files,
-        }
-        if policy is not None:
-            document["retention"] = retention_document(reports, policy, today, archive)
-        if queue is not None:
-            folder, state = queue
-            document["mpps_forward"] = {
-                "folder": str(folder),
-                "pending": state.pending,
-                "oldest_age_seconds": (
-                    None if state.oldest is None else round(time.time() - state.oldest, 1)
-                ),
-                "failed": state.failed,
-            }
+        document = _document(loaded, target, reports, policy, today, queue)
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
-        print(format_text(reports, target))
+        print(format_text(reports, target, config.hide_statuses))
         if policy is not None:
             print(format_retention(reports, policy, today, archive))
         if queue is not None:
@@ -468,24 +632,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if any(r.verdict == NOT_SERVED for r in reports) else 0
 
 
-def _retention_policy(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, target: Path
-) -> RetentionPolicy | None:
-    """The retention policy asked for, or None; the server's rules for the two options."""
-    if args.retention_days is None:
-        if args.archive_folder is not None:
-            parser.error("--archive-folder needs --retention-days N")
-        return None
-    if args.retention_days < 1:
-        parser.error("--retention-days must be a positive whole number")
-    if args.archive_folder is not None:
-        if not target.is_dir():  # one file: <root>/<AET>/<file>
-            root = target.parent.parent
-        elif Formats.chosen(json_drops=args.json_drops).holds_served_files(target):
-            root = target.parent  # an AE folder
-        else:
-            root = target
-        problem = archive_problem(args.archive_folder, root)
-        if problem is not None:
-            parser.error(f"--archive-folder {args.archive_folder}: {problem}")
-    return RetentionPolicy(args.retention_days)
+def _document(
+    loaded: Loaded,
+    target: Path,
+    reports: Sequence[FileReport],
+    policy: RetentionPolicy | None,
+    today: date,
+    queue: tuple[Path, QueueState] | None,
+) -> dict[str, object]:
+    """The ``--json`` report."""
+    config = loaded.config
+    files = [asdict(r) for r in reports]
+    if policy is None:
+        for file in files:
+            del file["retention"]
+    document: dict[str, object] = {
+        "target": str(target),
+        "database": str(config.data_files_path),
+        "mpps_folder": str(config.mpps_path),
+        "hide_status": sorted(config.hide_statuses),
+        "summary": summary(reports),
+        "files": files,
+    }
+    if policy is not None:
+        document["retention"] = retention_document(reports, policy, today, config.archive_folder)
+    if queue is not None:
+        folder, state = queue
+        document["mpps_forward"] = {
+            "folder": str(folder),
+            "pending": state.pending,
+            "oldest_age_seconds": (
+                None if state.oldest is None else round(time.time() - state.oldest, 1)
+            ),
+            "failed": state.failed,
+        }
+    return document

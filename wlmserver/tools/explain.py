@@ -45,10 +45,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from wlmserver.config import bundled_database
-from wlmserver.config.file import ConfigFileError
-from wlmserver.config.file import load as load_config_file
-from wlmserver.config.profiles import Profile, Profiles
+from wlmserver.config.profiles import Profile
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import (
     DEFAULT_MATCHING,
@@ -56,24 +53,24 @@ from wlmserver.matching.keys import (
     describe_tag,
     never_matched,
 )
-from wlmserver.matching.mpps import PerformedSteps
 from wlmserver.matching.narrow import SPS_START_DATE, STATION_AET, narrow
 from wlmserver.matching.primitives import compile_value
 from wlmserver.matching.query import CompiledQuery, ItemQuery, Mismatch, QueryError, compile_query
 from wlmserver.matching.record import Record
-from wlmserver.matching.retention import RetentionPolicy, scheduled_date
-from wlmserver.matching.stepstatus import (
-    DEFAULT_HIDDEN,
-    StatusView,
-    asks_for_status,
-    parse_statuses,
-)
+from wlmserver.matching.retention import scheduled_date
+from wlmserver.matching.stepstatus import StatusView, asks_for_status
 from wlmserver.store.dicomfile import parse
 from wlmserver.store.files import FileState, read_file_bytes
 from wlmserver.store.formats import JSON_DROP, Formats
 from wlmserver.store.index import FolderSnapshot, WorklistStore
-from wlmserver.store.mpps import MppsStore, default_folder
 from wlmserver.tools.client import UsageError, add_query_options, build_identifier
+from wlmserver.tools.configured import (
+    add_config_option,
+    hidden_statuses,
+    load_for_tool,
+    read_mpps,
+    sources_line,
+)
 
 _PATIENT_ID, _ACCESSION = 0x00100020, 0x00080050
 
@@ -347,11 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="wlmserver explain",
         description="Show, for each worklist entry, whether it answers a query and which "
-        "key stops it, using the server's own matching.",
+        "key stops it, using the server's own matching and its configuration (--config).",
         allow_abbrev=False,
     )
     p.add_argument(
-        "database", nargs="?", type=Path, help="the database root (default: the bundled one)"
+        "database",
+        nargs="?",
+        type=Path,
+        help="the database root (default: --config's data-files-path, else the bundled "
+        "example, which it says)",
     )
     p.add_argument("-aec", "--call", help="the called AE title (default: every AE folder)")
     p.add_argument(
@@ -360,37 +361,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="the modality's calling AE title, which chooses the modality profile of --config",
     )
-    p.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="the server's configuration file: its modality profiles apply",
-    )
+    add_config_option(p)
     add_query_options(p)
-    p.add_argument("--pn-case-insensitive", action="store_true", help="as the server's option")
-    p.add_argument("--json-drops", action="store_true", help="as the server's option")
-    p.add_argument(
-        "-dfr", "--disable-file-reject", action="store_true", help="as the server's option"
+    server = p.add_argument_group(
+        "the server's options (default: --config's, else the server's defaults)"
     )
-    p.add_argument(
+    server.add_argument("--pn-case-insensitive", action="store_true")
+    server.add_argument("--json-drops", action="store_true")
+    server.add_argument("-dfr", "--disable-file-reject", action="store_true")
+    server.add_argument(
         "--mpps-folder",
-        type=Path,
         metavar="DIR",
         help="the server's MPPS folder, whose reported statuses apply (default: --config's "
         "mpps-folder, else ROOT/.mpps)",
     )
-    p.add_argument(
-        "--hide-status",
-        metavar="STATUS[,STATUS]",
-        help="as the server's option (default: --config's hide-status, else "
-        "COMPLETED,DISCONTINUED)",
-    )
-    p.add_argument(
-        "--retention-days",
-        type=int,
-        metavar="N",
-        help="as the server's option (default: --config's retention-days, else none)",
-    )
+    server.add_argument("--hide-status", metavar="STATUS[,STATUS]")
+    server.add_argument("--retention-days", metavar="N")
     p.add_argument("--entry-patient-id", help="explain only the entries of this patient ID")
     p.add_argument("--entry-accession", help="explain only the entries of this accession number")
     return p
@@ -400,10 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``wlmserver explain``; 0 when some entry matches, 1 when none does."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    root: Path = args.database or bundled_database()
-    problem = _root_problem(root)
-    if problem:
-        parser.error(problem)
+    if args.database is not None:
+        problem = _root_problem(args.database)
+        if problem:
+            parser.error(problem)
     args.all_keys = args.all_keys or False
     try:
         with warnings.catch_warnings():  # pydicom's "invalid value": the query's status says
@@ -411,27 +397,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             identifier = build_identifier(args)
     except UsageError as exc:
         parser.error(str(exc))
-    profiles = Profiles()
-    server: dict[str, object] = {}
-    if args.config is not None:
-        try:
-            config_file = load_config_file(args.config)
-        except ConfigFileError as exc:
-            parser.error(f"--config {exc}")
-        profiles = config_file.profiles
-        server = {option.name: option.value for option in config_file.server}
-    profile = profiles.for_calling(args.calling_aet)
-    try:
-        hidden = _hidden(args.hide_status, server.get("hide-status"), profile)
-    except ValueError as exc:
-        parser.error(f"--hide-status: {exc}")
-    expand = True if profile.expand_empty_sps is None else profile.expand_empty_sps
+    loaded = load_for_tool(parser, args, args.database)
+    config = loaded.config
+    root = config.data_files_path
+    mpps = read_mpps(config.mpps_path)
+    print(sources_line(parser.prog, loaded, args.database is not None, mpps), file=sys.stderr)
+    profile = config.profiles.for_calling(args.calling_aet)
+    hidden = config.hide_statuses if profile.hide_statuses is None else profile.hide_statuses
+    expand = (
+        config.expand_empty_sps if profile.expand_empty_sps is None else profile.expand_empty_sps
+    )
+    pn_fold = config.pn_case_insensitive
     try:
         query = compile_query(
-            identifier,
-            pn_fold=args.pn_case_insensitive,
-            expand_empty_sps=expand,
-            matching=profile.matching,
+            identifier, pn_fold=pn_fold, expand_empty_sps=expand, matching=profile.matching
         )
         query, narrowed = narrow(
             query,
@@ -442,7 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"the server answers this query with status 0x{int(exc.status):04X}: {exc.message}")
         return 1
     store = WorklistStore(
-        root, reject_incomplete=not args.disable_file_reject, json_drops=args.json_drops
+        root,
+        reject_incomplete=config.reject_incomplete,
+        json_drops=config.json_drops,
+        max_file_size=config.max_file_size,
+        follow_links=config.follow_links,
+        workers=config.index_workers,
     )
     package_log = logging.getLogger("wlmserver")
     level = package_log.level
@@ -453,6 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         package_log.setLevel(level)
     snapshots = store.snapshots()
     folders = [f for f in snapshots if args.call is None or f.name == args.call]
+    if not folders and args.call is not None and config.any_aet_folder:
+        folders = [f for f in snapshots if f.name == config.any_aet_folder]
+        if folders:
+            print(
+                f"NOTE   no AE folder {args.call!r}: the server serves --any-aet {folders[0].name}"
+            )
     if not folders:
         if args.call is None:
             print(f"no AE folder in {root}: nothing is served")
@@ -465,16 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"PROFILE {profile.name} ({calling}){added}")
     for line in return_key_lines(query):
         print(line)
-    mpps_folder = args.mpps_folder or _server_path(args.config, server.get("mpps-folder"))
-    view = StatusView(
-        _performed(mpps_folder or default_folder(root)),
-        frozenset() if asks_for_status(query) else hidden,
-    )
-    days = args.retention_days if args.retention_days is not None else server.get("retention-days")
-    try:
-        retention = RetentionPolicy(days if isinstance(days, int) else None)
-    except ValueError as exc:
-        parser.error(f"--retention-days: {exc}")
+    view = StatusView(mpps.steps, frozenset() if asks_for_status(query) else hidden)
+    retention = config.retention
     today = datetime.date.today()
     wanted = EntryFilter(args.entry_patient_id, args.entry_accession)
     matched = shown = unserved = blocked = 0
@@ -497,11 +479,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 source = "in the file" if view.reported(indexed) is None else "reported by an MPPS"
                 print(
                     f"NO     {where}: status {status} ({source}) is hidden "
-                    f"(hide-status {','.join(sorted(view.hidden))}; a query asking for a "
+                    f"(hide-status {hidden_statuses(view.hidden)}; a query asking for a "
                     "status sees it)"
                 )
                 continue
-            reasons = explain_entry(entry, query, args.pn_case_insensitive, profile)
+            reasons = explain_entry(entry, query, pn_fold, profile)
             if not reasons:
                 matched += 1
                 print(f"MATCH  {where}")
@@ -520,42 +502,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary += f"; {_elsewhere(store.root, snapshots, folders, wanted)}"
     print(summary, file=sys.stderr)
     return 0 if matched else 1
-
-
-def _hidden(option: str | None, configured: object, profile: Profile) -> frozenset[str]:
-    """The statuses hidden from this query's modality: the profile's, else ``--hide-status``,
-    else the configuration file's, else the server's default."""
-    if profile.hide_statuses is not None:
-        return profile.hide_statuses
-    if option is not None:
-        return parse_statuses(option)
-    if isinstance(configured, list):
-        return frozenset().union(*(parse_statuses(str(v)) for v in configured))
-    if isinstance(configured, str):
-        return parse_statuses(configured)
-    return DEFAULT_HIDDEN
-
-
-def _server_path(config: Path | None, value: object) -> Path | None:
-    """A ``[server]`` path of the configuration file (relative to the file's folder)."""
-    if config is None or not isinstance(value, str):
-        return None
-    return config.parent / value
-
-
-def _performed(folder: Path) -> PerformedSteps:
-    """What modalities reported, read from the server's MPPS folder (nothing if none)."""
-    store = MppsStore(folder)
-    package_log = logging.getLogger("wlmserver")
-    level = package_log.level
-    package_log.setLevel(logging.ERROR)
-    try:
-        store.load(create=False)
-    except OSError:
-        return PerformedSteps()
-    finally:
-        package_log.setLevel(level)
-    return store.steps
 
 
 def _root_problem(root: Path) -> str | None:
