@@ -393,3 +393,37 @@ def test_the_options_are_on_the_command_line(db: Path) -> None:
 
 def test_mwl_find_is_what_the_limits_protect() -> None:
     assert MODALITY_WORKLIST_FIND == "1.2.840.10008.5.1.4.31"
+
+
+def test_a_released_association_frees_its_slot_before_its_thread_ends(
+    start_server: StartServer, served: Path
+) -> None:
+    """A peer at its limit that releases and asks again at once (a modality's next query, a
+    client pool) is admitted, even while the released association's thread is still busy
+    closing (here: held in a handler of the release); the benchmark's 8 lean clients were
+    refused now and then."""
+    import threading
+
+    from pynetdicom import evt
+
+    server = start_server(max_associations=5, max_associations_per_peer=1)
+    closing = threading.Event()
+    holding = threading.Event()
+
+    def slow_close(event: Any) -> None:
+        holding.set()
+        closing.wait(20)  # the released association's thread stays alive meanwhile
+
+    server._server.bind(evt.EVT_RELEASED, slow_close)
+    try:
+        first = _associate(server.port, OTHER_HOST)
+        assert first.is_established
+        first.release()
+        assert holding.wait(20)
+        again = _associate(server.port, OTHER_HOST)
+        try:
+            assert again.is_established
+        finally:
+            again.release()
+    finally:
+        closing.set()

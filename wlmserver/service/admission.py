@@ -25,7 +25,7 @@ class Admission:
       transport connection to the acceptor); those wait at most the ACSE timeout.
 
     Counts are taken over the live association threads, so a slot is free as soon as its
-    thread ends, whatever ended it.
+    association is released, aborted or rejected, or its thread ends, whatever ended it.
 
     Parameters
     ----------
@@ -45,9 +45,7 @@ class Admission:
             self.config = config
 
     def _live(self, exclude: Any) -> list[Any]:
-        return [
-            a for a in list(self._open) if a is not exclude and (a.ident is None or a.is_alive())
-        ]
+        return [a for a in list(self._open) if a is not exclude and _holds_a_slot(a)]
 
     def connection_opened(self, assoc: Any) -> int | None:
         """Register a new connection; the number of waiting connections of its host if that
@@ -75,6 +73,16 @@ class Admission:
             assoc.__dict__["_wlmserver_admitted"] = True
             self._open.add(assoc)
         return None
+
+
+def _holds_a_slot(assoc: Any) -> bool:
+    """Whether a connection still counts against the limits: its thread has not ended, and
+    its association was not released, aborted or rejected. A peer that releases and asks
+    again at once (a modality's next query, a client pool at its limit) is not refused
+    because the released association's thread is still closing its socket."""
+    if assoc.ident is not None and not assoc.is_alive():
+        return False
+    return not (assoc.is_released or assoc.is_aborted or assoc.is_rejected)
 
 
 def admitted(assoc: Any) -> bool:
