@@ -172,12 +172,12 @@ def test_tries_survive_a_reopen_and_leave_with_their_message(tmp_path: Path) -> 
     create = queue.append(Kind.N_CREATE, UID, make_mpps())
     other = queue.append(Kind.N_CREATE, OTHER, make_mpps())
     assert queue.tries(create) is None and not (folder / ATTEMPTS_NAME).exists()
-    queue.record(create, Tries(2, 100.0, 104.0, 1, "status 0x0110"), accepted=90.0)
+    queue.record(create, Tries(2, 100.0, 104.0, 1, "status 0x0110"), settled=90.0)
     queue.record(other, Tries(1, 101.0, 102.0))
     assert (folder / ATTEMPTS_NAME).stat().st_mode & 0o777 == 0o600
     again = opened(folder)
     assert again.tries(create) == Tries(2, 100.0, 104.0, 1, "status 0x0110")
-    assert again.last_accepted == 90.0
+    assert again.last_settled == 90.0
     assert again.state().retrying == 2
     again.delete(create)
     again.fail(other)  # moved back by hand, it starts again

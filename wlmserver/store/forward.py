@@ -28,10 +28,11 @@ instance whose N-CREATE failed follow it there (:meth:`ForwardQueue.failed_creat
 What the sender needs to go on after a restart is kept beside them, in ``attempts.json``
 (:class:`Tries`): for each message the RIS has not accepted yet after trying, how many tries
 failed, when the first did, when the next may be made, how many went unanswered (the RIS may
-have applied those) and the last reason; and when the RIS last accepted a message. It is
-written (whole, as the messages are) only when an attempt fails or a message with tries leaves
-the queue, and holds only the messages being retried: a message sent at its first try never
-appears in it. Losing it loses no message, only the schedule of their next tries.
+have applied those) and the last reason; and when the RIS last settled a message (accepted
+it, or refused it for good: it was working). It is written (whole, as the messages are) only
+when an attempt fails or a message with tries leaves the queue, and holds only the messages
+being retried: a message sent at its first try never appears in it. Losing it loses no
+message, only the schedule of their next tries.
 
 The MPPS store never takes these files for instances: it reads only the ``*.dcm`` files of
 its own folder, not of its subfolders.
@@ -316,7 +317,7 @@ class ForwardQueue:
         self._opened = False
         #: The sender's record: file name -> its failed tries (see :class:`Tries`).
         self._tries: dict[str, Tries] = {}
-        self._last_accepted: float | None = None
+        self._last_settled: float | None = None
         self._saving_failed = False
         #: Messages appended since :meth:`take_appended` last took them (None: not asked yet).
         self._appended: list[Message] | None = None
@@ -341,26 +342,26 @@ class ForwardQueue:
                     (self.folder / name).unlink()
         pending = self.pending()
         highest = max((m.sequence for m in (*pending, *self.failed())), default=0)
-        tries, last_accepted = self._read_attempts()
+        tries, last_settled = self._read_attempts()
         names = {m.path.name for m in pending}
         with self._lock:
             self._next = itertools.count(highest + 1)
             self._tries = {name: t for name, t in tries.items() if name in names}
-            self._last_accepted = last_accepted
+            self._last_settled = last_settled
             self._opened = True
         if len(self._tries) != len(tries):  # the messages that left the queue meanwhile
             self._save()
         return len(pending)
 
     def _read_attempts(self) -> tuple[dict[str, Tries], float | None]:
-        """``attempts.json``: the tries by file name and when the RIS last accepted a message;
+        """``attempts.json``: the tries by file name and when the RIS last settled a message;
         nothing when it is absent or not readable (a WARNING: only the schedule is lost)."""
         try:
             document = json.loads(self.attempts_path.read_bytes())
             if not isinstance(document, dict) or document.get("format") != 1:
                 raise ValueError("not a record this version writes")
             messages = document.get("messages")
-            last = document.get("last_accepted")
+            last = document.get("last_settled")
             if not isinstance(messages, dict):
                 raise ValueError("no messages")
         except FileNotFoundError:
@@ -430,20 +431,21 @@ class ForwardQueue:
         """The failed tries at ``message`` so far, or None (none failed)."""
         return self._tries.get(message.path.name)
 
-    def record(self, message: Message, tries: Tries, accepted: float | None = None) -> None:
+    def record(self, message: Message, tries: Tries, settled: float | None = None) -> None:
         """Keep ``tries`` for ``message`` (on disk when this returns, unless the disk refuses:
-        one WARNING, and the record lives on in memory). ``accepted``: when the RIS last
-        accepted a message, kept with it."""
+        one WARNING, and the record lives on in memory). ``settled``: when the RIS last
+        settled a message (accepted it, or refused it for good), kept with it."""
         with self._lock:
             self._tries[message.path.name] = tries
-            if accepted is not None:
-                self._last_accepted = accepted
+            if settled is not None:
+                self._last_settled = settled
         self._save()
 
     @property
-    def last_accepted(self) -> float | None:
-        """When the RIS last accepted a message, as last recorded (seconds since the epoch)."""
-        return self._last_accepted
+    def last_settled(self) -> float | None:
+        """When the RIS last settled a message (accepted it, or refused it for good), as last
+        recorded (seconds since the epoch); None: not since the record began."""
+        return self._last_settled
 
     def _forget(self, message: Message) -> None:
         with self._lock:
@@ -455,7 +457,7 @@ class ForwardQueue:
         with self._lock:
             document = {
                 "format": 1,
-                "last_accepted": self._last_accepted,
+                "last_settled": self._last_settled,
                 "messages": {name: t.to_json() for name, t in sorted(self._tries.items())},
             }
         data = json.dumps(document, indent=1).encode("utf-8")

@@ -24,7 +24,8 @@ the files it would move to ``DIR/<AET>/`` (:mod:`wlmserver.store.retention`). Th
 nothing: no file is moved, no folder made.
 For a database whose MPPS messages are forwarded to a RIS (``--mpps-forward``), it also says
 how the forwarding queue stands (:mod:`wlmserver.store.forward`): messages waiting, the age of
-the oldest, messages the RIS refused for good (in ``forward/failed/``). The MPPS folder is
+the oldest, messages being retried after the RIS refused them for now, messages refused for
+good or set aside after tries (in ``forward/failed/``). The MPPS folder is
 ``<root>/.mpps`` unless ``--mpps-folder`` names the server's.
 """
 
@@ -455,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "oldest_age_seconds": (
                     None if state.oldest is None else round(time.time() - state.oldest, 1)
                 ),
+                "retrying": state.retrying,
                 "failed": state.failed,
             }
         print(json.dumps(document, indent=2, ensure_ascii=False))
