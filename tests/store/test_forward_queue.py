@@ -1,8 +1,9 @@
-"""The forwarding queue's files: order across a reopen, whole files only, failed/, and the
-MPPS store never taking them for instances."""
+"""The forwarding queue's files: order across a reopen, whole files only, failed/, the
+sender's record of its tries, and the MPPS store never taking them for instances."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -12,11 +13,13 @@ from conftest import make_final, make_mpps
 from pydicom.dataset import Dataset
 
 from wlmserver.store.forward import (
+    ATTEMPTS_NAME,
     FAILED_NAME,
     DamagedMessage,
     ForwardQueue,
     Kind,
     QueueState,
+    Tries,
     forward_folder,
     parse_name,
     queue_state,
@@ -158,3 +161,88 @@ def test_the_mpps_store_does_not_read_the_queue(tmp_path: Path) -> None:
 )
 def test_other_names_are_not_messages(name: str) -> None:
     assert parse_name(Path(name)) is None
+
+
+# -- the sender's record of its tries (attempts.json)
+
+
+def test_tries_survive_a_reopen_and_leave_with_their_message(tmp_path: Path) -> None:
+    folder = tmp_path / "forward"
+    queue = opened(folder)
+    create = queue.append(Kind.N_CREATE, UID, make_mpps())
+    other = queue.append(Kind.N_CREATE, OTHER, make_mpps())
+    assert queue.tries(create) is None and not (folder / ATTEMPTS_NAME).exists()
+    queue.record(create, Tries(2, 100.0, 104.0, 1, "status 0x0110"), settled=90.0)
+    queue.record(other, Tries(1, 101.0, 102.0))
+    assert (folder / ATTEMPTS_NAME).stat().st_mode & 0o777 == 0o600
+    again = opened(folder)
+    assert again.tries(create) == Tries(2, 100.0, 104.0, 1, "status 0x0110")
+    assert again.last_settled == 90.0
+    assert again.state().retrying == 2
+    again.delete(create)
+    again.fail(other)  # moved back by hand, it starts again
+    assert again.tries(create) is None and again.tries(other) is None
+    assert not (folder / ATTEMPTS_NAME).exists()  # nothing being retried: no record
+    assert sorted(os.listdir(folder)) == [FAILED_NAME]  # and no temporary file
+
+
+def test_tries_of_messages_gone_meanwhile_are_dropped_at_open(tmp_path: Path) -> None:
+    folder = tmp_path / "forward"
+    queue = opened(folder)
+    gone = queue.append(Kind.N_CREATE, UID, make_mpps())
+    kept = queue.append(Kind.N_SET, UID, make_final())
+    queue.record(gone, Tries(1, 1.0, 2.0))
+    queue.record(kept, Tries(1, 1.0, 2.0))
+    gone.path.unlink()  # an administrator's doing, or a crash after the delete
+    again = opened(folder)
+    assert again.tries(kept) is not None
+    assert json.loads((folder / ATTEMPTS_NAME).read_text())["messages"].keys() == {kept.path.name}
+
+
+@pytest.mark.parametrize(
+    ("text", "warned"),
+    [
+        ("not json", True),
+        ('{"format": 2, "messages": {}}', True),
+        ('{"format": 1, "messages": {"x": {"count": 1}}}', False),  # an entry not a record
+    ],
+)
+def test_an_unreadable_record_costs_the_schedule_only(
+    tmp_path: Path, text: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "forward"
+    queue = opened(folder)
+    message = queue.append(Kind.N_CREATE, UID, make_mpps())
+    (folder / ATTEMPTS_NAME).write_text(text)
+    again = ForwardQueue(folder)
+    assert again.open() == 1  # the message is there
+    assert again.tries(message) is None
+    assert again.state().retrying == 0
+    assert ("cannot be read" in caplog.text) is warned
+
+
+def test_a_record_that_cannot_be_written_is_kept_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = opened(tmp_path / "forward")
+    message = queue.append(Kind.N_CREATE, UID, make_mpps())
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("wlmserver.store.forward.os.replace", full)
+    queue.record(message, Tries(1, 1.0, 2.0))
+    queue.record(message, Tries(2, 1.0, 3.0))
+    assert queue.tries(message) == Tries(2, 1.0, 3.0)
+    warnings = [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    assert sorted(os.listdir(queue.folder)) == sorted([FAILED_NAME, message.path.name])
+
+
+def test_the_sender_sees_what_was_appended_without_listing(tmp_path: Path) -> None:
+    queue = opened(tmp_path / "forward")
+    queue.append(Kind.N_CREATE, UID, make_mpps())  # before the sender asked: in pending()
+    assert queue.take_appended() == []
+    second = queue.append(Kind.N_SET, UID, make_final())
+    assert queue.take_appended() == [second]
+    assert queue.take_appended() == []

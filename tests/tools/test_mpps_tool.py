@@ -12,7 +12,7 @@ from conftest import StartServer, make_mpps, write_wl
 
 from wlmserver.cli import main
 from wlmserver.config.file import load as load_config_file
-from wlmserver.config.forward import ForwardTarget
+from wlmserver.config.forward import DEFAULT_TIMEOUT, ForwardTarget
 from wlmserver.config.loader import config_from_args
 from wlmserver.config.options import UsageError, build_parser
 from wlmserver.matching.mpps import PpsStatus, StepKey
@@ -100,6 +100,7 @@ def test_check_shows_the_forwarding_queue(
     assert main(["check", str(db), "--mpps-folder", str(other), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)["mpps_forward"]
     assert (report["pending"], report["failed"], report["oldest_age_seconds"]) == (0, 0, None)
+    assert report["retrying"] == 0
 
 
 @pytest.mark.parametrize(
@@ -128,23 +129,39 @@ def test_forwarding_options_reach_the_config_from_the_command_line_and_the_file(
     config = config_from_args(args)
     assert config.mpps_forward == ForwardTarget("RIS", "::1", 104)
     assert config.mpps_forward_aet is None
+    assert config.mpps_forward_timeout == DEFAULT_TIMEOUT == 60.0
     path = tmp_path / "wlmserver.toml"
-    path.write_text('[server]\nmpps-forward = "RIS@ris.example:11112"\nmpps-forward-aet = "WLM1"\n')
+    path.write_text(
+        '[server]\nmpps-forward = "RIS@ris.example:11112"\nmpps-forward-aet = "WLM1"\n'
+        "mpps-forward-timeout = 90\n"
+    )
     from wlmserver.config.loader import apply_config_file
 
     parser = build_parser()
     apply_config_file(parser, load_config_file(path))
     config = config_from_args(parser.parse_args(["-dfp", str(db)]))
-    assert (config.mpps_forward, config.mpps_forward_aet) == (
+    assert (config.mpps_forward, config.mpps_forward_aet, config.mpps_forward_timeout) == (
         ForwardTarget("RIS", "ris.example", 11112),
         "WLM1",
+        90.0,
     )
 
 
-def test_forward_aet_alone_is_refused(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("option", "value"), [("aet", "WLM1"), ("timeout", "90")])
+def test_forward_options_alone_are_refused(
+    db: Path, option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
-        main(["-dfp", str(db), "--mpps-forward-aet", "WLM1"])
-    assert "--mpps-forward-aet needs --mpps-forward" in capsys.readouterr().err
+        main(["-dfp", str(db), f"--mpps-forward-{option}", value])
+    assert f"--mpps-forward-{option} needs --mpps-forward" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_a_forward_timeout_is_a_positive_number_of_seconds(value: str) -> None:
+    with pytest.raises(UsageError):
+        build_parser().parse_args(
+            ["--mpps-forward", "RIS@ris:104", "--mpps-forward-timeout", value]
+        )
 
 
 def test_the_age_of_the_oldest_message(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from wlmserver.config.access import Access
+from wlmserver.config.forward import DEFAULT_TIMEOUT as DEFAULT_FORWARD_TIMEOUT
 from wlmserver.config.forward import ForwardTarget
 from wlmserver.config.profiles import Profiles
 from wlmserver.matching.answers import CharsetPolicy
@@ -131,6 +132,10 @@ class Config:
         :mod:`wlmserver.service.forwarder`); None: not forwarded.
     mpps_forward_aet : str or None
         The calling AE title towards it (``--mpps-forward-aet``); None: ``ae_title``.
+    mpps_forward_timeout : float
+        Seconds the RIS has to accept the forwarder's association and to answer each
+        message (``--mpps-forward-timeout``; default 60); a message it did not answer in time
+        is sent again later, and answers are then waited for longer.
     access : Access
         Who may ask: calling AE title and address allow-lists (``--allow-calling-aet``,
         ``--allow-host`` and the configuration file's ``[access]``).
@@ -209,6 +214,7 @@ class Config:
     archive_folder: Path | None = None
     mpps_forward: ForwardTarget | None = None
     mpps_forward_aet: str | None = None
+    mpps_forward_timeout: float = DEFAULT_FORWARD_TIMEOUT
     # access control and modality profiles
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Seconds the RIS has to accept the association and to answer each message
+#: (``--mpps-forward-timeout``): twice pynetdicom's and DCMTK's 30 s ACSE default, so that a
+#: busy RIS is waited for rather than sent a message again (see
+#: :mod:`wlmserver.service.forwarder`).
+DEFAULT_TIMEOUT = 60.0
+
 
 def valid_ae_title(title: str) -> bool:
     """Whether a title can be an AE title on the wire: 1 to 16 characters of the default

@@ -21,6 +21,7 @@ from wlmserver.config.access import Access, AllowList, parse_network
 from wlmserver.config.cachedir import default_index_cache, is_inside
 from wlmserver.config.file import ConfigFile, ConfigFileError, ServerOption
 from wlmserver.config.file import load as load_config_file
+from wlmserver.config.forward import DEFAULT_TIMEOUT as DEFAULT_FORWARD_TIMEOUT
 from wlmserver.config.options import UsageError, build_parser, holds_worklist_files, positional_hint
 from wlmserver.config.parity import check_wlmscpfs_parity_options
 from wlmserver.config.profiles import Profiles
@@ -82,6 +83,11 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         archive_folder=args.archive_folder,
         mpps_forward=args.mpps_forward,
         mpps_forward_aet=args.mpps_forward_aet,
+        mpps_forward_timeout=(
+            DEFAULT_FORWARD_TIMEOUT
+            if args.mpps_forward_timeout is None
+            else args.mpps_forward_timeout
+        ),
         access=access,
         profiles=file.profiles if file is not None else Profiles(),
         config_file=file.path if file is not None else None,
@@ -383,11 +389,12 @@ def _checked(
     retention_problem = archive_folder_problem(config)
     if retention_problem is not None:
         refusals.add("archive_folder", retention_problem)
-    if args.mpps_forward_aet is not None and args.mpps_forward is None:
-        refusals.add(
-            "mpps_forward_aet",
-            "--mpps-forward-aet needs --mpps-forward AET@HOST:PORT (where to forward)",
-        )
+    for option in ("aet", "timeout"):
+        if getattr(args, f"mpps_forward_{option}") is not None and args.mpps_forward is None:
+            refusals.add(
+                f"mpps_forward_{option}",
+                f"--mpps-forward-{option} needs --mpps-forward AET@HOST:PORT (where to forward)",
+            )
     bindings_problem = certificates_problem(config)
     if bindings_problem is not None and file is not None:
         refusals.in_file.append(file.error("access.certificates", bindings_problem))

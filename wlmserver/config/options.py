@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT
 from wlmserver.config.access import parse_network, valid_ae_pattern
+from wlmserver.config.forward import DEFAULT_TIMEOUT as DEFAULT_FORWARD_TIMEOUT
 from wlmserver.config.forward import ForwardTarget, valid_ae_title
 from wlmserver.config.parity import add_wlmscpfs_parity_options
 from wlmserver.config.tlsoptions import add_tls_options
@@ -345,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_ae_title,
         metavar="AET",
         help="our calling AE title towards the --mpps-forward SCP (default: -aet)",
+    )
+    g.add_argument(
+        "--mpps-forward-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="seconds the --mpps-forward SCP has to accept an association and to answer each "
+        f"message (default {DEFAULT_FORWARD_TIMEOUT:g}); a message it did not answer in time "
+        "is sent again later, its answer then awaited longer",
     )
     g.add_argument(
         "-rfp",

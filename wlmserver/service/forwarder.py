@@ -2,35 +2,65 @@
 
 ``--mpps-forward AET@HOST:PORT``: each N-CREATE and N-SET the server accepted is queued on
 disk (:mod:`wlmserver.store.forward`) by the handler, which answers the modality at once,
-whatever the RIS does. One thread, :class:`Forwarder`, sends the queue in order:
+whatever the RIS does. One thread, :class:`Forwarder`, sends the queue, oldest first, and no
+message blocks the others:
 
-- one association carries the messages while they flow, and is released once the queue has
-  been empty for ``idle_release`` seconds;
+- **in order per MPPS instance**: a message is sent only once every earlier message of its
+  SOP Instance has left the queue, so an N-SET never overtakes its N-CREATE nor an earlier
+  N-SET; messages of other instances are not held up by one that waits;
+- one association carries the messages while they flow, and is released once nothing has
+  been sent for ``idle_release`` seconds;
 - a message file is deleted only after the RIS acknowledged it: Success, or a warning status
   (PS3.7 C: 0x0001, 0x0107, 0x0116); a crash or restart before that sends it again;
-- while the RIS cannot be reached, or answers a failure that may pass (PS3.7 C: 0x0110
+- **the RIS cannot be reached** (no connection, the association rejected or not answered):
+  nothing is any message's fault; everything waits, and the oldest message is tried again
+  with exponential backoff (:class:`Backoff`, 1 s doubling to 60 s), no try counted;
+- **the RIS refuses one message for now** (a failure that may pass, PS3.7 C: 0x0110
   Processing failure, 0x0213 Resource limitation, 0xA7xx Out of resources, a refusal of the
-  SOP Class or of our AE title, which a configuration change on the RIS ends), the same
-  message is retried with exponential backoff (:class:`Backoff`, 1 s doubling to 60 s): the
-  queue never goes out of order;
-- the duplicates a restart may cause are delivered messages: an N-CREATE the RIS answers
-  with 0x0111 (Duplicate SOP Instance, PS3.4 F.7.2.1.4), and a final N-SET answered 0x0110
-  with Error ID A710H ("may no longer be updated", PS3.4 Table F.7.2-2: the RIS has the
-  instance COMPLETED or DISCONTINUED already) are logged as such and deleted. Another N-SET
-  sent again is idempotent for the RIS (the same values set again);
+  SOP Class or of our AE title ...) **or does not answer it** (no response within the
+  timeout, or the association ends after it was sent): that message is tried again with its
+  own backoff, its failed tries kept on disk (:class:`~wlmserver.store.forward.Tries`, so a
+  restart goes on with them), and the later messages of its instance wait for it while the
+  rest flow. Every status is taken as being about the message: a RIS that refuses one message
+  over and over (one too large for it, one it cannot process) must not stop the others;
+- **set aside**: a message still refused after :class:`GiveUp` (10 tries over at least an
+  hour) is moved to ``forward/failed/`` with one ERROR line, *provided the RIS settled other
+  messages meanwhile* (accepted them, or refused them for good): a RIS that refuses every
+  message is broken as a whole, like one that is down, and nothing is set aside; then tries
+  are paced, one at a time and up to 60 s apart, until it settles one;
+- **a slow RIS**: the timeout (``--mpps-forward-timeout``, 60 s) is how long an answer is
+  waited for. A message not answered in time may have been applied by the RIS; the
+  association is aborted (nothing else is sent on it), and the message is sent again on a new
+  one no sooner than the time already waited (the RIS may still be working on it), while
+  answers are from then on waited for twice as long (up to 4 times the timeout), so a RIS
+  that is slow rather than dead is sent one duplicate, not a stream of them;
+- the duplicates a timeout or a restart may cause are delivered messages: an N-CREATE the RIS
+  answers with 0x0111 (Duplicate SOP Instance, PS3.4 F.7.2.1.4), and a final N-SET answered
+  0x0110 with Error ID A710H ("may no longer be updated", PS3.4 Table F.7.2-2: the RIS has
+  the instance COMPLETED or DISCONTINUED already) are logged as such and deleted. Another
+  N-SET sent again is idempotent for the RIS (the same values set again);
 - a message the RIS refuses for good (any other failure: 0x0106 Invalid attribute value,
-  0x0120 Missing attribute, ...) is moved to ``forward/failed/`` with one ERROR line naming
-  it and the status, and the queue goes on; the N-SETs of an instance whose N-CREATE was
-  refused follow it to ``failed/`` (the RIS cannot have the instance they change).
+  0x0120 Missing attribute, ...) is moved to ``forward/failed/`` at once, with one ERROR line
+  naming it and the status;
+- the N-SETs of an instance whose N-CREATE is in ``failed/`` (refused or set aside) follow it
+  there without being sent: the RIS cannot have the instance they change, and kept together
+  they are resent together, in order, when an administrator moves them back. An N-SET set
+  aside does not hold back the later N-SETs of its instance: the final one carries the
+  step's final state.
 
-The log says when the RIS becomes unreachable (once, not per retry), when it is back, and
-how many messages are queued; :meth:`Forwarder.state` (and ``wlmserver check``) too.
+The sender does not read the folder per message: what :meth:`ForwardQueue.append` queues is
+handed to it, and the folder is listed again every ``rescan`` seconds (files moved back from
+``failed/`` by hand). The log says when the RIS becomes unreachable (once, not per retry), when
+it is back, when a message is first refused and when it is delivered after tries;
+:meth:`Forwarder.state` (and ``wlmserver check``) says how many are queued, being retried and
+failed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import threading
 import time
@@ -41,7 +71,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from wlmserver.config.forward import ForwardTarget
+from wlmserver.config.forward import DEFAULT_TIMEOUT, ForwardTarget
 from wlmserver.matching.mpps import (
     MPPS_SOP_CLASS,
     NO_LONGER_UPDATABLE_ERROR_ID,
@@ -53,6 +83,7 @@ from wlmserver.store.forward import (
     Kind,
     Message,
     QueueState,
+    Tries,
     format_age,
 )
 
@@ -77,7 +108,12 @@ class Verdict(Enum):
     REFUSED = "refused"
     """Refused for good: move the file to ``failed/``."""
     RETRY = "retry"
-    """Unreachable, or a failure that may pass: send it again later."""
+    """A failure that may pass, or no answer: this message again later (its instance's later
+    messages waiting), the others meanwhile."""
+    UNAVAILABLE = "unavailable"
+    """No association: the RIS is down or refuses us; everything waits."""
+    GONE = "gone"
+    """Its file was removed meanwhile (by hand): nothing to send."""
 
 
 def classify(kind: Kind, status: int, error_id: int | None = None) -> Verdict:
@@ -129,12 +165,56 @@ class Backoff:
 
 
 @dataclass(frozen=True)
+class GiveUp:
+    """When a message the RIS keeps refusing (or not answering) is set aside in ``failed/``:
+    after ``tries`` failed tries, the first at least ``age`` seconds ago, provided the RIS
+    settled another message since that first one (else the RIS, not the message, is broken).
+
+    Ten tries make a restart that comes long after the first one no reason to give up at
+    once; an hour covers a RIS restarting, failing over, or waiting for the order of an
+    exam it cannot place yet, while only that instance's later messages wait.
+
+    Examples
+    --------
+    >>> limit = GiveUp(tries=10, age=3600.0)
+    >>> limit.reached(Tries(10, 0.0, 0.0), now=3600.0, settled=10.0)
+    True
+    >>> limit.reached(Tries(9, 0.0, 0.0), now=3600.0, settled=10.0)  # not tried enough
+    False
+    >>> limit.reached(Tries(50, 0.0, 0.0), now=3599.0, settled=10.0)  # not for long enough
+    False
+    >>> limit.reached(Tries(50, 100.0, 0.0), now=9999.0, settled=50.0)  # nothing else went
+    False
+    """
+
+    tries: int = 10
+    age: float = 3600.0
+
+    def reached(self, tries: Tries, now: float, settled: float | None) -> bool:
+        """Whether a message with these failed ``tries`` is set aside now; ``settled``: when
+        the RIS last accepted a message or refused one for good."""
+        return (
+            tries.count >= self.tries
+            and now - tries.first >= self.age
+            and settled is not None
+            and settled > tries.first
+        )
+
+
+@dataclass(frozen=True)
 class Attempt:
-    """One attempt at sending a message: its verdict and what the RIS said."""
+    """One attempt at sending a message: its verdict and what the RIS said.
+
+    ``unanswered``: it was sent (in part or whole) and no answer came, so the RIS may have
+    applied it; ``waited``: how long an answer was waited for.
+    """
 
     verdict: Verdict
     reason: str
     status: int | None = None
+    unanswered: bool = False
+    timed_out: bool = False
+    waited: float = 0.0
 
 
 def connect_problem(host: str, port: int, timeout: float) -> str:
@@ -164,16 +244,24 @@ class Forwarder:
     calling_ae_title : str
         Our AE title towards it.
     backoff : Backoff
-        Waits between attempts while it cannot be reached.
+        Waits between attempts: at the same message while the RIS refuses it, at any while
+        the RIS cannot be reached, and between tries while it refuses every message.
     idle_release : float
-        Seconds the queue stays empty before the association is released.
+        Seconds without a message sent before the association is released.
     timeout : float
-        ACSE, DIMSE and network timeout of the association, in seconds.
+        Seconds the RIS has to accept the association and to answer each message (its TCP
+        connection: 10 s at most); after a message went unanswered, answers are waited for
+        twice as long, up to four times this.
+    give_up : GiveUp
+        When a message the RIS keeps refusing is set aside.
+    rescan : float
+        Seconds between two listings of the queue's folder (what :meth:`enqueue` queues is
+        seen at once).
 
     Notes
     -----
-    :meth:`enqueue` from any thread (the N-CREATE and N-SET handlers); :meth:`start` and
-    :meth:`stop` from the server's.
+    :meth:`enqueue` and :meth:`state` from any thread (the N-CREATE and N-SET handlers);
+    :meth:`start` and :meth:`stop` from the server's.
     """
 
     def __init__(
@@ -184,7 +272,9 @@ class Forwarder:
         *,
         backoff: Backoff | None = None,
         idle_release: float = 2.0,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        give_up: GiveUp | None = None,
+        rescan: float = 30.0,
     ) -> None:
         self.queue = queue
         self.target = target
@@ -192,27 +282,42 @@ class Forwarder:
         self.backoff = backoff or Backoff()
         self.idle_release = idle_release
         self.timeout = timeout
-        #: Messages acknowledged, duplicates taken as delivered, messages moved to failed/.
+        self.give_up = give_up or GiveUp()
+        self.rescan = rescan
+        #: Messages acknowledged, duplicates taken as delivered, messages moved to failed/
+        #: (refused for good, set aside, or following their N-CREATE there).
         self.delivered = 0
         self.already_delivered = 0
         self.refused = 0
         self._wake = threading.Event()
+        self._woken = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._assoc: Any = None
         self._ae: Any = None
         self._down_since: float | None = None
         self._failures = 0
-        self._connected = False  # whether an association was ever made
+        #: The pending messages by sequence, in order; the instances whose N-CREATE failed.
+        self._view: dict[int, Message] = {}
+        self._failed_creates: set[str] = set()
+        self._listed_at = -math.inf
+        #: How long an answer is waited for now (raised after a timeout).
+        self._patience = timeout
+        #: The messages refused (or unanswered) since the RIS last settled one; while there
+        #: are several, tries are paced (``_pause_until``, monotonic).
+        self._refusing: set[int] = set()
+        self._pause_until = 0.0
+        self._settled = queue.last_settled
 
     # -- the server's side
 
     def start(self) -> None:
         """Log the queue's state and start sending."""
         LOGGER.info(
-            "MPPS forwarding to %s as %s: %s",
+            "MPPS forwarding to %s as %s (answers awaited %g s): %s",
             self.target,
             self.calling_ae_title,
+            self.timeout,
             self.queue.state().describe(),
         )
         self._stopping.clear()
@@ -234,6 +339,10 @@ class Forwarder:
             assoc = self._assoc
             if assoc is not None:
                 assoc.abort()
+                # pynetdicom's send_n_create / send_n_set waits on the DIMSE queue until its
+                # timeout even once aborted: an empty item ends the wait (as no answer)
+                with contextlib.suppress(Exception):
+                    assoc.dimse.msg_queue.put((None, None))
             thread.join(timeout)
         if thread.is_alive():
             LOGGER.warning("MPPS forwarding: the sender did not stop within %g s", 2 * timeout)
@@ -268,66 +377,140 @@ class Forwarder:
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
-                message = self._next()
-                if message is None:
-                    self._idle()
-                    continue
-                self._handle(message)
+                message, wait = self._next()
+                if message is not None:
+                    self._handle(message)
+                elif wait is None or wait > 0:
+                    self._idle(wait)
         except Exception:  # a bug must not end forwarding silently
             LOGGER.exception("MPPS forwarding stopped by an unexpected error")
         finally:
             self._release()
 
-    def _idle(self) -> None:
-        """Wait for a message; release the association once idle for ``idle_release``."""
+    def _idle(self, wait: float | None) -> None:
+        """Wait ``wait`` seconds (None: until woken) for a message; release the association
+        once nothing was sent for ``idle_release``."""
         if self._assoc is not None:
-            woken = self._wake.wait(self.idle_release)
-            if not woken:
+            woken = self._wake.wait(
+                self.idle_release if wait is None else min(wait, self.idle_release)
+            )
+            if not woken and (wait is None or wait >= self.idle_release):
                 self._release()
         else:
-            self._wake.wait()
+            woken = self._wake.wait(wait)
         self._wake.clear()
+        self._woken = self._woken or woken
 
-    def _next(self) -> Message | None:
-        """The first pending message, after moving to ``failed/`` the N-SETs whose N-CREATE
-        was refused."""
-        failed = self.queue.failed_creates()
-        for message in self.queue.pending():
-            if message.kind is Kind.N_SET and message.uid in failed:
-                self._fail(message, "its N-CREATE was refused (in failed/)")
+    def _refresh(self) -> None:
+        """List the queue's folder again: the messages in order, the failed N-CREATEs."""
+        self.queue.take_appended()  # from now on: what is appended after the listing
+        self._view = {m.sequence: m for m in self.queue.pending()}
+        self._failed_creates = self.queue.failed_creates()
+        self._listed_at = time.monotonic()
+
+    def _next(self) -> tuple[Message | None, float | None]:
+        """The message to send now, or how long until one may be sent (None: none queued).
+
+        Each instance's oldest message is its only candidate; of those whose time has come,
+        the oldest; the N-SETs of an instance whose N-CREATE is in ``failed/`` go there.
+        """
+        appended = self.queue.take_appended()
+        woken, self._woken = self._woken, False
+        if appended:
+            self._pause_until = 0.0  # a new message is tried at once, even while pacing
+            for message in appended:
+                self._view.setdefault(message.sequence, message)
+        elif woken:  # woken without a message it was told of: look
+            self._listed_at = -math.inf
+        if time.monotonic() - self._listed_at >= self.rescan:
+            self._refresh()
+        now = time.time()
+        longest = max(self.backoff.most, 4 * self.timeout)
+        seen: set[str] = set()
+        orphans: list[Message] = []
+        soonest: float | None = None
+        chosen: Message | None = None
+        for message in self._view.values():
+            if message.uid in seen:
+                continue  # its instance has an earlier message pending
+            seen.add(message.uid)
+            if message.kind is Kind.N_SET and message.uid in self._failed_creates:
+                orphans.append(message)
                 continue
-            return message
-        return None
+            tries = self.queue.tries(message)
+            due = 0.0 if tries is None or tries.next > now + longest else tries.next
+            if due <= now:  # (a clock set back makes it due: the wait is bounded)
+                chosen = message
+                break
+            soonest = due if soonest is None else min(soonest, due)
+        for message in orphans:
+            self._fail(message, "its N-CREATE is in failed/ (the RIS cannot have the instance)")
+        if orphans:
+            return None, 0.0  # the instances' next messages are candidates now
+        if chosen is not None:
+            pause = self._pause_until - time.monotonic()
+            return (chosen, None) if pause <= 0 else (None, pause)
+        return None, None if soonest is None else max(0.0, soonest - now)
 
     def _handle(self, message: Message) -> None:
         attempt = self._attempt(message)
-        if attempt.verdict is Verdict.RETRY:
-            self._failures += 1
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-                LOGGER.warning(
-                    "MPPS forwarding: %s unavailable (%s); %d queued; retrying every %g to %g s",
-                    self.target,
-                    attempt.reason,
-                    len(self.queue.pending()),
-                    self.backoff.first,
-                    self.backoff.most,
-                )
-            self._release(abort=True)
-            self._stopping.wait(self.backoff.after(self._failures))
+        if attempt.verdict is Verdict.GONE:
+            LOGGER.info("MPPS forwarding: %s not sent: %s", message.name, attempt.reason)
+            self.queue.delete(message)  # forgets its tries
+            self._view.pop(message.sequence, None)
+            self._refusing.discard(message.sequence)
             return
+        if attempt.verdict is Verdict.UNAVAILABLE:
+            self._unavailable(attempt)
+            return
+        self._failures = 0
         if self._down_since is not None:
             LOGGER.info(
                 "MPPS forwarding: %s available again after %s; %d queued",
                 self.target,
                 format_age(time.monotonic() - self._down_since),
-                len(self.queue.pending()),
+                len(self._view),
             )
             self._down_since = None
-        self._failures = 0
+        if attempt.verdict is Verdict.RETRY:
+            self._retry_later(message, attempt)
+            return
+        self._settle()
         if attempt.verdict is Verdict.REFUSED:
             self._fail(message, attempt.reason)
             return
+        self._delivered(message, attempt)
+
+    def _unavailable(self, attempt: Attempt) -> None:
+        """No association: log it once, wait, and try the same message again."""
+        self._failures += 1
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            LOGGER.warning(
+                "MPPS forwarding: %s unavailable (%s); %d queued; retrying every %g to %g s",
+                self.target,
+                attempt.reason,
+                len(self._view),
+                self.backoff.first,
+                self.backoff.most,
+            )
+        self._release(abort=True)
+        self._stopping.wait(self.backoff.after(self._failures))
+
+    def _settle(self) -> None:
+        """The RIS settled a message (accepted it, or refused it for good): it works."""
+        self._settled = time.time()
+        if len(self._refusing) > 1:
+            LOGGER.info(
+                "MPPS forwarding: %s settles messages again, after refusing %d in a row",
+                self.target,
+                len(self._refusing),
+            )
+        self._refusing.clear()
+        self._pause_until = 0.0
+
+    def _delivered(self, message: Message, attempt: Attempt) -> None:
+        before = self.queue.tries(message)
         if attempt.verdict is Verdict.ALREADY_DELIVERED:
             self.already_delivered += 1
         else:
@@ -341,17 +524,89 @@ class Forwarder:
                 exc.strerror or exc,
             )
             self._stopping.wait(self.backoff.most)
+            return
+        self._view.pop(message.sequence, None)
+        after = "" if before is None else f" after {before.count + 1} tries"
         if attempt.verdict is Verdict.ALREADY_DELIVERED:
             LOGGER.info(
-                "MPPS forwarding: %s already held by %s (%s): sent again after a restart, "
-                "taken as delivered",
+                "MPPS forwarding: %s already held by %s (%s): sent again after a restart or "
+                "an unanswered try, taken as delivered%s",
                 message.name,
                 self.target,
                 attempt.reason,
+                after,
             )
             return
         log = LOGGER.warning if attempt.status in WARNING_STATUSES else LOGGER.info
-        log("MPPS forwarded %s to %s: %s", message.name, self.target, attempt.reason)
+        log("MPPS forwarded %s to %s%s: %s", message.name, self.target, after, attempt.reason)
+
+    def _retry_later(self, message: Message, attempt: Attempt) -> None:
+        """Refused for now, or not answered: record the try, and set the message aside once
+        :attr:`give_up` says so."""
+        now = time.time()
+        before = self.queue.tries(message)
+        count = 1 if before is None else before.count + 1
+        unanswered = (0 if before is None else before.unanswered) + int(attempt.unanswered)
+        wait = self.backoff.after(count)
+        if attempt.unanswered:
+            self._release(abort=True)  # nothing more on an association with a request open
+            wait = max(wait, attempt.waited)  # the RIS may still be working on it
+        if attempt.timed_out:
+            self._patience = min(4 * self.timeout, max(self._patience, attempt.waited) * 2)
+        tries = Tries(
+            count, now if before is None else before.first, now + wait, unanswered, attempt.reason
+        )
+        known = message.sequence in self._refusing
+        self._refusing.add(message.sequence)
+        if len(self._refusing) > 1:
+            pace = self.backoff.after(len(self._refusing) - 1)
+            self._pause_until = time.monotonic() + pace
+            if len(self._refusing) == 2 and not known:
+                LOGGER.warning(
+                    "MPPS forwarding: %s refused 2 messages in a row: one try at a time, up "
+                    "to %g s apart, until it settles one; nothing is set aside meanwhile",
+                    self.target,
+                    self.backoff.most,
+                )
+        if self.give_up.reached(tries, now, self._settled):
+            self._fail(
+                message,
+                f"set aside after {count} tries over {format_age(now - tries.first)}"
+                f" ({unanswered} unanswered); last: {attempt.reason}",
+            )
+            return
+        self.queue.record(message, tries, self._settled)
+        if attempt.timed_out:
+            LOGGER.warning(
+                "MPPS forwarding: no answer from %s to %s within %g s: association aborted. "
+                "It may have been applied: sent again in %s on a new association (a re-sent "
+                "N-CREATE answered 0x0111, a final N-SET A710H, is taken as delivered); "
+                "answers are now awaited %g s",
+                self.target,
+                message.name,
+                attempt.waited,
+                format_age(wait),
+                self._patience,
+            )
+        elif count == 1:
+            LOGGER.warning(
+                "MPPS forwarding: %s not accepted by %s for now (%s); tried again in %s, the "
+                "later messages of its instance waiting; set aside after %d tries over %s",
+                message.name,
+                self.target,
+                attempt.reason,
+                format_age(wait),
+                self.give_up.tries,
+                format_age(self.give_up.age),
+            )
+        else:
+            LOGGER.debug(
+                "MPPS forwarding: %s refused again, try %d (%s); next in %s",
+                message.name,
+                count,
+                attempt.reason,
+                format_age(wait),
+            )
 
     def _fail(self, message: Message, reason: str) -> None:
         try:
@@ -368,6 +623,10 @@ class Forwarder:
             )
             self._stopping.wait(self.backoff.most)
             return
+        self._view.pop(message.sequence, None)
+        self._refusing.discard(message.sequence)
+        if message.kind is Kind.N_CREATE:
+            self._failed_creates.add(message.uid)
         self.refused += 1
         LOGGER.error(
             "MPPS forwarding: %s not forwarded to %s: %s; moved to %s",
@@ -377,18 +636,30 @@ class Forwarder:
             where,
         )
 
+    def _wait_for(self, message: Message) -> float:
+        """How long an answer to ``message`` is waited for: the current patience, longer for
+        a message that went unanswered before (also before a restart)."""
+        tries = self.queue.tries(message)
+        wait = self._patience
+        if tries is not None and tries.unanswered:
+            wait = max(wait, self.timeout * 2 ** min(tries.unanswered, 2))
+        return min(wait, 4 * self.timeout)
+
     def _attempt(self, message: Message) -> Attempt:
         try:
             dataset = self.queue.read(message)
         except FileNotFoundError:
-            return Attempt(Verdict.DELIVERED, "its file was removed meanwhile")
+            return Attempt(Verdict.GONE, "its file was removed meanwhile")
         except DamagedMessage as exc:
             return Attempt(Verdict.REFUSED, f"damaged queue file: {exc}")
         except OSError as exc:
             return Attempt(Verdict.RETRY, f"cannot read {message.path}: {exc.strerror or exc}")
         assoc, problem = self._association()
         if assoc is None:
-            return Attempt(Verdict.RETRY, problem)
+            return Attempt(Verdict.UNAVAILABLE, problem)
+        wait = self._wait_for(message)
+        assoc.dimse_timeout = assoc.network_timeout = wait
+        started = time.monotonic()
         try:
             if message.kind is Kind.N_CREATE:
                 status, _ = assoc.send_n_create(dataset, MPPS_SOP_CLASS, message.uid)
@@ -396,10 +667,18 @@ class Forwarder:
                 status, _ = assoc.send_n_set(dataset, MPPS_SOP_CLASS, message.uid)
         except ValueError as exc:  # pynetdicom cannot encode it: it never can
             return Attempt(Verdict.REFUSED, f"cannot be encoded ({exc})")
-        except Exception as exc:
-            return Attempt(Verdict.RETRY, f"sending failed ({exc})")
+        except RuntimeError as exc:  # the association ended before it was sent
+            return Attempt(Verdict.UNAVAILABLE, f"the association ended ({exc})")
+        except Exception as exc:  # it may have gone out in part, or whole
+            waited = time.monotonic() - started
+            return Attempt(Verdict.RETRY, f"sending failed ({exc})", None, True, False, waited)
         if status is None or "Status" not in status:
-            return Attempt(Verdict.RETRY, "no response (timeout or association aborted)")
+            waited = time.monotonic() - started
+            if waited >= 0.9 * wait:
+                reason = f"no answer within {wait:g} s"
+                return Attempt(Verdict.RETRY, reason, None, True, True, wait)
+            reason = "the association ended before an answer"
+            return Attempt(Verdict.RETRY, reason, None, True, False, waited)
         code = int(status.Status)
         error_id = status.get("ErrorID")
         comment = str(status.get("ErrorComment", "") or "").strip()
@@ -434,9 +713,11 @@ class Forwarder:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         t = self.target
-        if self._down_since is not None or not self._connected:
+        if self._down_since is not None:
             # while it is down, try a bare connection first: pynetdicom logs every failed
-            # association request as an ERROR, and the log says it is down once
+            # association request as an ERROR, and the log says it is down once. Not
+            # otherwise: a pynetdicom SCP holds a thread for its ACSE timeout for such a
+            # connection (it waits for an A-ASSOCIATE-RQ), so once per outage, not per start
             problem = connect_problem(t.host, t.port, min(self.timeout, 10.0))
             if problem:
                 return None, problem
@@ -448,7 +729,6 @@ class Forwarder:
             return None, f"cannot find the host {t.host!r} ({exc.strerror or exc})"
         if assoc.is_established:
             self._assoc = assoc
-            self._connected = True
             return assoc, ""
         if assoc.is_rejected:
             rsp = assoc.acceptor.primitive
@@ -459,8 +739,9 @@ class Forwarder:
                 f"association rejected: result {result}, source {source}, reason {diagnostic}"
                 " (called AE title, calling AE title or allow-list?)"
             )
-        if not opened:
-            return None, f"cannot connect to {t.host}:{t.port}"
+        if not opened:  # why (refused, no route, no answer ...): as a bare connection says
+            why = connect_problem(t.host, t.port, min(self.timeout, 10.0))
+            return None, why or f"cannot connect to {t.host}:{t.port}"
         return None, "association aborted or not answered (is it an MPPS SCP?)"
 
     def _release(self, abort: bool = False) -> None:

@@ -110,6 +110,7 @@ RESTART = frozenset(
         "archive_folder",
         "mpps_forward",
         "mpps_forward_aet",
+        "mpps_forward_timeout",
         "config_file",
         "sleep_before_find",
         "sleep_during_find",

@@ -380,6 +380,7 @@ class WorklistServer:
             self.config.mpps_forward_aet or self.config.ae_title,
             backoff=self._forward_backoff,
             idle_release=self._forward_idle_release,
+            timeout=self.config.mpps_forward_timeout,
         )
         self.forwarder.start()
 

@@ -25,6 +25,15 @@ A message the RIS refuses for good is moved to ``forward/failed/`` (same name), 
 dropped: an administrator reads it there, and may move it back to resend it. The N-SETs of an
 instance whose N-CREATE failed follow it there (:meth:`ForwardQueue.failed_creates`).
 
+What the sender needs to go on after a restart is kept beside them, in ``attempts.json``
+(:class:`Tries`): for each message the RIS has not accepted yet after trying, how many tries
+failed, when the first did, when the next may be made, how many went unanswered (the RIS may
+have applied those) and the last reason; and when the RIS last settled a message (accepted
+it, or refused it for good: it was working). It is written (whole, as the messages are) only
+when an attempt fails or a message with tries leaves the queue, and holds only the messages
+being retried: a message sent at its first try never appears in it. Losing it loses no
+message, only the schedule of their next tries.
+
 The MPPS store never takes these files for instances: it reads only the ``*.dcm`` files of
 its own folder, not of its subfolders.
 """
@@ -33,12 +42,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
+import math
 import os
 import re
+import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import Enum
 from io import BytesIO
 from pathlib import Path
@@ -50,6 +62,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from wlmserver.matching.mpps import MPPS_SOP_CLASS, is_valid_uid
 from wlmserver.store.dicomwrite import (
+    FILE_MODE,
     FOLDER_MODE,
     TEMPORARY,
     sync_folder,
@@ -61,6 +74,8 @@ LOGGER = logging.getLogger(__name__)
 #: The queue's folder inside the MPPS folder, and the refused messages' inside it.
 FOLDER_NAME = "forward"
 FAILED_NAME = "failed"
+#: The sender's record of its failed tries, in the queue's folder (:class:`Tries`).
+ATTEMPTS_NAME = "attempts.json"
 _DIGITS = 20
 _NAME = re.compile(r"([0-9]{20})-(create|set)-([0-9.]{1,64})\.dcm")
 
@@ -125,12 +140,16 @@ class QueueState:
         When the oldest pending message was queued (seconds since the epoch: its file's
         modification time), or None.
     failed : int
-        Messages the RIS refused for good (in ``failed/``).
+        Messages the RIS refused for good, or set aside after trying (in ``failed/``).
+    retrying : int
+        Pending messages whose tries have failed so far: they are tried again later (with
+        the later messages of their MPPS instance waiting for them).
     """
 
     pending: int
     oldest: float | None
     failed: int
+    retrying: int = 0
 
     def describe(self, now: float | None = None) -> str:
         """The state in words, for the log and ``wlmserver check``.
@@ -141,11 +160,15 @@ class QueueState:
         '2 queued (oldest 1 min 30 s ago), 1 failed'
         >>> QueueState(0, None, 0).describe()
         '0 queued, 0 failed'
+        >>> QueueState(3, 100.0, 0, retrying=1).describe(now=105.0)
+        '3 queued (oldest 5 s ago), 1 being retried, 0 failed'
         """
         text = f"{self.pending} queued"
         if self.oldest is not None:
             age = max(0.0, (time.time() if now is None else now) - self.oldest)
             text += f" (oldest {format_age(age)} ago)"
+        if self.retrying:
+            text += f", {self.retrying} being retried"
         return f"{text}, {self.failed} failed"
 
 
@@ -165,6 +188,77 @@ def format_age(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600} h {s % 3600 // 60} min"
     return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+@dataclass(frozen=True)
+class Tries:
+    """The failed tries at one message so far (the sender's record, in ``attempts.json``).
+
+    Times are seconds since the epoch (wall clock), so that they mean the same after a
+    restart.
+
+    Attributes
+    ----------
+    count : int
+        Tries that failed: refused with a status that may pass, or not answered.
+    first : float
+        When the first of them failed.
+    next : float
+        Not sent again before this.
+    unanswered : int
+        Of them, the tries the RIS did not answer (no response in time, or the association
+        ended): it may have applied those.
+    reason : str
+        What the RIS said (or did not) at the last try; no patient data of ours (statuses,
+        the RIS's ErrorComment).
+
+    Examples
+    --------
+    >>> t = Tries(2, 100.0, 104.0, 1, "status 0x0110")
+    >>> Tries.from_json(t.to_json()) == t
+    True
+    >>> Tries.from_json({"count": "2"}) is None  # not what this module writes
+    True
+    """
+
+    count: int
+    first: float
+    next: float
+    unanswered: int = 0
+    reason: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        """The record as JSON values."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: object) -> Tries | None:
+        """A record read back, or None when it is not one."""
+        if not isinstance(value, dict):
+            return None
+        count, unanswered = (_number(value.get(k)) for k in ("count", "unanswered"))
+        first, later = (_number(value.get(k)) for k in ("first", "next"))
+        reason = value.get("reason")
+        if (
+            count is None
+            or unanswered is None
+            or first is None
+            or later is None
+            or not isinstance(reason, str)
+            or count != int(count)
+            or unanswered != int(unanswered)
+            or not 0 <= unanswered <= count
+            or count < 1
+        ):
+            return None
+        return cls(int(count), first, later, int(unanswered), reason)
+
+
+def _number(value: object) -> float | None:
+    """A finite JSON number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def parse_name(path: Path) -> Message | None:
@@ -197,8 +291,8 @@ class ForwardQueue:
 
     Notes
     -----
-    :meth:`open` once; then :meth:`append` from any thread (serialised by a lock), and the
-    rest from the one thread that sends.
+    :meth:`open` once; then :meth:`append` and :meth:`state` from any thread (serialised by a
+    lock), and the rest from the one thread that sends.
 
     Examples
     --------
@@ -217,8 +311,16 @@ class ForwardQueue:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.failed_folder = folder / FAILED_NAME
+        self.attempts_path = folder / ATTEMPTS_NAME
         self._lock = threading.Lock()
         self._next = itertools.count(1)
+        self._opened = False
+        #: The sender's record: file name -> its failed tries (see :class:`Tries`).
+        self._tries: dict[str, Tries] = {}
+        self._last_settled: float | None = None
+        self._saving_failed = False
+        #: Messages appended since :meth:`take_appended` last took them (None: not asked yet).
+        self._appended: list[Message] | None = None
 
     # -- the folder
 
@@ -238,13 +340,45 @@ class ForwardQueue:
                 LOGGER.warning("MPPS forwarding: removing %s, left by an interrupted write", name)
                 with contextlib.suppress(OSError):
                     (self.folder / name).unlink()
-        highest = max(
-            (m.sequence for m in (*self.pending(), *self.failed())),
-            default=0,
-        )
+        pending = self.pending()
+        highest = max((m.sequence for m in (*pending, *self.failed())), default=0)
+        tries, last_settled = self._read_attempts()
+        names = {m.path.name for m in pending}
         with self._lock:
             self._next = itertools.count(highest + 1)
-        return len(self.pending())
+            self._tries = {name: t for name, t in tries.items() if name in names}
+            self._last_settled = last_settled
+            self._opened = True
+        if len(self._tries) != len(tries):  # the messages that left the queue meanwhile
+            self._save()
+        return len(pending)
+
+    def _read_attempts(self) -> tuple[dict[str, Tries], float | None]:
+        """``attempts.json``: the tries by file name and when the RIS last settled a message;
+        nothing when it is absent or not readable (a WARNING: only the schedule is lost)."""
+        try:
+            document = json.loads(self.attempts_path.read_bytes())
+            if not isinstance(document, dict) or document.get("format") != 1:
+                raise ValueError("not a record this version writes")
+            messages = document.get("messages")
+            last = document.get("last_settled")
+            if not isinstance(messages, dict):
+                raise ValueError("no messages")
+        except FileNotFoundError:
+            return {}, None
+        except (OSError, ValueError) as exc:
+            LOGGER.warning(
+                "MPPS forwarding: %s cannot be read (%s): the messages' tries start again",
+                self.attempts_path,
+                exc.strerror if isinstance(exc, OSError) and exc.strerror else exc,
+            )
+            return {}, None
+        tries = {}
+        for name, value in messages.items():
+            record = Tries.from_json(value)
+            if record is not None and isinstance(name, str) and _NAME.fullmatch(name):
+                tries[name] = record
+        return tries, _number(last)
 
     def _listed(self, folder: Path) -> list[Message]:
         try:
@@ -268,14 +402,92 @@ class ForwardQueue:
         return {m.uid for m in self.failed() if m.kind is Kind.N_CREATE}
 
     def state(self) -> QueueState:
-        """Pending count, the oldest's age, failed count."""
+        """Pending count, the oldest's age, failed count, how many are being retried."""
         pending = self.pending()
         oldest = None
         for message in pending:
             with contextlib.suppress(OSError):
                 oldest = message.path.stat().st_mtime
                 break
-        return QueueState(len(pending), oldest, len(self.failed()))
+        if self._opened:
+            with self._lock:
+                tried = set(self._tries)
+        else:  # read-only (wlmserver check): as the sender last wrote it
+            tried = set(self._read_attempts()[0])
+        retrying = sum(1 for m in pending if m.path.name in tried)
+        return QueueState(len(pending), oldest, len(self.failed()), retrying)
+
+    def take_appended(self) -> list[Message]:
+        """The messages :meth:`append` queued since the last call, in order (the sender's
+        way to see them without listing the folder); the first call starts the record and
+        returns nothing, so list :meth:`pending` after it."""
+        with self._lock:
+            taken, self._appended = self._appended or [], []
+        return taken
+
+    # -- the sender's record of its tries
+
+    def tries(self, message: Message) -> Tries | None:
+        """The failed tries at ``message`` so far, or None (none failed)."""
+        return self._tries.get(message.path.name)
+
+    def record(self, message: Message, tries: Tries, settled: float | None = None) -> None:
+        """Keep ``tries`` for ``message`` (on disk when this returns, unless the disk refuses:
+        one WARNING, and the record lives on in memory). ``settled``: when the RIS last
+        settled a message (accepted it, or refused it for good), kept with it."""
+        with self._lock:
+            self._tries[message.path.name] = tries
+            if settled is not None:
+                self._last_settled = settled
+        self._save()
+
+    @property
+    def last_settled(self) -> float | None:
+        """When the RIS last settled a message (accepted it, or refused it for good), as last
+        recorded (seconds since the epoch); None: not since the record began."""
+        return self._last_settled
+
+    def _forget(self, message: Message) -> None:
+        with self._lock:
+            known = self._tries.pop(message.path.name, None) is not None
+        if known:
+            self._save()
+
+    def _save(self) -> None:
+        with self._lock:
+            document = {
+                "format": 1,
+                "last_settled": self._last_settled,
+                "messages": {name: t.to_json() for name, t in sorted(self._tries.items())},
+            }
+        data = json.dumps(document, indent=1).encode("utf-8")
+        temporary = self.folder / f".{ATTEMPTS_NAME}.{secrets.token_hex(4)}{TEMPORARY}"
+        try:
+            if not self._tries:
+                with contextlib.suppress(FileNotFoundError):
+                    self.attempts_path.unlink()
+            else:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                with os.fdopen(fd, "wb") as stream:
+                    stream.write(data)
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                os.replace(temporary, self.attempts_path)
+            sync_folder(self.folder)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            if not self._saving_failed:
+                LOGGER.warning(
+                    "MPPS forwarding: cannot write %s (%s): the tries are kept in memory only",
+                    self.attempts_path,
+                    exc.strerror or exc,
+                )
+            self._saving_failed = True
+            return
+        if self._saving_failed:
+            LOGGER.info("MPPS forwarding: %s written again", self.attempts_path)
+        self._saving_failed = False
 
     # -- one message
 
@@ -313,7 +525,10 @@ class ForwardQueue:
             sequence = next(self._next)
             name = f"{sequence:0{_DIGITS}d}-{kind.value}-{uid}.dcm"
             self._write(self.folder / name, out)
-        return Message(sequence, kind, uid, self.folder / name)
+            message = Message(sequence, kind, uid, self.folder / name)
+            if self._appended is not None:
+                self._appended.append(message)
+        return message
 
     def _write(self, final: Path, ds: Dataset) -> None:
         write_atomically(final, ds)
@@ -345,18 +560,21 @@ class ForwardQueue:
         return out
 
     def delete(self, message: Message) -> None:
-        """Forget a message the RIS acknowledged (durably)."""
+        """Forget a message the RIS acknowledged (durably), and its tries."""
         with contextlib.suppress(FileNotFoundError):
             message.path.unlink()
         sync_folder(self.folder)
+        self._forget(message)
 
     def fail(self, message: Message) -> Path:
-        """Move a message to ``failed/`` (durably); returns where it is now."""
+        """Move a message to ``failed/`` (durably), forgetting its tries (moved back, it
+        starts again); returns where it is now."""
         self.failed_folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
         target = self.failed_folder / message.path.name
         os.replace(message.path, target)
         sync_folder(self.failed_folder)
         sync_folder(self.folder)
+        self._forget(message)
         return target
 
 

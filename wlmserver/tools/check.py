@@ -33,8 +33,9 @@ the files it would move to ``DIR/<AET>/`` (:mod:`wlmserver.store.retention`). Th
 nothing: no file is moved, no folder made.
 For a database whose MPPS messages are forwarded to a RIS (``--mpps-forward``), it also says
 how the forwarding queue stands (:mod:`wlmserver.store.forward`): messages waiting, the age of
-the oldest, messages the RIS refused for good (in ``forward/failed/``). The MPPS folder is
-the configured one (``--mpps-folder``, or ``--config``'s), else ``<root>/.mpps``.
+the oldest, messages being retried after the RIS refused them for now, messages refused for
+good or set aside after tries (in ``forward/failed/``). The MPPS folder is the configured one
+(``--mpps-folder``, or ``--config``'s), else ``<root>/.mpps``.
 """
 
 from __future__ import annotations
@@ -664,6 +665,7 @@ def _document(
             "oldest_age_seconds": (
                 None if state.oldest is None else round(time.time() - state.oldest, 1)
             ),
+            "retrying": state.retrying,
             "failed": state.failed,
         }
     return document
