@@ -87,6 +87,10 @@ class MppsStatus(IntEnum):
     """A required attribute is absent."""
     MISSING_ATTRIBUTE_VALUE = 0x0121
     """A Type 1 attribute is present but empty (a Type 1 sequence: without an item)."""
+    RESOURCE_LIMITATION = 0x0213
+    """PS3.7 10.1.5.1.6 (N-CREATE) and 10.1.3.1.9 (N-SET): not performed for lack of a
+    resource: a request, an instance or a folder over its limit, or no space left on the
+    disk. Nothing is stored; the same request may succeed later (a forwarder retries it)."""
 
 
 #: PS3.4 Table F.7.2-2: the Error Comment and Error ID (0000,0903) of an N-SET refused because
@@ -110,6 +114,10 @@ class MppsError(Exception):
         response carries one).
     error_id : int or None
         Error ID (0000,0903), where the standard assigns one (PS3.4 Table F.7.2-2).
+    internal : bool
+        The SCP failed (its disk), not the request: worth an ERROR line, not a WARNING.
+    detail : str
+        What the log says besides the comment (a folder, a system error); never patient data.
     """
 
     def __init__(
@@ -118,12 +126,17 @@ class MppsError(Exception):
         comment: str,
         tags: tuple[int, ...] = (),
         error_id: int | None = None,
+        *,
+        internal: bool = False,
+        detail: str = "",
     ) -> None:
         super().__init__(comment)
         self.status = status
         self.comment = fit_comment(comment)
         self.tags = tags
         self.error_id = error_id
+        self.internal = internal
+        self.detail = detail
 
 
 # --------------------------------------------------------------------------- Table F.7.2-1
@@ -777,12 +790,40 @@ class PerformedSteps:
                 sorted(uids, key=lambda u: (self._by_uid[u].started, self._by_uid[u].order))
             )
 
+    def _remove(self, uid: str) -> None:
+        old = self._by_uid.pop(uid, None)
+        if old is None:
+            return
+        for key in old.lookup_keys():
+            left = tuple(u for u in self._by_key.get(key, ()) if u != uid)
+            if left:
+                self._by_key[key] = left
+            else:
+                self._by_key.pop(key, None)
+
     def with_performed(self, performed: Performed) -> PerformedSteps:
         """A new snapshot with one instance added or replaced (this one is unchanged)."""
         new = PerformedSteps()
         new._by_uid = dict(self._by_uid)
         new._by_key = dict(self._by_key)
         new._add(performed)
+        return new
+
+    def without(self, uids: Iterable[str]) -> PerformedSteps:
+        """A new snapshot without these instances (archived; this one is unchanged).
+
+        Examples
+        --------
+        >>> step = StepKey("1.2.4", "RP1", "SPS1", "")
+        >>> steps = PerformedSteps([Performed("1.9.1", PpsStatus.COMPLETED, (step,))])
+        >>> steps.without(["1.9.1"]).status(step) is None, steps.status(step).value
+        (True, 'COMPLETED')
+        """
+        new = PerformedSteps()
+        new._by_uid = dict(self._by_uid)
+        new._by_key = dict(self._by_key)
+        for uid in uids:
+            new._remove(uid)
         return new
 
     def performing(self, step: StepKey) -> tuple[Performed, ...]:
