@@ -110,13 +110,6 @@ def _make_room(folder: Path, size: int, limits: CaptureLimits) -> _Tally:
         )
 
 
-def capture_usage(folder: Path) -> tuple[int, int]:
-    """Files and bytes in a capture folder now (for ``wlmserver check``)."""
-    tally = _Tally()
-    tally.count(folder)
-    return tally.files, tally.size
-
-
 def safe_part(text: str) -> str:
     """One value made safe for a file name.
 

@@ -775,11 +775,14 @@ class MppsStore:
             ``YYYYMMDD``: instances whose Performed Procedure Step End Date (else Start Date)
             is earlier move.
         keep : iterable of str
-            UIDs that stay (messages for them are still queued for the RIS).
+            UIDs that stay, besides those whose messages are still in this store's queue
+            (the RIS has not taken them).
         batch : int
             Instances moved per hold of the lock (requests are served between batches).
         """
         kept = set(keep)
+        if self.queue is not None:
+            kept.update(m.uid for m in (*self.queue.pending(), *self.queue.staged()))
         archive = self.folder / ARCHIVE_NAME
         due = [
             uid
@@ -827,6 +830,29 @@ class MppsStore:
             if len(done) < len(due[start : start + batch]):
                 break
         return moved
+
+
+def folder_usage(folder: Path, limits: MppsLimits | None = None) -> tuple[Usage, int] | None:
+    """How full an MPPS folder is (its instance files, not read), and how many instances its
+    archive holds; read-only (for ``wlmserver check``); None when there is no folder."""
+    limits = limits or MppsLimits()
+    count = size = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or not name.lower().endswith(SUFFIX):
+                    continue
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False):
+                        size += entry.stat(follow_symlinks=False).st_size
+                        count += 1
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    archived = 0
+    with contextlib.suppress(OSError), os.scandir(folder / ARCHIVE_NAME) as entries:
+        archived = sum(1 for e in entries if e.name.lower().endswith(SUFFIX))
+    return Usage(count, size, limits.instances, limits.size), archived
 
 
 def _move_no_overwrite(source: Path, folder: Path, name: str) -> Path:

@@ -92,11 +92,7 @@ class MppsRetentionRuns:
         """One run; returns how many instances moved."""
         cutoff = self.policy.cutoff(today or self.clock())
         assert cutoff is not None
-        queue = self.store.queue
-        queued = set()
-        if queue is not None:
-            queued = {m.uid for m in (*queue.pending(), *queue.staged())}
-        moved = self.store.archive_finished(cutoff.strftime("%Y%m%d"), keep=queued)
+        moved = self.store.archive_finished(cutoff.strftime("%Y%m%d"))
         if moved:
             LOGGER.info(
                 "MPPS retention: %d finished instances that ended before %s moved to %s",

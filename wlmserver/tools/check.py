@@ -26,12 +26,20 @@ For a database whose MPPS messages are forwarded to a RIS (``--mpps-forward``), 
 how the forwarding queue stands (:mod:`wlmserver.store.forward`): messages waiting, the age of
 the oldest, messages the RIS refused for good (in ``forward/failed/``). The MPPS folder is
 ``<root>/.mpps`` unless ``--mpps-folder`` names the server's.
+
+Then how full the folders the server writes are, against its bounds (:func:`storage`): the
+MPPS folder (instances and bytes, and how many are archived), the forwarding queue (messages
+and bytes) and the request-capture folder (``--request-file-path``); ``FULL`` where a limit is
+reached (the server then refuses new MPPS with 0x0213, or captures no more). The limits are the
+server's defaults, or its configuration file's with ``--config FILE``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -43,15 +51,17 @@ from pydicom import config as pydicom_config
 from pydicom.valuerep import validate_value
 
 from wlmserver.config import bundled_database
+from wlmserver.config.file import ConfigFileError
+from wlmserver.config.options import UsageError
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import describe_tag
 from wlmserver.matching.record import Record
 from wlmserver.matching.retention import RetentionPolicy
 from wlmserver.store.files import WorklistFileError
 from wlmserver.store.formats import Formats
-from wlmserver.store.forward import QueueState, forward_folder, queue_state
+from wlmserver.store.forward import QueueState, Usage, forward_folder, queue_state, queue_usage
 from wlmserver.store.index import is_safe_ae_title, unexpected_reason
-from wlmserver.store.mpps import default_folder
+from wlmserver.store.mpps import default_folder, folder_usage
 from wlmserver.store.retention import FilePlan, archive_problem, plan_file
 
 SERVED, WARNING, NOT_SERVED = "served", "warning", "not served"
@@ -363,6 +373,112 @@ def format_forwarding(folder: Path, state: QueueState) -> str:
     return text
 
 
+@dataclass
+class FolderUsage:
+    """How full one folder the server writes is.
+
+    Attributes
+    ----------
+    what : str
+        ``mpps``, ``mpps_forward`` or ``captures``.
+    folder : str
+        The folder.
+    usage : Usage
+        Its count and bytes against the limits.
+    archived : int or None
+        For the MPPS folder: the instances in its archive.
+    """
+
+    what: str
+    folder: str
+    usage: Usage
+    archived: int | None = None
+
+    @property
+    def full(self) -> bool:
+        """Whether a limit is reached."""
+        u = self.usage
+        return u.count >= u.max_count or u.size >= u.max_size
+
+
+def storage(
+    target: Path,
+    config_file: Path | None = None,
+    mpps_folder: Path | None = None,
+    request_folder: Path | None = None,
+) -> list[FolderUsage]:
+    """How full the MPPS folder, its forwarding queue and the request-capture folder are
+    (those that exist), against the server's limits (its defaults, or ``config_file``'s)."""
+    from wlmserver.config import Config
+    from wlmserver.config.loader import load
+
+    root = _root_of(target)
+    config = Config(root)
+    if config_file is not None:
+        config = load(["--config", str(config_file), "-dfp", str(root)]).config
+    mpps = mpps_folder or config.mpps_path
+    captures = request_folder or config.request_file_path
+    found: list[FolderUsage] = []
+    held = folder_usage(mpps, config.mpps_limits)
+    if held is not None:
+        found.append(FolderUsage("mpps", str(mpps), held[0], held[1]))
+    queue = queue_usage(mpps, config.forward_limits)
+    if queue is not None:
+        found.append(FolderUsage("mpps_forward", str(forward_folder(mpps)), queue))
+    if captures is not None and captures.is_dir():
+        files, size = _files_in(captures)
+        limits = Usage(files, size, config.max_capture_files, config.max_capture_size)
+        found.append(FolderUsage("captures", str(captures), limits))
+    return found
+
+
+def _files_in(folder: Path) -> tuple[int, int]:
+    """The files of a folder (not its subfolders) and their bytes."""
+    files = size = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    files += 1
+                    size += entry.stat(follow_symlinks=False).st_size
+    return files, size
+
+
+def _root_of(target: Path) -> Path:
+    """The database root of a root, an AE folder or a file."""
+    if not target.is_dir():
+        return target.parent.parent
+    if Formats().holds_served_files(target):
+        return target.parent
+    return target
+
+
+def format_storage(found: Sequence[FolderUsage]) -> list[str]:
+    """The storage lines of the text report.
+
+    Examples
+    --------
+    >>> (line,) = format_storage([FolderUsage("captures", "rq", Usage(10, 0, 10, 1 << 20))])
+    >>> line[:41], line[-30:]
+    ('request captures rq: 10 files (limit 10, ', '0%) FULL: no more are captured')
+    """
+    names = {
+        "mpps": ("MPPS folder", "instances", "new N-CREATEs are refused (0x0213)"),
+        "mpps_forward": ("MPPS forwarding queue", "messages", "N-CREATE and N-SET are refused"),
+        "captures": ("request captures", "files", "no more are captured"),
+    }
+    lines = []
+    for one in found:
+        title, things, consequence = names[one.what]
+        line = f"{title} {one.folder}: {one.usage.describe(things)}"
+        if one.archived:
+            line += f"; {one.archived} archived"
+        if one.full:
+            line += f" FULL: {consequence}"
+        lines.append(line)
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``wlmserver check``."""
     p = argparse.ArgumentParser(
@@ -412,7 +528,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's --mpps-folder, for the state of its MPPS forwarding queue "
         "(default: ROOT/.mpps)",
     )
+    add_storage_options(p)
     return p
+
+
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    """The options of the storage report (:func:`storage`)."""
+    p.add_argument(
+        "--request-file-path",
+        type=Path,
+        metavar="DIR",
+        help="the server's -rfp folder, for how full it is",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the server's configuration file: its MPPS folder, request folder and limits apply "
+        "to the storage report",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -435,6 +569,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         archive=archive is not None,
     )
     queue = forwarding(target, args.mpps_folder)
+    try:
+        stored = storage(target, args.config, args.mpps_folder, args.request_file_path)
+    except (UsageError, ConfigFileError, OSError) as exc:
+        parser.error(f"--config {args.config}: {exc}")
     if args.json:
         files = [asdict(r) for r in reports]
         if policy is None:
@@ -457,6 +595,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
                 "failed": state.failed,
             }
+        if stored:
+            document["storage"] = {
+                one.what: {"folder": one.folder, **asdict(one.usage), "full": one.full}
+                | ({"archived": one.archived} if one.archived is not None else {})
+                for one in stored
+            }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         print(format_text(reports, target))
@@ -464,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_retention(reports, policy, today, archive))
         if queue is not None:
             print(format_forwarding(*queue))
+        for line in format_storage(stored):
+            print(line)
     sys.stdout.flush()
     return 1 if any(r.verdict == NOT_SERVED for r in reports) else 0
 
