@@ -640,7 +640,7 @@ class StepKey(NamedTuple):
     accession_number: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Performed:
     """What the link knows of one MPPS instance.
 
@@ -660,7 +660,8 @@ class Performed:
     started : str
         Performed Procedure Step Start Date and Time, ``YYYYMMDDHHMMSS...``, for ordering.
     order : int
-        Arrival order among instances (ties of ``started``).
+        Arrival order among instances (ties of ``started``; then the UID decides: the
+        instances read at start all have 0).
     """
 
     sop_instance_uid: str
@@ -681,12 +682,15 @@ class Performed:
         referenced ones) and, where the item has one, by Accession Number, each with the
         Requested Procedure ID and Scheduled Procedure Step ID."""
         for step in self.steps:
-            tail = (step.requested_procedure_id, step.scheduled_procedure_step_id)
-            for study in dict.fromkeys((step.study_instance_uid, *self.referenced_studies)):
-                if study:
-                    yield ("study", study, *tail)
+            rp, sps = step.requested_procedure_id, step.scheduled_procedure_step_id
+            own = step.study_instance_uid
+            if own:
+                yield ("study", own, rp, sps)
+            for study in self.referenced_studies:  # distinct already (see performed_from)
+                if study and study != own:
+                    yield ("study", study, rp, sps)
             if step.accession_number:
-                yield ("accession", step.accession_number, *tail)
+                yield ("accession", step.accession_number, rp, sps)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -740,6 +744,11 @@ def performed_from(instance: Dataset, order: int = 0) -> Performed:
     )
 
 
+def _arrival(performed: Performed) -> tuple[str, int, str]:
+    """The order of the instances performing one step: by start, then arrival, then UID."""
+    return (performed.started, performed.order, performed.sop_instance_uid)
+
+
 class PerformedSteps:
     """Which MPPS instances perform which scheduled steps: an immutable snapshot.
 
@@ -769,10 +778,26 @@ class PerformedSteps:
     __slots__ = ("_by_key", "_by_uid")
 
     def __init__(self, performed: Iterable[Performed] = ()) -> None:
-        self._by_uid: dict[str, Performed] = {}
-        self._by_key: dict[tuple[str, str, str, str], tuple[str, ...]] = {}
+        # built in one pass (a start builds it from every instance held): each key's list
+        # sorted once, not once per instance added
+        by_uid: dict[str, Performed] = {}
         for one in performed:
-            self._add(one)
+            by_uid[one.sop_instance_uid] = one
+        lists: dict[tuple[str, str, str, str], list[str]] = {}
+        for uid, one in by_uid.items():
+            keys = one.lookup_keys()
+            for key in dict.fromkeys(keys) if len(one.steps) > 1 else keys:
+                uids = lists.get(key)
+                if uids is None:
+                    lists[key] = [uid]
+                else:
+                    uids.append(uid)
+        self._by_uid = by_uid
+        self._by_key: dict[tuple[str, str, str, str], tuple[str, ...]] = {}
+        for key, uids in lists.items():
+            if len(uids) > 1:
+                uids.sort(key=lambda u: _arrival(by_uid[u]))
+            self._by_key[key] = tuple(uids)
 
     def _add(self, performed: Performed) -> None:
         old = self._by_uid.get(performed.sop_instance_uid)
@@ -786,9 +811,7 @@ class PerformedSteps:
         self._by_uid[performed.sop_instance_uid] = performed
         for key in dict.fromkeys(performed.lookup_keys()):
             uids = (*self._by_key.get(key, ()), performed.sop_instance_uid)
-            self._by_key[key] = tuple(
-                sorted(uids, key=lambda u: (self._by_uid[u].started, self._by_uid[u].order))
-            )
+            self._by_key[key] = tuple(sorted(uids, key=lambda u: _arrival(self._by_uid[u])))
 
     def _remove(self, uid: str) -> None:
         old = self._by_uid.pop(uid, None)
