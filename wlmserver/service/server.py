@@ -367,6 +367,9 @@ class WorklistServer:
         explicit = self.config.mpps_folder is not None
 
         def loaded() -> None:
+            # the index is long-lived: out of the collector's generations, as the worklist
+            # index (see _index), so that full collections do not walk it
+            gc.freeze()
             with self._mpps_started:
                 if self._stopping.is_set():
                     return

@@ -401,14 +401,12 @@ class MppsStore:
         """
         self._loading = True
         # Garbage collections while 100,000 rows are made walk all of them: a third of the
-        # load (0.65 s of 2 s). Reading makes no cyclic garbage; the index is long-lived, so
-        # it leaves the collector's generations (as the worklist index does, server._index).
+        # load (0.65 s of 2 s). Reading makes no cyclic garbage worth collecting meanwhile.
         collecting = gc.isenabled()
         gc.disable()
         try:
             return self._load(create)
         finally:
-            gc.freeze()
             if collecting:
                 gc.enable()
             self._loading = False
