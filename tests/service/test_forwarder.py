@@ -209,21 +209,6 @@ def test_a_message_refused_for_good_goes_to_failed_and_the_queue_goes_on(
     assert until(lambda: len(ris.mpps) == 2, 10)
 
 
-def test_the_modality_is_answered_even_when_nothing_can_be_queued(
-    start: Start, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    wlm = start("wlm", forward_to=free_port())
-
-    def broken(*args: Any, **kwargs: Any) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ForwardQueue, "append", broken)
-    assert send(wlm.port, *exam()) == [0, 0]  # stored locally: the RIS is not the modality's
-    said = messages(caplog, "NOT queued")
-    assert len(said) == 2 and "No space left on device" in said[0]
-    assert wlm.mpps.steps.status(STEP) is PpsStatus.COMPLETED
-
-
 # -- a scripted RIS: down, refusing one message, refusing all, slow; restarts in the middle
 
 A, B, C = (f"1.2.826.0.1.3680043.10.9999.{n}" for n in (90, 91, 92))

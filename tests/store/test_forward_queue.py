@@ -89,12 +89,13 @@ def test_an_interrupted_write_leaves_nothing_queued(
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("wlmserver.store.dicomwrite.dcmwrite", full)
+    monkeypatch.setattr("wlmserver.store.dicomwrite.os.fsync", full)  # the file's write
     with pytest.raises(OSError):
         queue.append(Kind.N_CREATE, UID, make_mpps())
     assert os.listdir(folder) == [FAILED_NAME]
     monkeypatch.undo()
     assert queue.append(Kind.N_CREATE, UID, make_mpps()).sequence == 2  # no reordering
+    assert queue.usage().count == 1  # the failed one is not counted
 
 
 def test_temporary_files_of_a_crash_are_removed_at_open(tmp_path: Path) -> None:

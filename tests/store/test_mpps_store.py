@@ -115,7 +115,7 @@ def test_a_uid_is_assigned_when_the_request_has_none(store: MppsStore) -> None:
 
 
 def test_a_failed_write_changes_nothing_and_leaves_no_temporary_file(
-    store: MppsStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    store: MppsStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.create(UID, make_mpps())
 
@@ -123,10 +123,11 @@ def test_a_failed_write_changes_nothing_and_leaves_no_temporary_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("wlmserver.store.dicomwrite.dcmwrite", disk_full)
-    with caplog.at_level(logging.ERROR), pytest.raises(MppsError) as caught:
+    with pytest.raises(MppsError) as caught:
         store.set(UID, make_final())
-    assert caught.value.status == MppsStatus.PROCESSING_FAILURE
-    assert "No space left" in caplog.text
+    # a full disk is a resource limitation (PS3.7 10.1.3.1.9), for the log an internal error
+    assert caught.value.status == MppsStatus.RESOURCE_LIMITATION
+    assert caught.value.internal and "No space left" in caught.value.detail
     with pytest.raises(MppsError):
         store.create("1.2.3.4.6", make_mpps())
     assert _files(store.folder) == [f"{UID}.dcm"]

@@ -274,6 +274,8 @@ def test_steps_hidden_by_their_status_are_not_counted_as_served(
         "DISCONTINUED (in the file)",
         f"{statuses}: 3 files in 1 AE folders (WLM): 3 served, 0 served with warnings, 0 not "
         "served; 1 scheduled procedure steps served (2 hidden by their status, not served)",
+        f"MPPS folder {tmp_path / 'mpps'}: 1 instances (limit 100000, 0%), 0.0 MiB (limit "
+        "4096.0 MiB, 0%)",
     ]
     # the command line overrides the file, as on the server's
     assert main(["check", "--config", str(config), "--json", "--hide-status", "COMPLETED"]) == 0

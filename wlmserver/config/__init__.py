@@ -15,7 +15,20 @@ from wlmserver.matching.encoding import DEFAULT_DEFLATE_LEVEL
 from wlmserver.matching.retention import RetentionPolicy
 from wlmserver.matching.stepstatus import DEFAULT_HIDDEN
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
-from wlmserver.store.mpps import default_folder
+from wlmserver.store.forward import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, QueueLimits
+from wlmserver.store.mpps import (
+    DEFAULT_MAX_FOLDER,
+    DEFAULT_MAX_INSTANCE,
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_MAX_REQUEST,
+    MppsLimits,
+    default_folder,
+)
+
+#: The default bounds of the request-capture folder (``-rfp``): a capture is a debugging aid
+#: of a few hundred bytes per query; 10,000 files is hours of a busy department's queries.
+DEFAULT_MAX_CAPTURE_FILES = 10_000
+DEFAULT_MAX_CAPTURE_SIZE = 64 * 1024 * 1024
 
 DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "WLMSERVER"
@@ -136,6 +149,27 @@ class Config:
         Seconds the RIS has to accept the forwarder's association and to answer each
         message (``--mpps-forward-timeout``; default 60); a message it did not answer in time
         is sent again later, and answers are then waited for longer.
+    max_mpps_size : int
+        An N-CREATE or N-SET data set longer than this many bytes is refused with 0x0213
+        before it is decoded (``--max-mpps-size``; see :class:`~wlmserver.store.mpps.MppsLimits`).
+    max_mpps_instance_size : int
+        An instance longer than this many bytes once an N-SET is applied is refused with
+        0x0213 (``--max-mpps-instance-size``).
+    max_mpps_instances, max_mpps_folder_size : int
+        An N-CREATE is refused with 0x0213 once the MPPS folder holds this many instances, or
+        this many bytes of them (``--max-mpps-instances``, ``--max-mpps-folder-size``).
+    max_forward_messages, max_forward_size : int
+        With ``mpps_forward``: a request is refused with 0x0213 once the forwarding queue
+        holds this many messages, or bytes (``--max-forward-messages``,
+        ``--max-forward-size``; see :class:`~wlmserver.store.forward.QueueLimits`).
+    max_capture_files, max_capture_size : int
+        With ``request_file_path``: no request is captured once the folder holds this many
+        files, or bytes (``--max-capture-files``, ``--max-capture-size``); the query is
+        answered as always.
+    mpps_retention_days : int or None
+        Finished MPPS instances (COMPLETED, DISCONTINUED) that ended more than this many days
+        ago move to ``<mpps folder>/archive/`` (``--mpps-retention-days``); None: the value of
+        ``retention_days`` (:attr:`mpps_retention`), so both are off unless retention is set.
     access : Access
         Who may ask: calling AE title and address allow-lists (``--allow-calling-aet``,
         ``--allow-host`` and the configuration file's ``[access]``).
@@ -215,6 +249,15 @@ class Config:
     mpps_forward: ForwardTarget | None = None
     mpps_forward_aet: str | None = None
     mpps_forward_timeout: float = DEFAULT_FORWARD_TIMEOUT
+    max_mpps_size: int = DEFAULT_MAX_REQUEST
+    max_mpps_instance_size: int = DEFAULT_MAX_INSTANCE
+    max_mpps_instances: int = DEFAULT_MAX_INSTANCES
+    max_mpps_folder_size: int = DEFAULT_MAX_FOLDER
+    max_forward_messages: int = DEFAULT_MAX_MESSAGES
+    max_forward_size: int = DEFAULT_MAX_BYTES
+    max_capture_files: int = DEFAULT_MAX_CAPTURE_FILES
+    max_capture_size: int = DEFAULT_MAX_CAPTURE_SIZE
+    mpps_retention_days: int | None = None
     # access control and modality profiles
     access: Access = field(default_factory=Access)
     profiles: Profiles = field(default_factory=Profiles)
@@ -243,6 +286,41 @@ class Config:
             self.mpps_folder
             if self.mpps_folder is not None
             else default_folder(self.data_files_path)
+        )
+
+    @property
+    def mpps_limits(self) -> MppsLimits:
+        """The MPPS store's bounds (``--max-mpps-*``)."""
+        return MppsLimits(
+            self.max_mpps_size,
+            self.max_mpps_instance_size,
+            self.max_mpps_instances,
+            self.max_mpps_folder_size,
+        )
+
+    @property
+    def forward_limits(self) -> QueueLimits:
+        """The forwarding queue's bounds (``--max-forward-*``)."""
+        return QueueLimits(self.max_forward_messages, self.max_forward_size)
+
+    @property
+    def mpps_retention(self) -> int | None:
+        """Days after which finished MPPS instances are archived: ``mpps_retention_days``,
+        else ``retention_days`` (None: never).
+
+        Examples
+        --------
+        >>> Config(Path("."), retention_days=90).mpps_retention
+        90
+        >>> Config(Path("."), retention_days=90, mpps_retention_days=400).mpps_retention
+        400
+        >>> Config(Path(".")).mpps_retention is None
+        True
+        """
+        return (
+            self.mpps_retention_days
+            if self.mpps_retention_days is not None
+            else (self.retention_days)
         )
 
     @property

@@ -88,6 +88,15 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
             if args.mpps_forward_timeout is None
             else args.mpps_forward_timeout
         ),
+        max_mpps_size=args.max_mpps_size,
+        max_mpps_instance_size=args.max_mpps_instance_size,
+        max_mpps_instances=args.max_mpps_instances,
+        max_mpps_folder_size=args.max_mpps_folder_size,
+        max_forward_messages=args.max_forward_messages,
+        max_forward_size=args.max_forward_size,
+        max_capture_files=args.max_capture_files,
+        max_capture_size=args.max_capture_size,
+        mpps_retention_days=args.mpps_retention_days,
         access=access,
         profiles=file.profiles if file is not None else Profiles(),
         config_file=file.path if file is not None else None,
@@ -389,6 +398,15 @@ def _checked(
     retention_problem = archive_folder_problem(config)
     if retention_problem is not None:
         refusals.add("archive_folder", retention_problem)
+    if config.mpps_retention_days is not None and (
+        config.retention_days is None or config.mpps_retention_days < config.retention_days
+    ):
+        refusals.add(
+            "mpps_retention_days",
+            f"--mpps-retention-days {config.mpps_retention_days} needs --retention-days N with "
+            f"N at most {config.mpps_retention_days}: a step whose MPPS is archived while it is "
+            "still served would be answered again with its file's status",
+        )
     for option in ("aet", "timeout"):
         if getattr(args, f"mpps_forward_{option}") is not None and args.mpps_forward is None:
             refusals.add(

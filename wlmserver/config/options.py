@@ -17,7 +17,12 @@ import shlex
 from pathlib import Path
 from typing import NoReturn
 
-from wlmserver.config import DEFAULT_AE_TITLE, DEFAULT_PORT
+from wlmserver.config import (
+    DEFAULT_AE_TITLE,
+    DEFAULT_MAX_CAPTURE_FILES,
+    DEFAULT_MAX_CAPTURE_SIZE,
+    DEFAULT_PORT,
+)
 from wlmserver.config.access import parse_network, valid_ae_pattern
 from wlmserver.config.forward import DEFAULT_TIMEOUT as DEFAULT_FORWARD_TIMEOUT
 from wlmserver.config.forward import ForwardTarget, valid_ae_title
@@ -26,6 +31,13 @@ from wlmserver.config.tlsoptions import add_tls_options
 from wlmserver.matching.answers import CharsetPolicy
 from wlmserver.matching.stepstatus import parse_statuses
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE
+from wlmserver.store.forward import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES
+from wlmserver.store.mpps import (
+    DEFAULT_MAX_FOLDER,
+    DEFAULT_MAX_INSTANCE,
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_MAX_REQUEST,
+)
 from wlmserver.version import __version__
 
 LOG_LEVELS = {
@@ -46,6 +58,17 @@ def _mebibytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
     if not 0 < value <= 4096:
         raise argparse.ArgumentTypeError(f"{text} MiB: give a size from 0 to 4096 MiB")
+    return int(value * 1024 * 1024)
+
+
+def _folder_mebibytes(text: str) -> int:
+    """A folder's size in MiB (a positive number, up to 1 TiB) as bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
+    if not 0 < value <= 1024 * 1024:
+        raise argparse.ArgumentTypeError(f"{text} MiB: give a size from 0 to 1048576 MiB")
     return int(value * 1024 * 1024)
 
 
@@ -178,6 +201,69 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message.removeprefix("argument port: "))
+
+
+def add_mpps_limit_options(g: argparse._ActionsContainer) -> None:
+    """The bounds of the MPPS store and of its forwarding queue, and MPPS retention; each
+    limit reached refuses the request with 0x0213 Resource limitation (see
+    :class:`~wlmserver.store.mpps.MppsLimits`, :class:`~wlmserver.store.forward.QueueLimits`)."""
+    mib = 1024 * 1024
+    g.add_argument(
+        "--max-mpps-size",
+        type=_positive,
+        default=DEFAULT_MAX_REQUEST,
+        metavar="BYTES",
+        help="refuse an N-CREATE or N-SET data set longer than BYTES (status 0x0213; default "
+        f"{DEFAULT_MAX_REQUEST}: a final N-SET listing every image of a 9,000-image study)",
+    )
+    g.add_argument(
+        "--max-mpps-instance-size",
+        type=_positive,
+        default=DEFAULT_MAX_INSTANCE,
+        metavar="BYTES",
+        help="refuse an N-CREATE or N-SET that makes an MPPS instance longer than BYTES "
+        f"(status 0x0213; default {DEFAULT_MAX_INSTANCE})",
+    )
+    g.add_argument(
+        "--max-mpps-instances",
+        type=_positive,
+        default=DEFAULT_MAX_INSTANCES,
+        metavar="N",
+        help="refuse an N-CREATE once the MPPS folder holds N instances (status 0x0213; "
+        f"default {DEFAULT_MAX_INSTANCES}; N-SETs of instances held are still accepted)",
+    )
+    g.add_argument(
+        "--max-mpps-folder-size",
+        type=_folder_mebibytes,
+        default=DEFAULT_MAX_FOLDER,
+        metavar="MIB",
+        help="refuse an N-CREATE once the MPPS instances take MIB mebibytes (status 0x0213; "
+        f"default {DEFAULT_MAX_FOLDER // mib})",
+    )
+    g.add_argument(
+        "--max-forward-messages",
+        type=_positive,
+        default=DEFAULT_MAX_MESSAGES,
+        metavar="N",
+        help="with --mpps-forward: refuse N-CREATE and N-SET once N messages wait for the RIS "
+        f"(status 0x0213; default {DEFAULT_MAX_MESSAGES})",
+    )
+    g.add_argument(
+        "--max-forward-size",
+        type=_folder_mebibytes,
+        default=DEFAULT_MAX_BYTES,
+        metavar="MIB",
+        help="with --mpps-forward: refuse N-CREATE and N-SET once the messages waiting take "
+        f"MIB mebibytes (status 0x0213; default {DEFAULT_MAX_BYTES // mib})",
+    )
+    g.add_argument(
+        "--mpps-retention-days",
+        type=_positive,
+        metavar="N",
+        help="move finished MPPS instances (COMPLETED, DISCONTINUED) that ended more than N "
+        "days ago to MPPS folder/archive/, never deleted (default: --retention-days; needs it, "
+        "at most N)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AET",
         help="our calling AE title towards the --mpps-forward SCP (default: -aet)",
     )
+    add_mpps_limit_options(g)
     g.add_argument(
         "--mpps-forward-timeout",
         type=_seconds,
@@ -369,6 +456,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FORMAT",
         help="request file names: #a calling AE, #c called AE, #i process ID, #p patient ID, "
         "#t time; .dump/.txt: dcmdump text, else DICOM (default #t.dump)",
+    )
+    g.add_argument(
+        "--max-capture-files",
+        type=_positive,
+        default=DEFAULT_MAX_CAPTURE_FILES,
+        metavar="N",
+        help="with -rfp: capture no more requests once DIR holds N files (the query is answered "
+        f"as always; one warning; default {DEFAULT_MAX_CAPTURE_FILES})",
+    )
+    g.add_argument(
+        "--max-capture-size",
+        type=_folder_mebibytes,
+        default=DEFAULT_MAX_CAPTURE_SIZE,
+        metavar="MIB",
+        help="with -rfp: capture no more requests once DIR holds MIB mebibytes (default "
+        f"{DEFAULT_MAX_CAPTURE_SIZE // 1048576})",
     )
     g = p.add_argument_group("matching and answers")
     g.add_argument(

@@ -87,6 +87,10 @@ class MppsStatus(IntEnum):
     """A required attribute is absent."""
     MISSING_ATTRIBUTE_VALUE = 0x0121
     """A Type 1 attribute is present but empty (a Type 1 sequence: without an item)."""
+    RESOURCE_LIMITATION = 0x0213
+    """PS3.7 10.1.5.1.6 (N-CREATE) and 10.1.3.1.9 (N-SET): not performed for lack of a
+    resource: a request, an instance or a folder over its limit, or no space left on the
+    disk. Nothing is stored; the same request may succeed later (a forwarder retries it)."""
 
 
 #: PS3.4 Table F.7.2-2: the Error Comment and Error ID (0000,0903) of an N-SET refused because
@@ -110,6 +114,10 @@ class MppsError(Exception):
         response carries one).
     error_id : int or None
         Error ID (0000,0903), where the standard assigns one (PS3.4 Table F.7.2-2).
+    internal : bool
+        The SCP failed (its disk), not the request: worth an ERROR line, not a WARNING.
+    detail : str
+        What the log says besides the comment (a folder, a system error); never patient data.
     """
 
     def __init__(
@@ -118,12 +126,17 @@ class MppsError(Exception):
         comment: str,
         tags: tuple[int, ...] = (),
         error_id: int | None = None,
+        *,
+        internal: bool = False,
+        detail: str = "",
     ) -> None:
         super().__init__(comment)
         self.status = status
         self.comment = fit_comment(comment)
         self.tags = tags
         self.error_id = error_id
+        self.internal = internal
+        self.detail = detail
 
 
 # --------------------------------------------------------------------------- Table F.7.2-1
@@ -627,7 +640,7 @@ class StepKey(NamedTuple):
     accession_number: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Performed:
     """What the link knows of one MPPS instance.
 
@@ -647,7 +660,8 @@ class Performed:
     started : str
         Performed Procedure Step Start Date and Time, ``YYYYMMDDHHMMSS...``, for ordering.
     order : int
-        Arrival order among instances (ties of ``started``).
+        Arrival order among instances (ties of ``started``; then the UID decides: the
+        instances read at start all have 0).
     """
 
     sop_instance_uid: str
@@ -668,12 +682,15 @@ class Performed:
         referenced ones) and, where the item has one, by Accession Number, each with the
         Requested Procedure ID and Scheduled Procedure Step ID."""
         for step in self.steps:
-            tail = (step.requested_procedure_id, step.scheduled_procedure_step_id)
-            for study in dict.fromkeys((step.study_instance_uid, *self.referenced_studies)):
-                if study:
-                    yield ("study", study, *tail)
+            rp, sps = step.requested_procedure_id, step.scheduled_procedure_step_id
+            own = step.study_instance_uid
+            if own:
+                yield ("study", own, rp, sps)
+            for study in self.referenced_studies:  # distinct already (see performed_from)
+                if study and study != own:
+                    yield ("study", study, rp, sps)
             if step.accession_number:
-                yield ("accession", step.accession_number, *tail)
+                yield ("accession", step.accession_number, rp, sps)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -727,6 +744,11 @@ def performed_from(instance: Dataset, order: int = 0) -> Performed:
     )
 
 
+def _arrival(performed: Performed) -> tuple[str, int, str]:
+    """The order of the instances performing one step: by start, then arrival, then UID."""
+    return (performed.started, performed.order, performed.sop_instance_uid)
+
+
 class PerformedSteps:
     """Which MPPS instances perform which scheduled steps: an immutable snapshot.
 
@@ -756,10 +778,26 @@ class PerformedSteps:
     __slots__ = ("_by_key", "_by_uid")
 
     def __init__(self, performed: Iterable[Performed] = ()) -> None:
-        self._by_uid: dict[str, Performed] = {}
-        self._by_key: dict[tuple[str, str, str, str], tuple[str, ...]] = {}
+        # built in one pass (a start builds it from every instance held): each key's list
+        # sorted once, not once per instance added
+        by_uid: dict[str, Performed] = {}
         for one in performed:
-            self._add(one)
+            by_uid[one.sop_instance_uid] = one
+        lists: dict[tuple[str, str, str, str], list[str]] = {}
+        for uid, one in by_uid.items():
+            keys = one.lookup_keys()
+            for key in dict.fromkeys(keys) if len(one.steps) > 1 else keys:
+                uids = lists.get(key)
+                if uids is None:
+                    lists[key] = [uid]
+                else:
+                    uids.append(uid)
+        self._by_uid = by_uid
+        self._by_key: dict[tuple[str, str, str, str], tuple[str, ...]] = {}
+        for key, uids in lists.items():
+            if len(uids) > 1:
+                uids.sort(key=lambda u: _arrival(by_uid[u]))
+            self._by_key[key] = tuple(uids)
 
     def _add(self, performed: Performed) -> None:
         old = self._by_uid.get(performed.sop_instance_uid)
@@ -773,9 +811,18 @@ class PerformedSteps:
         self._by_uid[performed.sop_instance_uid] = performed
         for key in dict.fromkeys(performed.lookup_keys()):
             uids = (*self._by_key.get(key, ()), performed.sop_instance_uid)
-            self._by_key[key] = tuple(
-                sorted(uids, key=lambda u: (self._by_uid[u].started, self._by_uid[u].order))
-            )
+            self._by_key[key] = tuple(sorted(uids, key=lambda u: _arrival(self._by_uid[u])))
+
+    def _remove(self, uid: str) -> None:
+        old = self._by_uid.pop(uid, None)
+        if old is None:
+            return
+        for key in old.lookup_keys():
+            left = tuple(u for u in self._by_key.get(key, ()) if u != uid)
+            if left:
+                self._by_key[key] = left
+            else:
+                self._by_key.pop(key, None)
 
     def with_performed(self, performed: Performed) -> PerformedSteps:
         """A new snapshot with one instance added or replaced (this one is unchanged)."""
@@ -783,6 +830,23 @@ class PerformedSteps:
         new._by_uid = dict(self._by_uid)
         new._by_key = dict(self._by_key)
         new._add(performed)
+        return new
+
+    def without(self, uids: Iterable[str]) -> PerformedSteps:
+        """A new snapshot without these instances (archived; this one is unchanged).
+
+        Examples
+        --------
+        >>> step = StepKey("1.2.4", "RP1", "SPS1", "")
+        >>> steps = PerformedSteps([Performed("1.9.1", PpsStatus.COMPLETED, (step,))])
+        >>> steps.without(["1.9.1"]).status(step) is None, steps.status(step).value
+        (True, 'COMPLETED')
+        """
+        new = PerformedSteps()
+        new._by_uid = dict(self._by_uid)
+        new._by_key = dict(self._by_key)
+        for uid in uids:
+            new._remove(uid)
         return new
 
     def performing(self, step: StepKey) -> tuple[Performed, ...]:

@@ -10,12 +10,25 @@ name gets ``_2``, ``_3`` ... before its suffix.
 A name ending in ``.dump`` or ``.txt`` gets ``dcmdump``-style text (what ``dump2dcm``,
 ``wlmserver create`` and ``wlmserver query --request`` read); any other name gets a DICOM file.
 Request files hold patient data: the folder should be as private as the database.
+
+The folder is bounded (:class:`CaptureLimits`: ``--max-capture-files``, ``--max-capture-size``):
+once it holds that much, no request is captured (:class:`CaptureFull`, which the C-FIND handler
+logs as one rate-limited warning) and the query is answered as always. A capture is a
+debugging aid (wlmscpfs's ``-rfp``); refusing a modality's worklist because the aid's folder is
+full would make the aid the outage. Nothing captured is ever removed: an administrator empties
+the folder, and capturing resumes (the folder is counted again at most every
+:data:`RECOUNT_SECONDS` while it is full).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import threading
+import time
+from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
@@ -26,6 +39,75 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 DEFAULT_FORMAT = "#t.dump"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+#: While a capture folder is full, it is counted again (a listing) at most this often.
+RECOUNT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class CaptureLimits:
+    """How much a capture folder holds at most.
+
+    Attributes
+    ----------
+    files : int
+        Files (``--max-capture-files``).
+    size : int
+        Bytes (``--max-capture-size``).
+    """
+
+    files: int
+    size: int
+
+
+class CaptureFull(OSError):
+    """The capture folder holds as much as its limits allow (``strerror`` says which)."""
+
+
+class _Tally:
+    """Files and bytes in one capture folder: counted once, then kept by the captures, and
+    counted again (at most every :data:`RECOUNT_SECONDS`) while it looks full."""
+
+    def __init__(self) -> None:
+        self.files = self.size = 0
+        self.counted = -1e9
+
+    def count(self, folder: Path) -> None:
+        files = size = 0
+        with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False):
+                        files += 1
+                        size += entry.stat(follow_symlinks=False).st_size
+        self.files, self.size, self.counted = files, size, time.monotonic()
+
+
+_TALLIES: dict[str, _Tally] = {}
+_TALLY_LOCK = threading.Lock()
+
+
+def _make_room(folder: Path, size: int, limits: CaptureLimits) -> _Tally:
+    """The folder's tally, once a capture of ``size`` bytes fits; raises :class:`CaptureFull`."""
+    with _TALLY_LOCK:
+        tally = _TALLIES.setdefault(str(folder.absolute()), _Tally())
+        if tally.counted < 0:
+            tally.count(folder)
+
+        def fits() -> bool:
+            return tally.files < limits.files and tally.size + size <= limits.size
+
+        if not fits() and time.monotonic() - tally.counted >= RECOUNT_SECONDS:
+            tally.count(folder)  # an administrator may have emptied it
+        if fits():
+            return tally
+        if tally.files >= limits.files:
+            raise CaptureFull(
+                errno.EDQUOT, f"it holds {tally.files} files (--max-capture-files): not captured"
+            )
+        raise CaptureFull(
+            errno.EDQUOT,
+            f"it holds {tally.size // 1048576} MiB (--max-capture-size): not captured",
+        )
 
 
 def safe_part(text: str) -> str:
@@ -89,6 +171,7 @@ def write_request(
     calling: str,
     called: str,
     notes: tuple[str, ...] = (),
+    limits: CaptureLimits | None = None,
 ) -> Path:
     """Write one request; returns its path.
 
@@ -98,6 +181,8 @@ def write_request(
 
     Raises
     ------
+    CaptureFull
+        The folder holds what ``limits`` allow (nothing is written).
     OSError
         The folder cannot be written.
     """
@@ -110,6 +195,7 @@ def write_request(
         when=datetime.now(),
     )
     data = _request_bytes(name, identifier, notes)
+    tally = _make_room(folder, len(data), limits) if limits is not None else None
     stem, dot, suffix = name.rpartition(".")
     if not dot:
         stem, suffix = name, ""
@@ -121,6 +207,10 @@ def write_request(
             continue
         with open(fd, "wb") as handle:
             handle.write(data)
+        if tally is not None:
+            with _TALLY_LOCK:
+                tally.files += 1
+                tally.size += len(data)
         return path
     raise FileExistsError(f"{_MAX_SAME_NAME} request files named {name} already exist")
 

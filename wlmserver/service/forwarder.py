@@ -368,6 +368,11 @@ class Forwarder:
         self._wake.set()
         return True
 
+    def wake(self) -> None:
+        """Look at the queue now: a message was queued with its instance
+        (:class:`~wlmserver.store.mpps.MppsStore` with a queue, which the handlers use)."""
+        self._wake.set()
+
     def state(self) -> QueueState:
         """What the queue holds now."""
         return self.queue.state()

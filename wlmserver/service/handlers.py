@@ -189,7 +189,10 @@ def handle_connection_open(
         reactor.Limits(
             associate_rq=reactor.DEFAULT_LIMITS.associate_rq,
             command=reactor.DEFAULT_LIMITS.command,
-            data_set=config.max_identifier_size * IDENTIFIER_ABORT_FACTOR,
+            data_set=max(
+                config.max_identifier_size * IDENTIFIER_ABORT_FACTOR,
+                config.max_mpps_size * MPPS_ABORT_FACTOR,
+            ),
         ),
     )
     reactor.on_end(assoc, lambda a: association_ended(a, config))
@@ -209,6 +212,9 @@ def handle_connection_open(
 #: arrives (up to that size it is received and answered with a failure status naming the
 #: limit): memory per association stays bounded whatever a peer sends.
 IDENTIFIER_ABORT_FACTOR = 16
+#: The same for an N-CREATE or N-SET data set over ``--max-mpps-size`` (1 MiB by default: a
+#: data set up to twice that is answered 0x0213, a longer one aborts the association).
+MPPS_ABORT_FACTOR = 2
 
 
 def _how_it_ended(assoc: Any) -> str:
@@ -332,6 +338,7 @@ def _capture(
             calling=calling,
             called=aet,
             notes=notes,
+            limits=capture.CaptureLimits(config.max_capture_files, config.max_capture_size),
         )
     except (OSError, ValueError, TypeError) as exc:
         # the file's name may hold the patient ID (#p): say why, and where, not which file
@@ -494,6 +501,10 @@ def handle_find(
     if not store.ready.wait(INDEX_WAIT_SECONDS):
         LOGGER.warning("C-FIND from %s: the database is still being indexed", peer)
         yield failure(Status.OUT_OF_RESOURCES, "still indexing the worklist database"), None
+        return
+    if mpps is not None and not mpps.wait_loaded(INDEX_WAIT_SECONDS):  # the statuses it reports
+        LOGGER.warning("C-FIND from %s: the MPPS instances are still being read", peer)
+        yield failure(Status.OUT_OF_RESOURCES, "still reading the MPPS instances"), None
         return
     folder = resolve_folder(store, config, aet)
     if folder is None:

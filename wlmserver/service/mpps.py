@@ -9,14 +9,21 @@ the attribute and the rule, Error ID (0000,0903) where PS3.4 Table F.7.2-2 gives
 an N-SET, the Attribute Identifier List (0000,1005) (pynetdicom sends no such list in an
 N-CREATE response, PS3.7 10.3.5).
 
-With ``--mpps-forward``, each accepted request is then queued for the RIS
-(:meth:`Forwarder.enqueue <wlmserver.service.forwarder.Forwarder.enqueue>`) before the
-response is sent, so a modality's next request is always queued after it; the response is
-Success whatever becomes of the forwarding.
+With ``--mpps-forward``, the store queues each request for the RIS in the same durable step
+as the instance (see :mod:`wlmserver.store.mpps`), before the response is sent, so a modality's
+next request is always queued after it; Success means both are on disk, and a request that
+cannot be queued (the disk or the queue full) is refused with 0x0213 like one that cannot be
+stored. The handler then wakes the sender (:meth:`Forwarder.wake
+<wlmserver.service.forwarder.Forwarder.wake>`).
+
+A data set longer than the store's :attr:`~wlmserver.store.mpps.MppsLimits.request` bytes
+(``--max-mpps-size``) is refused with 0x0213 Resource limitation before it is decoded.
 
 Logging: one INFO line per request with the peer, the SOP Instance UID, the status and the
 procedure identifiers of the steps (Requested Procedure ID, Scheduled Procedure Step ID,
-Accession Number), never patient names or IDs; an unscheduled MPPS says so.
+Accession Number), never patient names or IDs; an unscheduled MPPS says so. A refusal is one
+WARNING (a limit: its own kind of line, so the log's rate limit counts it apart), or one ERROR
+when the server itself failed (its disk).
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ from wlmserver.matching.mpps import (
 )
 from wlmserver.service.forwarder import Forwarder
 from wlmserver.service.handlers import peer_of
-from wlmserver.store.forward import Kind
 from wlmserver.store.mpps import MppsStore
 
 LOGGER = logging.getLogger(__name__)
@@ -112,6 +118,7 @@ def handle_n_create(
         refused = _wrong_class(request.AffectedSOPClassUID)
         if refused is not None:
             raise refused
+        _check_size(request, "AttributeList", "attribute list", store.limits.request)
         attributes = _decoded(event, "attribute_list", "the attribute list")
         checked = store.create(uid, attributes)
     except MppsError as exc:
@@ -122,7 +129,7 @@ def handle_n_create(
         return failure(MppsError(MppsStatus.PROCESSING_FAILURE, "internal error")), None
     created = str(checked.instance.SOPInstanceUID)
     if forwarder is not None:
-        forwarder.enqueue(Kind.N_CREATE, created, attributes)
+        forwarder.wake()  # the store queued it with the instance
     performed = store.steps.get(created)
     LOGGER.info(
         "MPPS N-CREATE from %s: %s%s %s",
@@ -157,6 +164,7 @@ def handle_n_set(event: Any, store: MppsStore, forwarder: Forwarder | None = Non
         refused = _wrong_class(request.RequestedSOPClassUID)
         if refused is not None:
             raise refused
+        _check_size(request, "ModificationList", "modification list", store.limits.request)
         modification = _decoded(event, "modification_list", "the modification list")
         checked = store.set(uid, modification)
     except MppsError as exc:
@@ -166,7 +174,7 @@ def handle_n_set(event: Any, store: MppsStore, forwarder: Forwarder | None = Non
         LOGGER.exception("MPPS N-SET from %s: %s failed", peer, uid)
         return failure(MppsError(MppsStatus.PROCESSING_FAILURE, "internal error"), True), None
     if forwarder is not None:
-        forwarder.enqueue(Kind.N_SET, uid, modification)
+        forwarder.wake()
     LOGGER.info("MPPS N-SET from %s: %s %s", peer, uid, describe(store.steps.get(uid)))
     if checked.lenient:
         LOGGER.warning(
@@ -176,6 +184,21 @@ def handle_n_set(event: Any, store: MppsStore, forwarder: Forwarder | None = Non
             ", ".join(checked.lenient),
         )
     return int(MppsStatus.SUCCESS), None
+
+
+def _check_size(request: Any, name: str, what: str, limit: int) -> None:
+    """Refuse a data set longer than ``limit`` bytes before it is decoded (0x0213)."""
+    encoded = getattr(request, name, None)
+    getvalue = getattr(encoded, "getvalue", None)
+    if getvalue is None:
+        return
+    size = len(getvalue())
+    if size > limit:
+        raise MppsError(
+            MppsStatus.RESOURCE_LIMITATION,
+            f"{what} over {limit} bytes (--max-mpps-size)",
+            detail=f"{size} bytes",
+        )
 
 
 def _decoded(event: Any, name: str, what: str) -> Dataset | None:
@@ -188,11 +211,33 @@ def _decoded(event: Any, name: str, what: str) -> Dataset | None:
 
 
 def _log_refusal(what: str, peer: str, uid: str | None, exc: MppsError) -> None:
-    LOGGER.warning(
-        "MPPS %s from %s: %s refused, status 0x%04X: %s",
-        what,
-        peer,
-        uid or "(no UID)",
-        int(exc.status),
-        exc.comment,
-    )
+    detail = f" ({exc.detail})" if exc.detail else ""
+    if exc.internal:  # the server's own failure (its disk): an administrator must act
+        LOGGER.error(
+            "MPPS %s from %s: %s not stored, status 0x%04X: %s%s",
+            what,
+            peer,
+            uid or "(no UID)",
+            int(exc.status),
+            exc.comment,
+            detail,
+        )
+    elif exc.status == MppsStatus.RESOURCE_LIMITATION:  # a limit: counted apart by the rate limit
+        LOGGER.warning(
+            "MPPS %s from %s: %s refused at a limit, status 0x%04X: %s%s",
+            what,
+            peer,
+            uid or "(no UID)",
+            int(exc.status),
+            exc.comment,
+            detail,
+        )
+    else:
+        LOGGER.warning(
+            "MPPS %s from %s: %s refused, status 0x%04X: %s",
+            what,
+            peer,
+            uid or "(no UID)",
+            int(exc.status),
+            exc.comment,
+        )

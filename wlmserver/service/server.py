@@ -42,6 +42,7 @@ from wlmserver.store.forward import ForwardQueue, forward_folder
 from wlmserver.store.index import WorklistStore
 from wlmserver.store.listing import ListingsAhead
 from wlmserver.store.mpps import MppsStore, folder_problem
+from wlmserver.store.mppsretention import MppsRetentionRuns
 from wlmserver.store.retention import RetentionRuns, archive_problem
 from wlmserver.store.watcher import Watcher
 
@@ -143,10 +144,23 @@ class WorklistServer:
         self.cache_changes = 1000
         self.cache_interval = 600.0
         self.cache_check = 10.0
-        #: The MPPS instances (``--mpps-folder``), read back at :meth:`start`.
-        self.mpps = MppsStore(config.mpps_path)
-        #: The sender of accepted MPPS requests to the RIS (``--mpps-forward``), from start.
+        #: With ``--mpps-forward``: the queue of messages for the RIS, which the MPPS store
+        #: writes with each instance and the forwarder sends.
+        self.forward_queue = (
+            ForwardQueue(forward_folder(config.mpps_path), config.forward_limits)
+            if config.mpps_forward is not None
+            else None
+        )
+        #: The MPPS instances (``--mpps-folder``), read back from :meth:`start` on, while the
+        #: port is already open (see :meth:`_load_mpps`).
+        self.mpps = MppsStore(config.mpps_path, config.mpps_limits, self.forward_queue)
+        #: The sender of accepted MPPS requests to the RIS (``--mpps-forward``), made at start
+        #: and started once the MPPS instances are read.
         self.forwarder: Forwarder | None = None
+        #: The MPPS retention runs (``--mpps-retention-days``), from then on, or None.
+        self.mpps_retention: MppsRetentionRuns | None = None
+        self._mpps_loader: threading.Thread | None = None
+        self._mpps_started = threading.Lock()  # the loader's starts against stop()
         self.watcher: Watcher | None = None
         #: The retention runs (``--retention-days``), started with the watcher, or None.
         self.retention: RetentionRuns | None = None
@@ -204,20 +218,22 @@ class WorklistServer:
     def start(self, wait: bool = True) -> None:
         """Start watching the database, accepting associations, and indexing.
 
-        Associations are accepted (and C-ECHO answered) while the database is indexed; a
-        C-FIND waits for the index. With ``wait`` (the default) this returns once the index
-        is complete. With an index cache, a full index is written to it once no association
-        has been open for :attr:`cache_quiet` seconds (:attr:`cache_wait` at most): the
-        modalities that waited are answered first.
+        Associations are accepted (and C-ECHO answered) while the database is indexed and
+        the MPPS instances are read; a C-FIND (and an N-CREATE or N-SET) waits for them. With
+        ``wait`` (the default) this returns once both are complete. With an index cache, a
+        full index is written to it once no association has been open for
+        :attr:`cache_quiet` seconds (:attr:`cache_wait` at most): the modalities that waited
+        are answered first.
         """
         root = self.config.data_files_path
         if not root.is_dir():
             raise FileNotFoundError(f"the database root {root} is not a folder")
         # TLS: read the key and certificates first (a TlsSetupError names the file)
         tls_context = tls.server_context(self.config) if self.config.tls_enabled else None
-        self._load_mpps()
+        self._check_mpps_folder()
         self._check_archive_folder()
-        self._start_forwarder()
+        self._prepare_forwarder()
+        self._load_mpps()
         # watch first, so that no change made while indexing is missed
         self.watcher = Watcher(
             self.store, poll=self.config.poll, rescan_interval=self.config.rescan_interval
@@ -272,7 +288,7 @@ class WorklistServer:
                 self._server.shutdown()
                 self._server = None
             self.watcher.stop()
-            self._stop_forwarder()
+            self._stop_mpps()
             raise
         for server in (self._server, self._tls_server):
             if server is not None:  # socketserver listens with a backlog of 5
@@ -313,35 +329,68 @@ class WorklistServer:
             self.retention.start()
         self.live.replace(config)  # last: a new association sees all of the above
 
-    def _load_mpps(self) -> None:
-        """Read the MPPS instances back. A folder given with ``--mpps-folder`` is made now,
-        and one that cannot be used stops the start; the default one (``<root>/.mpps``) is
-        made at the first N-CREATE, and when it cannot be (a read-only database) MPPS is
-        refused with 0x0110 and a warning says so now."""
+    def _check_mpps_folder(self) -> None:
+        """Refuse an MPPS folder that is (inside) an AE folder; make one given with
+        ``--mpps-folder`` now (one that cannot be made stops the start). The default one
+        (``<root>/.mpps``) is made at the first N-CREATE, and when it cannot be (a read-only
+        database) MPPS is refused with 0x0110 and a warning says so now."""
         folder = self.config.mpps_path
         root = self.config.data_files_path
         problem = folder_problem(folder, root)
         if problem is not None:
             raise MppsFolderError(f"--mpps-folder {folder}: {problem}; give a folder of its own")
-        explicit = self.config.mpps_folder is not None
-        try:
-            self.mpps.load(create=explicit)
-        except OSError as exc:
-            if explicit:
-                raise MppsFolderError(f"--mpps-folder {folder}: {exc.strerror or exc}") from exc
-            LOGGER.warning(
-                "MPPS not stored: cannot use %s (%s); N-CREATE and N-SET will fail until "
-                "--mpps-folder names a writable folder",
-                folder,
-                exc.strerror or exc,
+        retention = self.config.mpps_retention_days
+        if retention is not None and (
+            self.config.retention_days is None or retention < self.config.retention_days
+        ):
+            raise MppsFolderError(
+                f"--mpps-retention-days {retention} needs --retention-days N, N at most "
+                f"{retention} (a step whose MPPS is archived would be answered again)"
             )
-            return
-        if not explicit and not folder.exists() and not os.access(root, os.W_OK):
+        if self.config.mpps_folder is not None:
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.listdir(folder)
+            except OSError as exc:
+                raise MppsFolderError(f"--mpps-folder {folder}: {exc.strerror or exc}") from exc
+        elif not folder.exists() and not os.access(root, os.W_OK):
             LOGGER.warning(
                 "MPPS: %s cannot be made (the database root is not writable): N-CREATE will "
                 "fail until --mpps-folder names a writable folder",
                 folder,
             )
+
+    def _load_mpps(self) -> None:
+        """Read the MPPS instances back on a thread of their own (the port opens meanwhile;
+        C-FIND, N-CREATE and N-SET wait for them), then start the forwarder and the MPPS
+        retention runs."""
+        explicit = self.config.mpps_folder is not None
+
+        def loaded() -> None:
+            # the index is long-lived: out of the collector's generations, as the worklist
+            # index (see _index), so that full collections do not walk it
+            gc.freeze()
+            with self._mpps_started:
+                if self._stopping.is_set():
+                    return
+                if self.forwarder is not None:
+                    self.forwarder.start()
+                days = self.config.mpps_retention
+                if days is not None:
+                    self.mpps_retention = MppsRetentionRuns(self.mpps, days)
+                    self.mpps_retention.start()
+
+        def failed(exc: OSError) -> None:
+            LOGGER.warning(
+                "MPPS not stored: cannot use %s (%s); N-CREATE and N-SET will fail until "
+                "--mpps-folder names a writable folder",
+                self.config.mpps_path,
+                exc.strerror or exc,
+            )
+
+        self._mpps_loader = self.mpps.load_in_background(
+            explicit or self.forward_queue is not None, loaded, failed
+        )
 
     def _check_archive_folder(self) -> None:
         """Refuse an archive folder inside the database's AE folders, or one given without
@@ -361,15 +410,16 @@ class WorklistServer:
         except OSError as exc:
             raise ArchiveFolderError(f"--archive-folder {folder}: {exc.strerror or exc}") from exc
 
-    def _start_forwarder(self) -> None:
-        """With ``--mpps-forward``: open the queue (``<mpps folder>/forward``, made now) and
-        start sending it; a queue folder that cannot be used stops the start."""
-        target = self.config.mpps_forward
-        if target is None:
+    def _prepare_forwarder(self) -> None:
+        """With ``--mpps-forward``: make the queue's folder (``<mpps folder>/forward``) now,
+        a folder that cannot be used stops the start, and the forwarder, which starts once
+        the MPPS store has opened the queue (:meth:`_load_mpps`)."""
+        target, queue = self.config.mpps_forward, self.forward_queue
+        if target is None or queue is None:
             return
-        queue = ForwardQueue(forward_folder(self.config.mpps_path))
         try:
-            queue.open()
+            queue.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.listdir(queue.folder)
         except OSError as exc:
             raise MppsFolderError(
                 f"--mpps-forward: cannot use the queue folder {queue.folder}: {exc.strerror or exc}"
@@ -382,11 +432,22 @@ class WorklistServer:
             idle_release=self._forward_idle_release,
             timeout=self.config.mpps_forward_timeout,
         )
-        self.forwarder.start()
 
-    def _stop_forwarder(self, timeout: float = 5.0) -> None:
+    def _stop_mpps(self, timeout: float = 5.0) -> None:
+        """Stop the MPPS retention runs and the forwarder; write the MPPS index file."""
+        with self._mpps_started:
+            self._stopping.set()
+        self.mpps.cancel_load()
+        if self._mpps_loader is not None:
+            self._mpps_loader.join()
+            self._mpps_loader = None
+        if self.mpps_retention is not None:
+            self.mpps_retention.stop()
+            self.mpps_retention = None
         if self.forwarder is not None:
             self.forwarder.stop(timeout)
+        if self.mpps.unusable is None and self.mpps.dirty:
+            self.mpps.save_index()
 
     def _index(self) -> None:
         started = time.perf_counter()
@@ -491,8 +552,13 @@ class WorklistServer:
         )
 
     def wait_indexed(self, timeout: float | None = None) -> bool:
-        """Wait for the first full index of the database; whether it is done."""
-        return self._indexed.wait(timeout)
+        """Wait for the first full index of the database and for the MPPS instances to be
+        read (what a C-FIND waits for); whether both are done."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._indexed.wait(timeout):
+            return False
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.mpps.wait_loaded(left)
 
     def _log_summary(self, seconds: float) -> None:
         snapshots = self.store.snapshots()
@@ -544,7 +610,7 @@ class WorklistServer:
             self.retention.stop()
             self.retention = None
         # after the associations: the requests they accepted are queued by now
-        self._stop_forwarder()
+        self._stop_mpps()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None

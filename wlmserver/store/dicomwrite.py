@@ -2,8 +2,9 @@
 
 Every DICOM file wlmserver writes is written here: to a temporary file in the same folder (a
 dot name ending in :data:`TEMPORARY`, which readers skip), synced, renamed over the final name,
-and the folder synced so that the rename is durable. Its mode is set explicitly, whatever the
-writer's umask:
+read back when the caller asks (the file checked the way the next start, or the server, reads
+it, before it replaces the old one), and the folder synced so that the rename is durable. Its
+mode is set explicitly, whatever the writer's umask:
 
 - what the server writes for itself (MPPS instances, :mod:`wlmserver.store.mpps`; messages
   queued for the RIS, :mod:`wlmserver.store.forward`): :data:`FILE_MODE`, 0600, in folders
@@ -21,6 +22,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -74,28 +76,54 @@ def make_served_folder(folder: Path) -> None:
             os.chmod(path, mode)
 
 
+def encode(ds: Dataset) -> bytes:
+    """``ds`` (with its file meta) as the bytes of a Part 10 file."""
+    buffer = BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def write_atomically(
     final: Path,
     ds: Dataset,
     *,
     mode: int = FILE_MODE,
-    check: Callable[[Path], None] | None = None,
+    check: Callable[[Path], object] | None = None,
 ) -> None:
     """Write ``ds`` (with its file meta) to ``final`` atomically; the folder is made (0700)
-    when absent. Raises what writing (or ``check``) raises, leaving no temporary file behind.
+    when absent. Raises what writing (or ``check``) raises, leaving no temporary file behind
+    (see :func:`write_bytes_atomically`)."""
+    write_bytes_atomically(final, encode(ds), verify=check, mode=mode)
+
+
+def write_bytes_atomically(
+    final: Path,
+    data: bytes,
+    verify: Callable[[Path], object] | None = None,
+    *,
+    mode: int = FILE_MODE,
+) -> None:
+    """Write ``data`` to ``final`` atomically (see the module's docstring).
 
     Parameters
     ----------
     final : Path
-        Where the file goes.
-    ds : Dataset
-        What it holds, file meta information included.
+        The file's name; its folder is made (0700) when absent.
+    data : bytes
+        Its content.
+    verify : callable, optional
+        Called with the temporary file once it is synced, before it is renamed: reads it
+        back (``wlmserver create`` as the server does, MPPS as the next start does); whatever
+        it raises leaves ``final`` as it was.
     mode : int
         Its permission bits, set on the open file whatever the umask (default 0600: the
         server's own files; see :func:`served_file_mode` for the files it must read).
-    check : callable or None
-        Called with the temporary file, complete and synced, before it is renamed: raise to
-        keep it from being published (``wlmserver create`` reads it back as the server does).
+
+    Raises
+    ------
+    OSError
+        The file cannot be written (``ENOSPC``: the disk is full), or what ``verify`` raises;
+        no temporary file is left behind.
     """
     folder = final.parent
     folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
@@ -104,11 +132,11 @@ def write_atomically(
     try:
         with os.fdopen(fd, "wb") as stream:
             os.fchmod(stream.fileno(), mode)  # not the umask's: the reader may be another user
-            dcmwrite(stream, ds, enforce_file_format=True)
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        if check is not None:
-            check(temporary)
+        if verify is not None:
+            verify(temporary)
         os.replace(temporary, final)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -21,6 +21,22 @@ A file is written whole or not at all, as the MPPS store's: a temporary dot-name
 folder (0600, exclusive), flushed and fsync'ed, renamed with :func:`os.replace`, the folder
 fsync'ed. A temporary file left by a crash is removed when the queue is opened.
 
+**A message and its instance become durable together** (:class:`~wlmserver.store.mpps.MppsStore`
+queues through :meth:`ForwardQueue.stage`): the message is first written under a *staged*
+name (its name with ``.staged`` after it, which no sender lists), then the instance is written
+with the message's sequence number in its file meta information (the commit point), then the
+staged name is renamed to the message's (:meth:`ForwardQueue.commit`). A request refused in
+between (a write failing, a limit) removes the staged file (:meth:`ForwardQueue.abort`). When
+the queue is opened after a crash, a staged message whose instance names its sequence number is
+committed, any other is removed (:meth:`ForwardQueue.open`): the RIS gets exactly what the
+modality was told was stored. Should the rename itself fail, the message stays staged and the
+queue shows no message after it (:meth:`ForwardQueue.pending`) until it can be renamed, so the
+order holds.
+
+The queue is bounded (:class:`QueueLimits`: messages and bytes, staged ones included): a
+message that does not fit raises :class:`QueueFull`, and the request it belongs to is refused;
+nothing queued is ever dropped.
+
 A message the RIS refuses for good is moved to ``forward/failed/`` (same name), never
 dropped: an administrator reads it there, and may move it back to resend it. The N-SETs of an
 instance whose N-CREATE failed follow it there (:meth:`ForwardQueue.failed_creates`).
@@ -50,6 +66,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
 from io import BytesIO
@@ -65,8 +82,9 @@ from wlmserver.store.dicomwrite import (
     FILE_MODE,
     FOLDER_MODE,
     TEMPORARY,
+    encode,
     sync_folder,
-    write_atomically,
+    write_bytes_atomically,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -78,6 +96,13 @@ FAILED_NAME = "failed"
 ATTEMPTS_NAME = "attempts.json"
 _DIGITS = 20
 _NAME = re.compile(r"([0-9]{20})-(create|set)-([0-9.]{1,64})\.dcm")
+#: After a message's name while its instance is being written (see the module's docstring).
+STAGED = ".staged"
+
+#: The default bounds of the queue: 20,000 messages (about three per exam: a week of a busy
+#: department's exams while the RIS is down) and 1 GiB.
+DEFAULT_MAX_MESSAGES = 20_000
+DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
 
 #: Private Information Creator UID (0002,0100) of the queue files: PS3.10 7.1 lets the file
 #: meta information carry private information under a UID naming its creator.
@@ -94,6 +119,54 @@ class Kind(str, Enum):
     def label(self) -> str:
         """``N-CREATE`` or ``N-SET``."""
         return "N-CREATE" if self is Kind.N_CREATE else "N-SET"
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """How much the queue holds at most (``--max-forward-messages``, ``--max-forward-size``).
+
+    Attributes
+    ----------
+    messages : int
+        Messages waiting (or staged) at most.
+    size : int
+        Their bytes at most.
+    """
+
+    messages: int = DEFAULT_MAX_MESSAGES
+    size: int = DEFAULT_MAX_BYTES
+
+
+@dataclass(frozen=True)
+class Usage:
+    """How full a folder is, against its limits.
+
+    Examples
+    --------
+    >>> Usage(150, 3 * 1024 * 1024, 200, 4 * 1024 * 1024).describe("messages")
+    '150 messages (limit 200, 75%), 3.0 MiB (limit 4.0 MiB, 75%)'
+    """
+
+    count: int
+    size: int
+    max_count: int
+    max_size: int
+
+    def describe(self, things: str) -> str:
+        """The usage in words, for ``wlmserver check`` and the log."""
+
+        def share(used: int, limit: int) -> str:
+            return f"{100 * used // limit}%" if limit > 0 else "no limit"
+
+        return (
+            f"{self.count} {things} (limit {self.max_count}, "
+            f"{share(self.count, self.max_count)}), {self.size / 1048576:.1f} MiB "
+            f"(limit {self.max_size / 1048576:.1f} MiB, {share(self.size, self.max_size)})"
+        )
+
+
+class QueueFull(Exception):
+    """A message does not fit in the queue (the message says which limit)."""
 
 
 def forward_folder(mpps_folder: Path) -> Path:
@@ -261,8 +334,9 @@ def _number(value: object) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def parse_name(path: Path) -> Message | None:
-    """The message a file name stands for, or None for any other name.
+def parse_name(path: Path, suffix: str = "") -> Message | None:
+    """The message a file name stands for, or None for any other name (``suffix``: the
+    names after a message's, :data:`STAGED`).
 
     Examples
     --------
@@ -270,8 +344,15 @@ def parse_name(path: Path) -> Message | None:
     'N-SET 1.2.3'
     >>> parse_name(Path("q/.00000000000000000007-set-1.2.3.dcm.1f2e.tmp")) is None
     True
+    >>> parse_name(Path("q/00000000000000000007-set-1.2.3.dcm.staged")) is None
+    True
     """
-    match = _NAME.fullmatch(path.name)
+    name = path.name
+    if suffix:
+        if not name.endswith(suffix):
+            return None
+        name = name[: -len(suffix)]
+    match = _NAME.fullmatch(name)
     if match is None or not is_valid_uid(match.group(3)):
         return None
     return Message(int(match.group(1)), Kind(match.group(2)), match.group(3), path)
@@ -308,10 +389,11 @@ class ForwardQueue:
     (1, 'COMPLETED')
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, limits: QueueLimits | None = None) -> None:
         self.folder = folder
         self.failed_folder = folder / FAILED_NAME
         self.attempts_path = folder / ATTEMPTS_NAME
+        self.limits = limits or QueueLimits()
         self._lock = threading.Lock()
         self._next = itertools.count(1)
         self._opened = False
@@ -319,14 +401,28 @@ class ForwardQueue:
         self._tries: dict[str, Tries] = {}
         self._last_settled: float | None = None
         self._saving_failed = False
-        #: Messages appended since :meth:`take_appended` last took them (None: not asked yet).
+        #: Messages queued since :meth:`take_appended` last took them (None: not asked yet).
         self._appended: list[Message] | None = None
+        #: Messages and bytes held (pending and staged), kept by this object's own changes and
+        #: counted again from the folder before a message is refused.
+        self._count = 0
+        self._bytes = 0
+        #: Committed messages whose rename failed: the queue shows nothing from the first on.
+        self._unpublished: list[Message] = []
 
     # -- the folder
 
-    def open(self) -> int:
-        """Make the folders, remove temporary files left by a crash, and continue the
-        sequence after the highest number held; returns how many messages are pending.
+    def open(self, committed: Callable[[Message], bool] | None = None) -> int:
+        """Make the folders, remove temporary files left by a crash, settle the staged
+        messages, and continue the sequence after the highest number held; returns how many
+        messages are pending.
+
+        Parameters
+        ----------
+        committed : callable, optional
+            Whether a staged message's instance was stored (its file names the message's
+            sequence number): then the message is queued, else removed. None: staged messages
+            are left as they are (nobody can tell).
 
         Raises
         ------
@@ -340,12 +436,20 @@ class ForwardQueue:
                 LOGGER.warning("MPPS forwarding: removing %s, left by an interrupted write", name)
                 with contextlib.suppress(OSError):
                     (self.folder / name).unlink()
+        if committed is not None:
+            for message in self.staged():
+                self._settle(message, committed(message))
         pending = self.pending()
-        highest = max((m.sequence for m in (*pending, *self.failed())), default=0)
+        highest = max(
+            (m.sequence for m in (*pending, *self.failed(), *self.staged())),
+            default=0,
+        )
         tries, last_settled = self._read_attempts()
         names = {m.path.name for m in pending}
         with self._lock:
             self._next = itertools.count(highest + 1)
+            self._unpublished = []
+            self._recount()
             self._tries = {name: t for name, t in tries.items() if name in names}
             self._last_settled = last_settled
             self._opened = True
@@ -380,17 +484,52 @@ class ForwardQueue:
                 tries[name] = record
         return tries, _number(last)
 
-    def _listed(self, folder: Path) -> list[Message]:
+    def _settle(self, message: Message, committed: bool) -> None:
+        """A staged message found at start: queued if its instance was stored, else removed."""
+        final = self.folder / message.path.name.removesuffix(STAGED)
+        if committed:
+            os.replace(message.path, final)
+            LOGGER.info(
+                "MPPS forwarding: %s was stored just before the server stopped: queued",
+                message.name,
+            )
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                message.path.unlink()
+            LOGGER.warning(
+                "MPPS forwarding: %s was not stored (the server stopped while storing it; "
+                "the modality was not told it succeeded): not forwarded",
+                message.name,
+            )
+        sync_folder(self.folder)
+
+    def _listed(self, folder: Path, suffix: str = "") -> list[Message]:
         try:
             names = os.listdir(folder)
         except FileNotFoundError:
             return []
-        found = (parse_name(folder / name) for name in names)
+        found = (
+            parse_name(folder / name, suffix)
+            for name in names
+            if name.endswith(suffix) and (suffix or not name.endswith(STAGED))
+        )
         return sorted((m for m in found if m is not None), key=lambda m: m.sequence)
 
     def pending(self) -> list[Message]:
-        """The messages to send, in order."""
-        return self._listed(self.folder)
+        """The messages to send, in order (never a staged one, nor one after a message whose
+        rename failed: see :meth:`commit`)."""
+        if self._unpublished:
+            self._publish()
+        listed = self._listed(self.folder)
+        unpublished = self._unpublished
+        if unpublished:
+            first = unpublished[0].sequence
+            return [m for m in listed if m.sequence < first]
+        return listed
+
+    def staged(self) -> list[Message]:
+        """The messages staged (being stored, or left so by a crash), in order."""
+        return self._listed(self.folder, STAGED)
 
     def failed(self) -> list[Message]:
         """The messages moved to ``failed/``, in order."""
@@ -418,9 +557,9 @@ class ForwardQueue:
         return QueueState(len(pending), oldest, len(self.failed()), retrying)
 
     def take_appended(self) -> list[Message]:
-        """The messages :meth:`append` queued since the last call, in order (the sender's
-        way to see them without listing the folder); the first call starts the record and
-        returns nothing, so list :meth:`pending` after it."""
+        """The messages :meth:`append` or :meth:`commit` queued since the last call, in order
+        (the sender's way to see them without listing the folder); the first call starts the
+        record and returns nothing, so list :meth:`pending` after it."""
         with self._lock:
             taken, self._appended = self._appended or [], []
         return taken
@@ -491,6 +630,19 @@ class ForwardQueue:
 
     # -- one message
 
+    def usage(self) -> Usage:
+        """The messages held (pending and staged) and their bytes, against the limits."""
+        return Usage(self._count, self._bytes, self.limits.messages, self.limits.size)
+
+    def _recount(self) -> None:
+        """Count the messages held from the folder (the caller holds the lock)."""
+        count = size = 0
+        for message in (*self._listed(self.folder), *self.staged()):
+            with contextlib.suppress(OSError):
+                size += message.path.stat().st_size
+                count += 1
+        self._count, self._bytes = count, size
+
     def append(self, kind: Kind, uid: str, dataset: Dataset) -> Message:
         """Queue a request after those queued; on disk (durably) when this returns.
 
@@ -507,8 +659,26 @@ class ForwardQueue:
         ------
         ValueError
             ``uid`` is not a valid UID.
+        QueueFull
+            The queue holds as much as its limits allow (nothing is queued).
         OSError
             The file cannot be written (nothing is queued).
+        """
+        return self.commit(self.stage(kind, uid, dataset))
+
+    def stage(self, kind: Kind, uid: str, dataset: Dataset) -> Message:
+        """Write a request as a staged message (durably; no sender sees it yet): the first
+        of the steps that store an instance and its forward together (see the module's
+        docstring). :meth:`commit` or :meth:`abort` it.
+
+        Raises
+        ------
+        ValueError
+            ``uid`` is not a valid UID.
+        QueueFull
+            It does not fit within the limits (nothing is written).
+        OSError
+            The file cannot be written, or not read back (nothing is staged).
         """
         if not is_valid_uid(uid):
             raise ValueError("not a valid SOP Instance UID")
@@ -521,17 +691,110 @@ class ForwardQueue:
         out = Dataset()
         out.update(dataset)
         out.file_meta = meta
+        data = encode(out)
         with self._lock:  # the sequence and the file go together: no gap, no reordering
+            self._make_room(len(data))
             sequence = next(self._next)
             name = f"{sequence:0{_DIGITS}d}-{kind.value}-{uid}.dcm"
-            self._write(self.folder / name, out)
-            message = Message(sequence, kind, uid, self.folder / name)
-            if self._appended is not None:
-                self._appended.append(message)
-        return message
+            staged = Message(sequence, kind, uid, self.folder / (name + STAGED))
+            self._write(staged.path, data, lambda path: self._read_back(path, staged))
+            self._count += 1
+            self._bytes += len(data)
+        return staged
 
-    def _write(self, final: Path, ds: Dataset) -> None:
-        write_atomically(final, ds)
+    def _make_room(self, size: int) -> None:
+        """Raise :class:`QueueFull` unless a message of ``size`` bytes fits (counted again
+        from the folder first: the sender removed some meanwhile, or an administrator did)."""
+        limits = self.limits
+        for attempt in (1, 2):
+            if self._count + 1 <= limits.messages and self._bytes + size <= limits.size:
+                return
+            if attempt == 1:
+                self._recount()
+        if self._count + 1 > limits.messages:
+            raise QueueFull(f"the forwarding queue holds {self._count} messages (its limit)")
+        raise QueueFull(
+            f"the forwarding queue holds {self._bytes // 1048576} MiB (limit "
+            f"{limits.size // 1048576} MiB)"
+        )
+
+    def _write(self, final: Path, data: bytes, verify: Callable[[Path], object]) -> None:
+        write_bytes_atomically(final, data, verify)
+
+    def _read_back(self, path: Path, message: Message) -> None:
+        """Read a message just written the way the sender will (it raises
+        :class:`DamagedMessage` rather than queue what could not be sent)."""
+        self.read(Message(message.sequence, message.kind, message.uid, path))
+
+    def commit(self, message: Message) -> Message:
+        """Queue a staged message (its instance is stored); returns the queued message.
+
+        Should the rename fail, the message stays staged, nothing after it is sent until it
+        can be renamed (:meth:`pending` tries again), and the next start queues it: it is on
+        disk, and so is its instance.
+        """
+        queued = Message(
+            message.sequence,
+            message.kind,
+            message.uid,
+            self.folder / message.path.name.removesuffix(STAGED),
+        )
+        with self._lock:
+            try:
+                os.replace(message.path, queued.path)
+            except OSError as exc:
+                LOGGER.error(
+                    "MPPS forwarding: %s stored but cannot be queued yet (%s); nothing after it "
+                    "is sent until it is",
+                    message.name,
+                    exc.strerror or exc,
+                )
+                self._unpublished.append(message)
+                return queued
+            if self._appended is not None:  # handed to the sender (see take_appended)
+                self._appended.append(queued)
+        sync_folder(self.folder)
+        return queued
+
+    def _publish(self) -> None:
+        """Rename the staged messages whose rename failed, in order, while it works."""
+        with self._lock:
+            while self._unpublished:
+                message = self._unpublished[0]
+                queued = Message(
+                    message.sequence,
+                    message.kind,
+                    message.uid,
+                    self.folder / message.path.name.removesuffix(STAGED),
+                )
+                try:
+                    os.replace(message.path, queued.path)
+                except OSError:
+                    return
+                self._unpublished.pop(0)
+                if self._appended is not None:
+                    self._appended.append(queued)
+        sync_folder(self.folder)
+
+    def abort(self, message: Message) -> None:
+        """Remove a staged message whose request was refused (durably). A message that
+        cannot be removed stays staged (no sender sees it) and the next start removes it."""
+        with self._lock:
+            try:
+                size = message.path.stat().st_size
+                message.path.unlink()
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                LOGGER.error(
+                    "MPPS forwarding: cannot remove %s (%s): the next start removes it",
+                    message.path,
+                    exc.strerror or exc,
+                )
+                return
+            self._count -= 1
+            self._bytes -= size
+        sync_folder(self.folder)
 
     def read(self, message: Message) -> Dataset:
         """The request's data set.
@@ -561,8 +824,15 @@ class ForwardQueue:
 
     def delete(self, message: Message) -> None:
         """Forget a message the RIS acknowledged (durably), and its tries."""
-        with contextlib.suppress(FileNotFoundError):
+        size = 0
+        with contextlib.suppress(OSError):
+            size = message.path.stat().st_size
+        try:
             message.path.unlink()
+        except FileNotFoundError:
+            pass
+        else:
+            self._released(size)
         sync_folder(self.folder)
         self._forget(message)
 
@@ -571,11 +841,21 @@ class ForwardQueue:
         starts again); returns where it is now."""
         self.failed_folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
         target = self.failed_folder / message.path.name
+        size = 0
+        with contextlib.suppress(OSError):
+            size = message.path.stat().st_size
         os.replace(message.path, target)
+        self._released(size)
         sync_folder(self.failed_folder)
         sync_folder(self.folder)
         self._forget(message)
         return target
+
+    def _released(self, size: int) -> None:
+        """A message left the queue (sent, or moved to ``failed/``): its room is free."""
+        with self._lock:
+            self._count = max(0, self._count - 1)
+            self._bytes = max(0, self._bytes - size)
 
 
 def queue_state(mpps_folder: Path) -> QueueState | None:
@@ -585,3 +865,15 @@ def queue_state(mpps_folder: Path) -> QueueState | None:
     if not folder.is_dir():
         return None
     return ForwardQueue(folder).state()
+
+
+def queue_usage(mpps_folder: Path, limits: QueueLimits | None = None) -> Usage | None:
+    """How full the forwarding queue of an MPPS folder is, read-only; None when it has no
+    queue."""
+    folder = forward_folder(mpps_folder)
+    if not folder.is_dir():
+        return None
+    queue = ForwardQueue(folder, limits)
+    with queue._lock:
+        queue._recount()
+    return queue.usage()

@@ -36,13 +36,21 @@ how the forwarding queue stands (:mod:`wlmserver.store.forward`): messages waiti
 the oldest, messages being retried after the RIS refused them for now, messages refused for
 good or set aside after tries (in ``forward/failed/``). The MPPS folder is the configured one
 (``--mpps-folder``, or ``--config``'s), else ``<root>/.mpps``.
+
+Then how full the folders the server writes are, against its bounds (:func:`storage`): the
+MPPS folder (instances and bytes, and how many are archived), the forwarding queue (messages
+and bytes) and the request-capture folder (``--request-file-path``); ``FULL`` where a limit is
+reached (the server then refuses new MPPS with 0x0213, or captures no more). The limits are the
+server's defaults, or its configuration file's with ``--config FILE``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import json
+import os
 import pwd
 import stat
 import sys
@@ -52,6 +60,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
+from wlmserver.config import Config
 from wlmserver.config.loader import Loaded
 from wlmserver.matching.entry import Entry
 from wlmserver.matching.keys import describe_tag
@@ -60,8 +69,9 @@ from wlmserver.matching.retention import RetentionPolicy
 from wlmserver.matching.stepstatus import StatusView
 from wlmserver.store.files import DEFAULT_MAX_FILE_SIZE, WorklistFileError
 from wlmserver.store.formats import Formats
-from wlmserver.store.forward import QueueState, forward_folder, queue_state
+from wlmserver.store.forward import QueueState, Usage, forward_folder, queue_state, queue_usage
 from wlmserver.store.index import is_safe_ae_title, unexpected_reason
+from wlmserver.store.mpps import folder_usage
 from wlmserver.store.retention import FilePlan, plan_file
 from wlmserver.store.valuerules import RULES, value_problem
 from wlmserver.tools.configured import (
@@ -521,6 +531,91 @@ def format_forwarding(folder: Path, state: QueueState) -> str:
     return text
 
 
+@dataclass
+class FolderUsage:
+    """How full one folder the server writes is.
+
+    Attributes
+    ----------
+    what : str
+        ``mpps``, ``mpps_forward`` or ``captures``.
+    folder : str
+        The folder.
+    usage : Usage
+        Its count and bytes against the limits.
+    archived : int or None
+        For the MPPS folder: the instances in its archive.
+    """
+
+    what: str
+    folder: str
+    usage: Usage
+    archived: int | None = None
+
+    @property
+    def full(self) -> bool:
+        """Whether a limit is reached."""
+        u = self.usage
+        return u.count >= u.max_count or u.size >= u.max_size
+
+
+def storage(config: Config) -> list[FolderUsage]:
+    """How full the MPPS folder, its forwarding queue and the request-capture folder of the
+    server's configuration are (those that exist), against its limits."""
+    mpps = config.mpps_path
+    captures = config.request_file_path
+    found: list[FolderUsage] = []
+    held = folder_usage(mpps, config.mpps_limits)
+    if held is not None:
+        found.append(FolderUsage("mpps", str(mpps), held[0], held[1]))
+    queue = queue_usage(mpps, config.forward_limits)
+    if queue is not None:
+        found.append(FolderUsage("mpps_forward", str(forward_folder(mpps)), queue))
+    if captures is not None and captures.is_dir():
+        files, size = _files_in(captures)
+        limits = Usage(files, size, config.max_capture_files, config.max_capture_size)
+        found.append(FolderUsage("captures", str(captures), limits))
+    return found
+
+
+def _files_in(folder: Path) -> tuple[int, int]:
+    """The files of a folder (not its subfolders) and their bytes."""
+    files = size = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    files += 1
+                    size += entry.stat(follow_symlinks=False).st_size
+    return files, size
+
+
+def format_storage(found: Sequence[FolderUsage]) -> list[str]:
+    """The storage lines of the text report.
+
+    Examples
+    --------
+    >>> (line,) = format_storage([FolderUsage("captures", "rq", Usage(10, 0, 10, 1 << 20))])
+    >>> line[:41], line[-30:]
+    ('request captures rq: 10 files (limit 10, ', '0%) FULL: no more are captured')
+    """
+    names = {
+        "mpps": ("MPPS folder", "instances", "new N-CREATEs are refused (0x0213)"),
+        "mpps_forward": ("MPPS forwarding queue", "messages", "N-CREATE and N-SET are refused"),
+        "captures": ("request captures", "files", "no more are captured"),
+    }
+    lines = []
+    for one in found:
+        title, things, consequence = names[one.what]
+        line = f"{title} {one.folder}: {one.usage.describe(things)}"
+        if one.archived:
+            line += f"; {one.archived} archived"
+        if one.full:
+            line += f" FULL: {consequence}"
+        lines.append(line)
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``wlmserver check``."""
     p = argparse.ArgumentParser(
@@ -579,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STATUS[,STATUS]",
         help="the statuses the server hides (default COMPLETED,DISCONTINUED)",
     )
+    add_storage_options(p)
     return p
 
 
@@ -591,6 +687,16 @@ def database_root(target: Path, json_drops: bool = False) -> Path:
     if Formats.chosen(json_drops=json_drops).holds_served_files(target):
         return target.parent  # an AE folder
     return target
+
+
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    """The options of the storage report (:func:`storage`)."""
+    p.add_argument(
+        "--request-file-path",
+        type=Path,
+        metavar="DIR",
+        help="the server's -rfp folder, for how full it is",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -620,8 +726,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_file_size=config.max_file_size,
     )
     queue = forwarding(config.mpps_path)
+    stored = storage(config)
     if args.json:
         document = _document(loaded, target, reports, policy, today, queue)
+        if stored:
+            document["storage"] = {
+                one.what: {"folder": one.folder, **asdict(one.usage), "full": one.full}
+                | ({"archived": one.archived} if one.archived is not None else {})
+                for one in stored
+            }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         print(format_text(reports, target, config.hide_statuses))
@@ -629,6 +742,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_retention(reports, policy, today, archive))
         if queue is not None:
             print(format_forwarding(*queue))
+        for line in format_storage(stored):
+            print(line)
     sys.stdout.flush()
     return 1 if any(r.verdict == NOT_SERVED for r in reports) else 0
 

@@ -38,6 +38,7 @@ SHARED = {
     "hide_status": "--hide-status",
     "retention_days": "--retention-days",
     "archive_folder": "--archive-folder",
+    "request_file_path": "--request-file-path",
 }
 
 
