@@ -23,14 +23,15 @@ file is split into one file per item: what wlmscpfs answers there is what wlmser
 for the original file (and a query on the unsplit files checks that wlmscpfs skips them).
 
 Every difference must be explained by :data:`INTENDED`, the table of intended differences that
-README.md shows under "Differences from wlmscpfs" (a test keeps the two in step); anything else
-is *unexplained* and reported with the query (as a ``findscu`` command), what wlmscpfs
-answered and what wlmserver answered. Differences in matching are not taken on trust: the query
-is sent to wlmscpfs again without the keys concerned (:func:`neutralized`), and its answers are
-filtered twice, by a model of how wlmscpfs matches those keys (which must give wlmscpfs's own
-answers back) and by an independent reference of how wlmserver is documented to match them
-(which must give wlmserver's answers); the respects in which the two differ name the kinds.
-Respects that are not in the table but look like wlmserver bugs are :data:`SUSPECTED`.
+the documentation shows under "Differences from wlmscpfs" (``docs/reference/wlmscpfs.md``; a
+test keeps the two in step); anything else is *unexplained* and reported with the query (as a
+``findscu`` command), what wlmscpfs answered and what wlmserver answered. Differences in
+matching are not taken on trust: the query is sent to wlmscpfs again without the keys concerned
+(:func:`neutralized`), and its answers are filtered twice, by a model of how wlmscpfs matches
+those keys (which must give wlmscpfs's own answers back) and by an independent reference of how
+wlmserver is documented to match them (which must give wlmserver's answers); the respects in
+which the two differ name the kinds. Respects that are not in the table but look like wlmserver
+bugs are :data:`SUSPECTED`.
 
 Usage::
 

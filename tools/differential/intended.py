@@ -10,7 +10,8 @@ from . import SPS
 
 @dataclass(frozen=True)
 class Intended:
-    """One row of the table of intended differences (README "Differences from wlmscpfs").
+    """One row of the table of intended differences ("Differences from wlmscpfs", in
+    docs/reference/wlmscpfs.md).
 
     Attributes
     ----------
@@ -161,7 +162,7 @@ INTENDED_KINDS: tuple[str, ...] = tuple(row.kind for row in INTENDED)
 
 
 def readme_table() -> str:
-    """The table of intended differences as README.md shows it (markdown)."""
+    """The table of intended differences as the documentation shows it (markdown)."""
     lines = ["| kind | example | reason |", "| --- | --- | --- |"]
     lines += [f"| {r.kind} | {r.example} | {r.reason} |" for r in INTENDED]
     return "\n".join(lines)
@@ -212,8 +213,8 @@ SCPFS_MATCHED: frozenset[tuple[str, ...]] = frozenset(
         )
     }
 )
-#: Keys wlmserver matches on by default (README "Matching and answers"): wlmscpfs's, and three
-#: that name one order or step; every other key is a return key only (PS3.4 K.2.2.1.1.2).
+#: Keys wlmserver matches on by default (docs/querying.md, "Matching and answers"): wlmscpfs's,
+#: and three that name one order or step; every other key is a return key only (PS3.4 K.2.2.1.1.2).
 WLM_MATCHED: frozenset[tuple[str, ...]] = SCPFS_MATCHED | {
     ("StudyInstanceUID",),
     (SPS, "ScheduledProcedureStepID"),

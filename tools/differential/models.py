@@ -40,7 +40,7 @@ def reference_verdict(
     c: Constraint, values: Sequence[str], *, groups: bool = True, wildcards: bool = True
 ) -> bool:
     """Whether values match a constraint as wlmserver is documented to match them
-    (README "Matching and answers"; PS3.4 C.2.2.2), on decoded text.
+    (docs/querying.md, "Matching and answers"; PS3.4 C.2.2.2), on decoded text.
 
     A zero-length value and a star-only value are universal (also for an entry without a
     value); otherwise an entry without a value does not match. Alternatives are separated by
