@@ -407,3 +407,20 @@ def stop_wlmserver(process: subprocess.Popen[str]) -> str:
     _, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
     return err
+
+
+def documentation(page: str, section: str) -> list[tuple[str, str]]:
+    """``(name, text)`` of ``docs/<page>``, and of README.md while it still holds ``section``:
+    the text the documentation took from the README, checked wherever it is (the README
+    shrinks to a first visit's worth, and then only the page holds it)."""
+    root = Path(__file__).resolve().parent.parent
+    texts = [(f"docs/{page}", (root / "docs" / page).read_text(encoding="utf-8"))]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    if section in readme:
+        texts.append(("README.md", readme))
+    return texts
+
+
+def documented(page: str, section: str) -> list[Any]:
+    """:func:`documentation` as the parameters ``(name, text)`` of a test, named by file."""
+    return [pytest.param(name, text, id=name) for name, text in documentation(page, section)]

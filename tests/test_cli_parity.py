@@ -1,7 +1,7 @@
-"""Every wlmscpfs option has an equivalent or a README line saying why not: the options added
-for it (--arguments, -lc, +x..., +cl, --refuse, --reject, --sleep-*, the accepted no-ops),
-and the README table "wlmscpfs options", checked against ``wlmscpfs --help`` so that it
-cannot drift."""
+"""Every wlmscpfs option has an equivalent or a documented line saying why not: the options
+added for it (--arguments, -lc, +x..., +cl, --refuse, --reject, --sleep-*, the accepted
+no-ops), and the table "wlmscpfs options" (docs/reference/wlmscpfs.md, and the README's while
+it has one), checked against ``wlmscpfs --help`` so that it cannot drift."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import find, start_wlmserver, stop_wlmserver, write_wl
+from conftest import documentation, documented, find, start_wlmserver, stop_wlmserver, write_wl
 from pydicom.dataset import Dataset
 
 from wlmserver.cli import main
@@ -311,7 +311,7 @@ def test_log_config_toml(tmp_path: Path) -> None:
     assert "EVIL\\x0aFAKE LINE" in log.read_text()
 
 
-# -- the README table "wlmscpfs options"
+# -- the documented table "wlmscpfs options"
 
 
 def _wlmscpfs_options() -> list[tuple[str, str]]:
@@ -326,11 +326,14 @@ def _wlmscpfs_options() -> list[tuple[str, str]]:
     return options
 
 
-def _readme_table() -> list[tuple[set[str], set[str]]]:
-    """(wlmscpfs options, wlmserver options) per row of the README's "wlmscpfs options"."""
-    text = (ROOT / "README.md").read_text()
-    match = re.search(r"^### wlmscpfs options\n(.*?)(?=^#)", text, re.M | re.S)
-    assert match, "README.md has no section '### wlmscpfs options'"
+WLMSCPFS_TABLES = documentation("reference/wlmscpfs.md", "### wlmscpfs options")
+
+
+def _readme_table(text: str = WLMSCPFS_TABLES[0][1]) -> list[tuple[set[str], set[str]]]:
+    """(wlmscpfs options, wlmserver options) per row of the table "wlmscpfs options" (in
+    docs/reference/wlmscpfs.md, and the README's while it has one)."""
+    match = re.search(r"^##+ wlmscpfs options\n(.*?)(?=^#)", text, re.M | re.S)
+    assert match, "no section 'wlmscpfs options'"
     rows = []
     for line in match.group(1).splitlines():
         if not line.startswith("| `"):
@@ -342,25 +345,31 @@ def _readme_table() -> list[tuple[set[str], set[str]]]:
     return rows
 
 
-def test_readme_table_names_every_wlmscpfs_option() -> None:
-    listed = set().union(*(theirs for theirs, _ in _readme_table()))
+@pytest.mark.parametrize(
+    ("name", "text"), documented("reference/wlmscpfs.md", "### wlmscpfs options")
+)
+def test_readme_table_names_every_wlmscpfs_option(name: str, text: str) -> None:
+    listed = set().union(*(theirs for theirs, _ in _readme_table(text)))
     missing = [
         " ".join(o for o in option if o)
         for option in _wlmscpfs_options()
         if not all(o in listed for o in option if o)
     ]
-    assert not missing, f"wlmscpfs options not in the README table: {missing}"
+    assert not missing, f"wlmscpfs options not in the table of {name}: {missing}"
 
 
+@pytest.mark.parametrize(
+    ("name", "text"), documented("reference/wlmscpfs.md", "### wlmscpfs options")
+)
 def test_readme_table_claims_only_options_wlmserver_accepts(
-    capsys: pytest.CaptureFixture[str],
+    name: str, text: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = build_parser()
     actions = {name: action for action in parser._actions for name in action.option_strings}
-    claimed = set().union(*(ours for _, ours in _readme_table()))
+    claimed = set().union(*(ours for _, ours in _readme_table(text)))
     assert {"-dfp", "+xd", "--refuse", "-lc", "--arguments"} <= claimed
     for option in sorted(claimed):
-        assert option in actions, f"the README table claims {option}; wlmserver has no such option"
+        assert option in actions, f"{name} claims {option}; wlmserver has no such option"
         action = actions[option]
         argv = [option] if action.nargs == 0 else [option, str((action.choices or ["1"])[0])]
         try:

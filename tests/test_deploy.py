@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import start_command, stop_wlmserver
+from conftest import documentation, start_command, stop_wlmserver
 
 from wlmserver.config import Config
 from wlmserver.config.file import load
@@ -234,12 +234,16 @@ def _wlmserver(*args: str, umask: int | None = None) -> subprocess.CompletedProc
     )
 
 
-def _readme_commands(heading: str) -> list[str]:
-    """The lines of the first ``sh`` block after ``heading`` in README.md."""
-    text = (DEPLOY.parent / "README.md").read_text(encoding="utf-8")
-    after = text[text.index(heading) :]
-    block = after[after.index("```sh\n") + len("```sh\n") :]
-    return block[: block.index("```")].splitlines()
+def _readme_commands(heading: str, page: str) -> list[str]:
+    """The lines of the first ``sh`` block after the heading ``heading`` (without its
+    ``#``) in ``docs/<page>``, the same in the README while the README has the section."""
+    blocks = []
+    for name, text in documentation(page, heading):
+        after = text[text.index(f" {heading}\n") :]
+        block = after[after.index("```sh\n") + len("```sh\n") :]
+        blocks.append((name, block[: block.index("```")].splitlines()))
+    assert all(b == blocks[0][1] for _, b in blocks), f"{[n for n, _ in blocks]} differ"
+    return blocks[0][1]
 
 
 def _as_run_here(line: str, port: int, uid: str = "") -> list[str]:
@@ -283,7 +287,9 @@ def test_following_the_guide_with_the_shipped_configuration(site: Site) -> None:
             answered = subprocess.run(findscu, capture_output=True, text=True, timeout=60)
             assert answered.returncode == 0, answered.stdout + answered.stderr
             assert "DOE^JANE" in answered.stdout + answered.stderr
-        start, query, complete = _readme_commands("### `wlmserver mpps`: MPPS without a modality")
+        start, query, complete = _readme_commands(
+            "`wlmserver mpps`: MPPS without a modality", "mpps.md"
+        )
         assert start.startswith("UID=$(wlmserver mpps start ") and start.endswith(")")
         started = _wlmserver(*_as_run_here(start[len("UID=$(") : -1], port))
         assert started.returncode == 0, started.stderr

@@ -40,8 +40,9 @@ def test_mypy_strict() -> None:
     importlib.util.find_spec("importlinter") is None, reason="import-linter not installed"
 )
 def test_layers_point_down() -> None:
-    """The import-linter contracts in pyproject.toml: cli; tools | service; config; store;
-    matching, each importing only what lies below it, and no import cycles."""
+    """The import-linter contracts in pyproject.toml: cli; tools | service | web | hl7 (the
+    doors, web and hl7 before they exist); config; store; matching, each importing only what
+    lies below it, and no import cycles."""
     result = subprocess.run(
         [
             sys.executable,

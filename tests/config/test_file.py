@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import documentation, documented
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -395,13 +396,23 @@ def test_profiles_hide_statuses_and_refuse_unknown_ones(tmp_path: Path) -> None:
         load(bad)
 
 
-def test_the_readmes_certificate_examples_are_accepted(tmp_path: Path) -> None:
-    """README: the TOML examples holding [access.certificates] read as they say."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    blocks = [
-        b for b in re.findall(r"```toml\n(.*?)```", readme, re.DOTALL) if "certificates]" in b
-    ]
-    assert len(blocks) == 2
+def _with_certificates() -> list[tuple[str, str]]:
+    """The documentation's pages with the two [access.certificates] examples, as one text,
+    and the README while it has them."""
+    configuration, *readme = documentation("configuration.md", "[access.certificates]")
+    (name, tls), *_ = documentation("tls-and-access.md", "[access.certificates]")
+    return [(f"{configuration[0]}, {name}", configuration[1] + tls), *readme]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [pytest.param(*p, id=p[0]) for p in _with_certificates()]
+)
+def test_the_documented_certificate_examples_are_accepted(
+    name: str, text: str, tmp_path: Path
+) -> None:
+    """The TOML examples holding [access.certificates] read as they say."""
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", text, re.DOTALL) if "certificates]" in b]
+    assert len(blocks) == 2, name
     for block in blocks:
         certificates = load(_write(tmp_path, block)).access.certificates
         ct01 = certificates.binding_for("CT01")
@@ -423,10 +434,10 @@ def test_profiles_turn_matching_on_for_more_keys(tmp_path: Path) -> None:
     assert not everything.matching.matches_on(0x00080201)  # Timezone Offset From UTC: never
 
 
-def test_the_readme_example_is_a_valid_file(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    example = re.search(r"## Configuration file\n.*?```toml\n(.*?)```", readme, re.S)
-    assert example, "README.md has no TOML example under '## Configuration file'"
+@pytest.mark.parametrize(("name", "text"), documented("configuration.md", "## Configuration file"))
+def test_the_documented_example_is_a_valid_file(name: str, text: str, tmp_path: Path) -> None:
+    example = re.search(r"## Configuration file\n.*?```toml\n(.*?)```", text, re.S)
+    assert example, f"{name} has no TOML example under '## Configuration file'"
     path = tmp_path / "wlmserver.toml"
     path.write_text(example.group(1), encoding="utf-8")
     profiles = load(path).profiles

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_tool, make_dataset
+from conftest import documented, load_tool, make_dataset
 from pynetdicom.dsutils import decode, encode
 
 difftest = load_tool("difftest")
@@ -121,14 +121,16 @@ def test_iso_2022_ir_87_files_differ_only_as_documented(ir87_run: Any) -> None:
 
 
 # --------------------------------------------------------------------------- the table
-def test_intended_differences_are_the_readme_table() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    documented = difftest.readme_kinds(readme)
-    assert documented, 'no table under "## Differences from wlmscpfs" in README.md'
+@pytest.mark.parametrize(
+    ("name", "text"), documented("reference/wlmscpfs.md", "## Differences from wlmscpfs")
+)
+def test_intended_differences_are_the_documented_table(name: str, text: str) -> None:
+    documented = difftest.readme_kinds(text)
+    assert documented, f'no table under "## Differences from wlmscpfs" in {name}'
     missing = [k for k in difftest.INTENDED_KINDS if k not in documented]
     extra = [k for k in documented if k not in difftest.INTENDED_KINDS]
-    assert not missing, f"kinds of difftest.INTENDED not in README.md: {missing}"
-    assert not extra, f"kinds in README.md not in difftest.INTENDED: {extra}"
+    assert not missing, f"kinds of difftest.INTENDED not in {name}: {missing}"
+    assert not extra, f"kinds in {name} not in difftest.INTENDED: {extra}"
     assert not set(difftest.SUSPECTED) & set(documented), "a suspected bug is not intended"
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import make_dataset, start_command, until, write_wl
+from conftest import documented, make_dataset, start_command, until, write_wl
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
@@ -499,9 +499,10 @@ def test_sighup_reloads_the_running_wlmserver(two_steps: Path, tmp_path: Path) -
 # -- the README
 
 
-def test_the_readme_says_what_reloads_and_what_needs_a_restart() -> None:
-    """README, "Signals": each setting is named in the bullet of its kind, not the other."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+@pytest.mark.parametrize(("name", "text"), documented("configuration.md", "- **Applied**"))
+def test_the_docs_say_what_reloads_and_what_needs_a_restart(name: str, text: str) -> None:
+    """ "Signals" (docs/configuration.md, and the README while it has it): each setting is
+    named in the bullet of its kind, not the other."""
     applied = text[text.index("- **Applied**") : text.index("- **Needs a restart**")]
     restart = text[text.index("- **Needs a restart**") : text.index("**Open associations")]
     # named in words there: the tables, TLS; network-timeout has no option

@@ -63,8 +63,10 @@ else:  # pragma: no cover - Python 3.10
 
 #: The tables a configuration file may hold.
 TABLES = ("server", "access", "profiles")
-_ALLOW_KEYS = ("calling-ae-titles", "hosts")
-_PROFILE_KEYS = (
+#: The keys of an allow-list: ``[access]`` and each ``[access.called.<AET>]``.
+ALLOW_KEYS = ("calling-ae-titles", "hosts")
+#: The keys of a modality profile, ``[profiles.<name>]``.
+PROFILE_KEYS = (
     "calling-ae-titles",
     "station-filter",
     "date-window",
@@ -332,7 +334,7 @@ def _allow_list(draft: _Draft, where: str, table: Mapping[str, Any]) -> AllowLis
                 except ValueError as exc:
                     raise draft.error(dotted, str(exc)) from None
             else:
-                raise draft.error(dotted, f"unknown key; {_suggest(key, _ALLOW_KEYS)}")
+                raise draft.error(dotted, f"unknown key; {_suggest(key, ALLOW_KEYS)}")
     return AllowList(titles, hosts)
 
 
@@ -486,7 +488,7 @@ def _profile(draft: _Draft, name: str, settings: object) -> Profile:
             elif key == "match-all-keys":
                 kwargs["match_all_keys"] = _bool(draft, dotted, value)
             else:
-                raise draft.error(dotted, f"unknown key; {_suggest(key, _PROFILE_KEYS)}")
+                raise draft.error(dotted, f"unknown key; {_suggest(key, PROFILE_KEYS)}")
     titles_wrong = "calling-ae-titles" in settings and "calling_ae_titles" not in kwargs
     if name != DEFAULT_PROFILE and not kwargs.get("calling_ae_titles") and not titles_wrong:
         raise draft.error(

@@ -312,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-files-path",
         type=Path,
         default=None,
+        metavar="PATH",
         help="database root holding one folder per AE title "
         "(default: the bundled example wlistdb/)",
     )
@@ -566,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-associations",
         type=int,
         default=50,
+        metavar="N",
         help="parallel associations at most (default 50)",
     )
     g.add_argument(

@@ -1,5 +1,6 @@
-"""The rest of wlmscpfs's options (README: "wlmscpfs options"): transfer syntaxes, testing
-SCUs, logging from a file, host access and VRs, and the checks wlmscpfs makes of them."""
+"""The rest of wlmscpfs's options (the documentation's "wlmscpfs options", in
+docs/reference/wlmscpfs.md): transfer syntaxes, testing SCUs, logging from a file, host access
+and VRs, and the checks wlmscpfs makes of them."""
 
 from __future__ import annotations
 
@@ -88,7 +89,9 @@ def add_wlmscpfs_parity_options(p: argparse.ArgumentParser) -> None:
             metavar="SECONDS",
             help=f"sleep SECONDS {text} (default 0)",
         )
-    g = p.add_argument_group("wlmscpfs: host access and VRs (see the README's wlmscpfs table)")
+    g = p.add_argument_group(
+        "wlmscpfs: host access and VRs (see Coming from wlmscpfs, in the docs)"
+    )
     g.add_argument(
         "-ac",
         "--access-full",
