@@ -15,7 +15,7 @@ file was lost: every instance is read); ``clean`` keeps it (a restart after a cl
 ``stale`` keeps it and touches ``--stale`` instance files (a restart after kill -9: those
 are read again).
 
-Example (the figure in the README)::
+Example (the figure in docs/performance.md)::
 
     python3 tools/mpps_restart.py --instances 100000 --mode first --mode clean --mode stale
 """

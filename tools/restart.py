@@ -1,6 +1,6 @@
 """Time a restart: from ``python3 -m wlmserver`` to the first correct C-FIND answer.
 
-Starts wlmserver on a database as the README starts it (``wlmserver -dfp ROOT PORT``, so with
+Starts wlmserver on a database as the documentation starts it (``wlmserver -dfp ROOT PORT``, so with
 its default index cache in the user's cache folder; ``--index-cache DIR`` or
 ``--no-index-cache`` are passed on when given), polls it with one C-FIND by patient ID until
 the expected number of answers arrives, prints the seconds since the process started and its

@@ -401,7 +401,7 @@ def measure_drops(
         The reference date (the dropped step is scheduled on it).
     count : int
         Files to drop, one after the other. Each is written under a temporary name, renamed
-        into place (as the README says to), then queried by its accession number, query after
+        into place (as docs/database.md says to), then queried by its accession number, query after
         query, for at most 5 seconds. All of them are removed again at the end.
 
     Returns

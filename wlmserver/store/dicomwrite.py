@@ -11,7 +11,7 @@ mode is set explicitly, whatever the writer's umask:
   made 0700 (patient data only the server reads);
 - what the server must read as another user (``wlmserver create``'s worklist files):
   :func:`served_file_mode`, 0640 in a setgid AE folder (the file gets the folder's group, the
-  server's way in, as in README "Deploying for real"), else 0644; a folder made for them gets
+  server's way in, as in docs/deploying.md), else 0644; a folder made for them gets
   :func:`served_folder_mode`. A umask of 077 cannot make them unreadable to the server.
 """
 
@@ -38,7 +38,7 @@ def served_file_mode(folder: Path) -> int:
     """The mode of a file the server reads as another user than its writer's.
 
     0640 in a setgid folder, whose group the file gets (the kernel gives it at creation):
-    readable by that group, the server's (README: the database is ``risexport:wlmdata``
+    readable by that group, the server's (docs/deploying.md: the database is ``risexport:wlmdata``
     2750, the server in ``wlmdata``), by no one else. 0644 anywhere else: the file's group is
     then the writer's, which the server need not be in; who may reach the file is left to the
     folder's own mode.
@@ -53,7 +53,7 @@ def served_file_mode(folder: Path) -> int:
 def served_folder_mode(parent: Path) -> int:
     """The mode of a folder made for files the server reads (an AE folder that
     ``wlmserver create -o`` makes): 2750 under a setgid folder (group and setgid bit
-    inherited, as README's ``install -d -m 2750``), else 0755."""
+    inherited, as docs/deploying.md's ``install -d -m 2750``), else 0755."""
     try:
         setgid = bool(parent.stat().st_mode & stat.S_ISGID)
     except OSError:

@@ -16,7 +16,7 @@ verdict:
     the file, or one of its steps, is not served: unparseable or cut short, text that does not
     decode in its Specific Character Set, no SPS item, a missing Type 1 attribute (PS3.4
     Table K.6-1), or it cannot be read by the user running ``check`` (run it as the server's
-    user, as README "Deploying for real" does, to judge as the server).
+    user, as docs/deploying.md does, to judge as the server).
 
 Messages name the attribute and the rule, never the value (values are patient data). The exit
 status is 1 when any file (or step) would not be served, else 0.
@@ -245,7 +245,7 @@ def readers_problem(path: Path) -> str | None:
 
     The server's user is not known here, nor need it be the one running ``check`` (root, the
     RIS export's user): it is taken to be another user than the file's owner, who reaches the
-    folder through its group or as anyone (README: the database is ``risexport:wlmdata``
+    folder through its group or as anyone (docs/deploying.md: the database is ``risexport:wlmdata``
     2750, files 0640, the server in ``wlmdata``). A file that only its owner can read is
     served only by a server running as that owner.
     """

@@ -9,7 +9,7 @@ same order again, in a later run, replaces its file). Merging happens within one
 status: 0 when every entry was written, 1 when any was refused (the others are still
 written), 2 for usage errors.
 
-The server reads the files as another user (README "Deploying for real"), so their mode is
+The server reads the files as another user (docs/deploying.md), so their mode is
 set explicitly, whatever the umask: 0640 in a setgid AE folder (the file gets the folder's
 group, the server's), else 0644; an AE folder ``-o`` makes is 2750 under a setgid folder,
 else 0755 (:mod:`wlmserver.store.dicomwrite`). A folder that only its owner can list is
