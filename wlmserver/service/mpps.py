@@ -17,6 +17,9 @@ Success whatever becomes of the forwarding.
 Logging: one INFO line per request with the peer, the SOP Instance UID, the status and the
 procedure identifiers of the steps (Requested Procedure ID, Scheduled Procedure Step ID,
 Accession Number), never patient names or IDs; an unscheduled MPPS says so.
+
+Requests are served only on a presentation context negotiated for MPPS
+(:func:`wrong_context`).
 """
 
 from __future__ import annotations
@@ -94,6 +97,33 @@ def _wrong_class(sop_class: object) -> MppsError | None:
     return None
 
 
+def wrong_context(event: Any, what: str) -> MppsError | None:
+    """Why an N-CREATE or N-SET is refused for the presentation context it came on, or None.
+
+    pynetdicom picks the service from the request's SOP Class UID, whatever the context: an
+    N-CREATE sent on the worklist's C-FIND context reached the MPPS handler and was stored.
+    Only a context negotiated for MPPS (1.2.840.10008.3.1.2.3.3) agreed on N-CREATE and
+    N-SET; on another one the request is refused with Unrecognized Operation (0x0211, PS3.7
+    Annex C), before its data set is decoded.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> find = SimpleNamespace(context=SimpleNamespace(abstract_syntax="1.2.840.10008.5.1.4.31"))
+    >>> wrong_context(find, "N-CREATE").comment
+    'presentation context: N-CREATE only on one for MPPS'
+    >>> mpps = SimpleNamespace(context=SimpleNamespace(abstract_syntax=MPPS_SOP_CLASS))
+    >>> wrong_context(mpps, "N-SET") is None
+    True
+    """
+    syntax = getattr(getattr(event, "context", None), "abstract_syntax", None)
+    if syntax is None or str(syntax) == MPPS_SOP_CLASS:
+        return None
+    return MppsError(
+        MppsStatus.UNRECOGNIZED_OPERATION, f"presentation context: {what} only on one for MPPS"
+    )
+
+
 def handle_n_create(
     event: Any, store: MppsStore, forwarder: Forwarder | None = None
 ) -> MppsResponse:
@@ -109,7 +139,7 @@ def handle_n_create(
     given = request.AffectedSOPInstanceUID
     uid = str(given) if given else None
     try:
-        refused = _wrong_class(request.AffectedSOPClassUID)
+        refused = wrong_context(event, "N-CREATE") or _wrong_class(request.AffectedSOPClassUID)
         if refused is not None:
             raise refused
         attributes = _decoded(event, "attribute_list", "the attribute list")
@@ -154,7 +184,7 @@ def handle_n_set(event: Any, store: MppsStore, forwarder: Forwarder | None = Non
     request = event.request
     uid = str(request.RequestedSOPInstanceUID or "")
     try:
-        refused = _wrong_class(request.RequestedSOPClassUID)
+        refused = wrong_context(event, "N-SET") or _wrong_class(request.RequestedSOPClassUID)
         if refused is not None:
             raise refused
         modification = _decoded(event, "modification_list", "the modification list")
