@@ -14,9 +14,10 @@ With ``--mpps-forward``, each accepted request is then queued for the RIS
 response is sent, so a modality's next request is always queued after it; the response is
 Success whatever becomes of the forwarding.
 
-Logging: one INFO line per request with the peer, the SOP Instance UID, the status and the
-procedure identifiers of the steps (Requested Procedure ID, Scheduled Procedure Step ID,
-Accession Number), never patient names or IDs; an unscheduled MPPS says so.
+Logging: one INFO line per request with the peer, the MPPS SOP Instance UID, its status and
+how many steps it performs (an unscheduled MPPS says so); no patient data and no order
+identifiers (accession number, Requested Procedure and Scheduled Procedure Step IDs, Study
+Instance UID): those only at DEBUG, as the README promises.
 
 Requests are served only on a presentation context negotiated for MPPS
 (:func:`wrong_context`).
@@ -67,14 +68,17 @@ def failure(exc: MppsError, n_set: bool = False) -> Dataset:
 
 
 def describe(performed: Performed | None) -> str:
-    """The procedure identifiers of an MPPS for the log: its status and the steps it performs
-    (``RP/SPS`` with the accession number), or that it is unscheduled. No patient data.
+    """An MPPS for the INFO log: its status and how many steps it performs, or that it is
+    unscheduled. No patient data, and no identifier of the order either: the accession number
+    identifies a patient's order, and the Requested Procedure and Scheduled Procedure Step IDs
+    are often the accession number itself (``wlmserver create`` makes the first one so);
+    those are :func:`identifiers`, logged at DEBUG only.
 
     Examples
     --------
     >>> from wlmserver.matching.mpps import PpsStatus, StepKey
     >>> describe(Performed("1.2.3", PpsStatus.IN_PROGRESS, (StepKey("1.4", "RP1", "S1", "A7"),)))
-    'IN PROGRESS, 1 step: RP1/S1 (accession A7, study 1.4)'
+    'IN PROGRESS, 1 step'
     >>> describe(Performed("1.2.3", PpsStatus.IN_PROGRESS, ()))
     'IN PROGRESS, unscheduled (no scheduled step named)'
     """
@@ -82,13 +86,27 @@ def describe(performed: Performed | None) -> str:
         return "?"
     if performed.unscheduled:
         return f"{performed.status.value}, unscheduled (no scheduled step named)"
-    steps = ", ".join(
+    count = len(performed.steps)
+    return f"{performed.status.value}, {count} step{'s' if count > 1 else ''}"
+
+
+def identifiers(performed: Performed | None) -> str:
+    """The steps an MPPS performs, by their identifiers (``RP/SPS``, accession number, study),
+    for the DEBUG log only (see :func:`describe`).
+
+    Examples
+    --------
+    >>> from wlmserver.matching.mpps import PpsStatus, StepKey
+    >>> identifiers(Performed("1.2.3", PpsStatus.IN_PROGRESS, (StepKey("1.4", "RP1", "S1", "A7"),)))
+    'RP1/S1 (accession A7, study 1.4)'
+    """
+    if performed is None or performed.unscheduled:
+        return "-"
+    return ", ".join(
         f"{s.requested_procedure_id or '-'}/{s.scheduled_procedure_step_id or '-'} "
         f"(accession {s.accession_number or '-'}, study {s.study_instance_uid or '-'})"
         for s in performed.steps
     )
-    count = len(performed.steps)
-    return f"{performed.status.value}, {count} step{'s' if count > 1 else ''}: {steps}"
 
 
 def _wrong_class(sop_class: object) -> MppsError | None:
@@ -161,6 +179,7 @@ def handle_n_create(
         "" if uid else " (UID assigned)",
         describe(performed),
     )
+    LOGGER.debug("MPPS N-CREATE %s performs %s", created, identifiers(performed))
     if checked.lenient:
         LOGGER.warning(
             "MPPS N-CREATE from %s: %s accepted without the Type 2 attributes %s "
@@ -197,7 +216,9 @@ def handle_n_set(event: Any, store: MppsStore, forwarder: Forwarder | None = Non
         return failure(MppsError(MppsStatus.PROCESSING_FAILURE, "internal error"), True), None
     if forwarder is not None:
         forwarder.enqueue(Kind.N_SET, uid, modification)
-    LOGGER.info("MPPS N-SET from %s: %s %s", peer, uid, describe(store.steps.get(uid)))
+    performed = store.steps.get(uid)
+    LOGGER.info("MPPS N-SET from %s: %s %s", peer, uid, describe(performed))
+    LOGGER.debug("MPPS N-SET %s performs %s", uid, identifiers(performed))
     if checked.lenient:
         LOGGER.warning(
             "MPPS N-SET from %s: %s accepted without the Type 2 attributes %s",
