@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -512,10 +513,13 @@ class WorklistServer:
         LOGGER.info("indexed %d AE folders in %.2f s", len(snapshots), seconds)
 
     def stop(self, grace: float = 2.0) -> None:
-        """Stop accepting, end the associations, stop the watcher.
+        """Stop accepting, end the associations, stop the watcher, write the index cache.
 
         Associations still open are given ``grace`` seconds to finish what they are doing
-        (an answer stream, a release), then aborted.
+        (an answer stream, a release), then aborted (:func:`end_associations`): all are gone
+        within ``grace`` + :data:`ABORT_WAIT` seconds, also those of a peer that stopped
+        reading, whose thread was blocked in a send for the network timeout (60 s: systemd's
+        stop timeout killed the server first, and no index cache was written).
         """
         self._stopping.set()
         if self._pacing is not None:
@@ -531,14 +535,7 @@ class WorklistServer:
                 associations += self._tls_server.active_associations
                 self._tls_server.shutdown()
                 self._tls_server = None
-            deadline = time.monotonic() + grace
-            for assoc in associations:
-                if not assoc.is_established:
-                    assoc.kill()  # a peer that never asked for an association: just close
-                    continue  # (an A-ABORT is not valid before the association request)
-                assoc.join(max(0.0, deadline - time.monotonic()))
-                if assoc.is_alive():
-                    assoc.abort()
+            end_associations(associations, grace)
         if self.retention is not None:
             self.retention.stop()
             self.retention = None
@@ -559,6 +556,58 @@ class WorklistServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: Seconds :func:`end_associations` waits for aborted associations to end, twice: once for
+#: an A-ABORT to go out, once more after their connections were shut down.
+ABORT_WAIT = 0.5
+
+
+def _shut_down(assoc: Any) -> None:
+    """Shut an association's connection down under it: a thread blocked sending to a peer
+    that stopped reading gets an error at once, and the upper layer sees the transport close
+    (Evt17). The plain socket's shutdown, also under TLS (``SSLSocket.shutdown`` would drop
+    the TLS object another thread may be writing with)."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def end_associations(associations: Sequence[Any], grace: float) -> list[Any]:
+    """End acceptor associations within ``grace`` + 2 × :data:`ABORT_WAIT` seconds; those
+    still alive then (logged).
+
+    A connection that has no association yet is shut down at once (an A-ABORT is not valid
+    before the association request; pynetdicom's ``kill`` waited for its ACSE timeout, 30 s).
+    An association has ``grace`` seconds to finish, then is sent an A-ABORT (PS3.8 7.3) and,
+    if it has not ended :data:`ABORT_WAIT` seconds later (its peer does not read, so neither
+    the A-ABORT nor the rest of an answer can go out), its connection is shut down under it.
+    pynetdicom's own blocking ``abort`` waited behind the blocked send for the network
+    timeout.
+    """
+    deadline = time.monotonic() + grace
+    for assoc in associations:
+        if not assoc.is_established:
+            _shut_down(assoc)
+    for assoc in associations:
+        if assoc.is_established:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+    stuck = [a for a in associations if a.is_alive()]
+    for assoc in stuck:
+        if assoc.is_established:
+            with contextlib.suppress(Exception):
+                assoc.abort(block=False)  # queued: the DUL thread sends it if it can
+    for wait in (ABORT_WAIT, ABORT_WAIT):
+        deadline = time.monotonic() + wait
+        for assoc in stuck:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+        stuck = [a for a in stuck if a.is_alive()]
+        for assoc in stuck:
+            _shut_down(assoc)
+    if stuck:
+        LOGGER.warning("%d associations did not end when stopping: left behind", len(stuck))
+    return stuck
 
 
 def _safety_net(config: Config) -> int:
