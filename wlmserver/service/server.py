@@ -28,6 +28,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
 
 from wlmserver.config import Config, TransferSyntaxPreference, bundled_database
 from wlmserver.service import fastpath as encode
@@ -77,6 +78,39 @@ TRANSFER_SYNTAX_PREFERENCES: dict[TransferSyntaxPreference, list[UID]] = {
     "deflated": [DeflatedExplicitVRLittleEndian, *TRANSFER_SYNTAXES],
     "implicit": [ImplicitVRLittleEndian],
 }
+
+
+class Listener(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with each accepted connection judged before a thread is
+    started for it (:meth:`Admission.accept
+    <wlmserver.service.admission.Admission.accept>`: the caps on connections waiting for
+    their association request, per peer and in all, and on threads), and one log line instead
+    of a traceback on stderr when a connection cannot be served (no thread can be started)."""
+
+    admission: Admission | None = None
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """socketserver's hook, in the listener's thread: False closes the connection."""
+        if self.admission is None:
+            return True
+        refusal = self.admission.accept(request, str(client_address[0]))
+        if refusal is None:
+            return True
+        LOGGER.warning(
+            "connection from %s:%s closed: %s", client_address[0], client_address[1], refusal
+        )
+        return False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver's hook for an exception while starting to serve a connection."""
+        error = sys.exc_info()[1]
+        LOGGER.warning(
+            "connection from %s:%s closed: cannot serve it (%s: %s)",
+            client_address[0],
+            client_address[1],
+            type(error).__name__,
+            error,
+        )
 
 
 class MppsFolderError(ValueError):
@@ -251,20 +285,14 @@ class WorklistServer:
             tls_handlers.append((evt.EVT_CONN_OPEN, self._handshakes.on_connection_open))
         main_is_tls = tls_context is not None and self.config.tls_port is None
         try:
-            self._server = self.ae.start_server(
-                (self.config.bind, self.config.port),
-                block=False,
-                evt_handlers=tls_handlers if main_is_tls else handlers,
-                ssl_context=tls_context if main_is_tls else None,
+            self._server = self._listen(
+                self.config.port,
+                tls_handlers if main_is_tls else handlers,
+                tls_context if main_is_tls else None,
             )
             if tls_context is not None and self.config.tls_port is not None:
                 try:
-                    self._tls_server = self.ae.start_server(
-                        (self.config.bind, self.config.tls_port),
-                        block=False,
-                        evt_handlers=tls_handlers,
-                        ssl_context=tls_context,
-                    )
+                    self._tls_server = self._listen(self.config.tls_port, tls_handlers, tls_context)
                 except OSError as exc:
                     exc.tls_port = self.config.tls_port  # type: ignore[attr-defined]
                     raise
@@ -287,6 +315,23 @@ class WorklistServer:
             self.retention.start()
         if wait:
             self.wait_indexed()
+
+    def _listen(self, port: int, handlers: list[Any], context: ssl.SSLContext | None) -> Any:
+        """Listen on ``port`` with a :class:`Listener` in a thread of its own, as pynetdicom's
+        ``start_server(block=False)`` does with its own server class."""
+        server = self.ae.make_server(
+            (self.config.bind, port),
+            evt_handlers=handlers,
+            ssl_context=context,
+            server_class=Listener,
+        )
+        server.admission = self._admission
+        thread = threading.Thread(
+            target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True
+        )
+        thread.start()
+        self.ae._servers.append(server)  # as start_server does: its shutdown() removes it
+        return server
 
     def reconfigure(self, config: Config, tls_context: ssl.SSLContext | None = None) -> None:
         """Serve new associations with ``config`` (a reload, see :mod:`.reload`): open
@@ -611,10 +656,14 @@ def end_associations(associations: Sequence[Any], grace: float) -> list[Any]:
 
 
 def _safety_net(config: Config) -> int:
-    """pynetdicom's own association limit, above the handlers' (see :class:`Admission`)."""
-    return max(
-        config.max_associations * 4,
-        config.max_associations + 4 * config.max_associations_per_peer,
+    """pynetdicom's own association limit, above the handlers' (see :class:`Admission`): it
+    counts every connection, those waiting for their request too."""
+    return (
+        max(
+            config.max_associations * 4,
+            config.max_associations + 4 * config.max_associations_per_peer,
+        )
+        + config.max_pending_connections
     )
 
 
