@@ -34,7 +34,9 @@ replaces pynetdicom's ``_read_pdu_data`` for acceptors):
   counted from the P-DATA-TF PDVs as they arrive (PS3.8 E.2), before pynetdicom reassembles
   them;
 - a connection closed before its A-ASSOCIATE-RQ ends its association thread at once (it
-  waited for the ACSE timeout, holding a slot).
+  waited for the ACSE timeout, holding a slot);
+- a request without a field PS3.7 requires (an N-SET without its Requested SOP Instance
+  UID), which pynetdicom ignored without a response, aborts the association at once.
 
 An A-ASSOCIATE-RQ that a check of its bytes refuses (:func:`check_request`: an address
 off the allow-list) is answered with an A-ASSOCIATE-RJ before pynetdicom decodes any of it.
@@ -528,6 +530,7 @@ def install() -> bool:
             DULServiceProvider._read_pdu_data,
         )
         DULServiceProvider._decode_pdu  # noqa: B018 - read_pdu decodes with it
+        serve_request = Association._serve_request
         if getattr(dul, "time", None) is not time or getattr(association, "time", None) is not time:
             raise AttributeError("pynetdicom's modules do not use the time module")
     except (ImportError, AttributeError) as exc:
@@ -574,6 +577,25 @@ def install() -> bool:
                 except Exception:
                     LOGGER.exception("cannot report the end of an association")
 
+    def serve_request_or_abort(self: Any, msg: Any, context_id: int) -> None:
+        # pynetdicom ignores a request without a field PS3.7 requires (an N-SET without its
+        # Requested SOP Instance UID) with a warning: no response, and the peer waits for
+        # its DIMSE timeout while the association holds its slot. It cannot be answered (a
+        # response needs those fields), so it is aborted at once, in one line.
+        if self.is_acceptor and not self._sent_release and not msg.is_valid_request:
+            requestor = self.requestor
+            LOGGER.warning(
+                "connection from %s:%s: a %s without the fields PS3.7 requires; association "
+                "aborted",
+                requestor.address,
+                requestor.port,
+                getattr(msg, "msg_type", type(msg).__name__),
+            )
+            self.__dict__["_wlmserver_end"] = "aborted: a request without its required fields"
+            self.abort()
+            return
+        serve_request(self, msg, context_id)
+
     def send_pdu_waking(self: Any, primitive: Any) -> None:
         send_pdu(self, primitive)
         waker = _waker(self)
@@ -587,6 +609,7 @@ def install() -> bool:
             waker.wake()
 
     Association.run_reactor = run_association_reporting  # type: ignore[method-assign]
+    Association._serve_request = serve_request_or_abort  # type: ignore[method-assign]
     DULServiceProvider.run_reactor = run_reactor_closing  # type: ignore[method-assign]
     DULServiceProvider.send_pdu = send_pdu_waking  # type: ignore[method-assign]
     DULServiceProvider.kill_dul = kill_dul_waking  # type: ignore[method-assign]
