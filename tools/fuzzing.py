@@ -1398,7 +1398,7 @@ def _play_mpps(
     if status == 0x0000:
         # the UID the SCP assigned is in the response's command set (PS3.7 10.1.5.1.4)
         assigned = fields.get(0x1000, b"").rstrip(b"\x00 ").decode("ascii", "replace")
-        created = created or assigned
+        created = (created or assigned).strip(" \x00")  # as the server reads a UI value
         if not created:
             raise Finding("N-CREATE succeeded without naming the instance")
         fuzz.stored.add(created)
