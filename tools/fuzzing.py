@@ -1396,9 +1396,10 @@ def _play_mpps(
     tally[f"mpps: N-CREATE 0x{status:04X}"] += 1
     created = case.uid
     if status == 0x0000:
-        # the UID the SCP assigned is in the response's command set (PS3.7 10.1.5.1.4)
-        assigned = fields.get(0x1000, b"").rstrip(b"\x00 ").decode("ascii", "replace")
-        created = (created or assigned).strip(" \x00")  # as the server reads a UI value
+        # the response names the instance as the SCP keeps it (PS3.7 10.1.5.1.4: the UID it
+        # assigned; pynetdicom takes the first of several values, strips padding)
+        named = fields.get(0x1000, b"").decode("ascii", "replace").strip(" \x00")
+        created = named or (created or "").strip(" \x00")
         if not created:
             raise Finding("N-CREATE succeeded without naming the instance")
         fuzz.stored.add(created)

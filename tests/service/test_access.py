@@ -166,6 +166,7 @@ def _answer(port: int, request: bytes) -> bytes:
         return sock.recv(10)
 
 
+@pytest.mark.filterwarnings("ignore")  # pydicom warns per junk item
 def test_a_refused_address_is_rejected_before_its_request_is_decoded(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -185,6 +186,7 @@ def test_a_refused_address_is_rejected_before_its_request_is_decoded(
     assert _rejection(server.port, "CT01") == (1, 1, 1)  # and pynetdicom peers see the same
 
 
+@pytest.mark.filterwarnings("ignore")  # pydicom warns per junk item
 def test_a_refused_calling_ae_title_is_rejected_from_the_request_bytes(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -195,6 +197,7 @@ def test_a_refused_calling_ae_title_is_rejected_from_the_request_bytes(
     assert _rejection(server.port, "CT01") is None  # an allowed title is decoded and served
 
 
+@pytest.mark.filterwarnings("ignore")  # pydicom warns per junk item
 def test_repeated_warnings_of_an_allowed_peer_are_rate_limited(
     start_server: StartServer, db: Path
 ) -> None:
