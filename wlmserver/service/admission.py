@@ -106,7 +106,7 @@ class Admission:
 
     A peer is an IPv4 address, or an IPv6 /64 (:func:`peer_group`). Counts are taken over the
     live connections and association threads, so a slot is free as soon as its connection
-    closes or its thread ends, whatever ended it.
+    closes, its association is released or aborted, or its thread ends, whatever ended it.
 
     Parameters
     ----------
@@ -127,8 +127,17 @@ class Admission:
             self.config = config
 
     def _live(self, exclude: Any) -> list[Any]:
+        """The associations that hold a slot: their thread not started or alive, and not
+        released or aborted (a modality that releases and at once asks again found its
+        released association, its thread a few milliseconds from its end, still counted
+        against ``--max-associations-per-peer``)."""
         return [
-            a for a in list(self._open) if a is not exclude and (a.ident is None or a.is_alive())
+            a
+            for a in list(self._open)
+            if a is not exclude
+            and (a.ident is None or a.is_alive())
+            and not getattr(a, "is_released", False)
+            and not getattr(a, "is_aborted", False)
         ]
 
     def _waiting(self) -> list[_Pending]:
