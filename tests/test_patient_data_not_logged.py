@@ -9,16 +9,24 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import StartServer, find, make_dataset, write_wl
+from conftest import StartServer, find, make_dataset, make_final, make_mpps, until, write_wl
 from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
 
 from wlmserver.cli import main
+from wlmserver.config.forward import ForwardTarget
+from wlmserver.service.server import MODALITY_PERFORMED_PROCEDURE_STEP
 
 NAMES = ("ZQXSECRET^ALICE", "ZQXHIDDEN^BORIS", "MÜLLERZQX^JÜRGEN", "ZQXCREATE^CARLA")
 IDS = ("PIDZQX4711", "PIDZQX0815", "PIDZQX9999", "PIDZQXCREATE")
-SECRETS = (*NAMES, *IDS, *(n.split("^")[0] for n in NAMES))
+#: Order identifiers: an accession number identifies a patient's order, and the requested
+#: procedure and scheduled step IDs are often the accession number (``wlmserver create``
+#: makes the first one so): none at INFO either (issue 20).
+ORDER_IDS = ("ACCZQX2001", "ACCZQX2002", "RPZQX2001", "SPSZQX2001", "RPZQX2002", "SPSZQX2002")
+SECRETS = (*NAMES, *IDS, *ORDER_IDS, *(n.split("^")[0] for n in NAMES))
 
 
 def _leaks(text: str) -> list[str]:
@@ -141,3 +149,108 @@ def test_a_failed_request_capture_does_not_log_the_patient_id(
     text = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
     assert "request file" in text  # the failure was logged
     assert not _leaks(text), f"patient data in the log: {_leaks(text)}\n{text}"
+
+
+def _ris(refuse: str) -> tuple[Any, list[str]]:
+    """A RIS (a pynetdicom MPPS SCP on a free loopback port): accepts every request but the
+    N-CREATE of ``refuse`` (0x0106, for good); the server and what it received."""
+    received: list[str] = []
+
+    def create(event: Any) -> tuple[int, Dataset | None]:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        received.append(f"create {uid}")
+        return (0x0106 if uid == refuse else 0x0000), None
+
+    def update(event: Any) -> tuple[int, Dataset | None]:
+        received.append(f"set {event.request.RequestedSOPInstanceUID}")
+        return 0x0000, None
+
+    ae = AE(ae_title="RIS")
+    ae.add_supported_context(MODALITY_PERFORMED_PROCEDURE_STEP)
+    handlers = [(evt.EVT_N_CREATE, create), (evt.EVT_N_SET, update)]
+    return ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers), received
+
+
+def test_no_patient_or_order_identifiers_in_mpps_and_forwarding_lines_at_info(
+    start_server: StartServer,
+    db: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """MPPS lines carried the steps' accession numbers at INFO (issue 20, finding 7): a
+    modality's exam (N-CREATE, N-SETs), a group case, refusals, forwarding to a RIS that
+    accepts and one it refuses for good, and ``check`` of the queue."""
+    caplog.set_level(logging.INFO)
+    write_wl(
+        db / "WLM" / "order.wl",
+        PatientName=NAMES[0],
+        PatientID=IDS[0],
+        AccessionNumber=ORDER_IDS[0],
+        RequestedProcedureID=ORDER_IDS[2],
+        sps=[{"ScheduledProcedureStepID": ORDER_IDS[3]}],
+    )
+    refused_by_ris = "1.2.826.0.1.3680043.10.9999.93"
+    ris, received = _ris(refused_by_ris)
+    try:
+        server = start_server(
+            mpps_forward=ForwardTarget("RIS", "127.0.0.1", int(ris.server_address[1]))
+        )
+        patient = {"PatientName": NAMES[0], "PatientID": IDS[0]}
+        first = {
+            "AccessionNumber": ORDER_IDS[0],
+            "RequestedProcedureID": ORDER_IDS[2],
+            "ScheduledProcedureStepID": ORDER_IDS[3],
+        }
+        second = {
+            "AccessionNumber": ORDER_IDS[1],
+            "RequestedProcedureID": ORDER_IDS[4],
+            "ScheduledProcedureStepID": ORDER_IDS[5],
+        }
+        uid, group = "1.2.826.0.1.3680043.10.9999.91", "1.2.826.0.1.3680043.10.9999.92"
+        ae = AE(ae_title="CT01")
+        ae.add_requested_context(MODALITY_PERFORMED_PROCEDURE_STEP)
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="WLM")
+        assert assoc.is_established
+        sop_class = MODALITY_PERFORMED_PROCEDURE_STEP
+        try:
+            statuses = [
+                assoc.send_n_create(make_mpps(steps=[first], **patient), sop_class, uid)[0],
+                assoc.send_n_create(make_mpps(steps=[first, second], **patient), sop_class, group)[
+                    0
+                ],
+                assoc.send_n_create(
+                    make_mpps(steps=[second], **patient), sop_class, refused_by_ris
+                )[0],
+                # refused here: a Type 1 attribute missing; an N-SET changing the patient
+                assoc.send_n_create(
+                    make_mpps(steps=[second], Modality=None, **patient), sop_class, "1.2.3.94"
+                )[0],
+                assoc.send_n_set(make_final(PatientID=IDS[1]), sop_class, uid)[0],
+                assoc.send_n_set(make_final(), sop_class, uid)[0],
+                assoc.send_n_set(make_final(), sop_class, group)[0],
+            ]
+        finally:
+            assoc.release()
+        codes = [int(status.Status) for status in statuses]
+        assert codes == [0, 0, 0, 0x0120, 0x0105, 0, 0], codes
+        expected = {f"create {uid}", f"create {group}", f"create {refused_by_ris}"}
+        expected |= {f"set {uid}", f"set {group}"}
+        assert until(lambda: expected <= set(received), 20), received
+        assert until(lambda: any("not forwarded" in r.getMessage() for r in caplog.records), 10)
+        query = Dataset()
+        query.PatientID = IDS[0]
+        query.ScheduledProcedureStepSequence = [Dataset()]
+        query.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus = ""
+        assert find(server.port, query)[-1][0] == 0
+        main(["check", str(db)])
+        err = capsys.readouterr().err
+    finally:
+        ris.shutdown()
+    records = [r for r in caplog.records if r.levelno >= logging.INFO]
+    text = "\n".join(f"{r.name} {r.levelname} {r.getMessage()}" for r in records)
+    mpps_lines = [line for line in text.splitlines() if "MPPS" in line]
+    assert len(mpps_lines) >= 8, text  # the requests, refusals and forwarding were logged
+    assert "not forwarded" in text and "refused" in text
+    assert not _leaks(text), f"patient data in the log: {_leaks(text)}\n{text}"
+    assert not _leaks(err), f"patient data in the tools' messages: {_leaks(err)}\n{err}"

@@ -2,13 +2,15 @@
 
 Runs every target (or those named) for ``--examples`` examples each, with a random seed (or
 ``--seed``), against the parsers, the query compiler and a real in-process server, then asks
-the server a known query. Prints how many cases ran per target, their outcomes, findings
-already known, and every failure (the shrunk example hypothesis found). Exit status 1 when
-anything failed.
+the server a known query (and, after the ``mpps`` target, has a server started on the same
+MPPS folder read back every instance acknowledged). Prints how many cases ran per target,
+their outcomes, findings already known, and every failure (the shrunk example hypothesis
+found). Exit status 1 when anything failed.
 
 Usage::
 
     python3 tools/fuzz.py --examples 5000 [--targets parse find] [--seed 1]
+    python3 tools/fuzz.py --examples 10000 --targets mpps
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             still_open = fuzz.settle()
             if still_open:
                 failures.append(f"{still_open} associations still open after the fuzz cases")
+            if "mpps" in server_targets:
+                try:  # what the server acknowledged, read back by a server started anew
+                    fuzz.check_mpps_readback(tally)
+                except fuzzing.Finding as exc:
+                    failures.append(f"MPPS read back: {exc}")
             try:
                 fuzz.check_healthy()
                 print("after the fuzz cases: the known queries answer correctly")

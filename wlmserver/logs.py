@@ -45,9 +45,34 @@ class OneLine(logging.Filter):
         return True
 
 
+#: What varies between records of one kind whose message came formatted (an f-string, as
+#: pynetdicom's and pydicom's are): quoted values and numbers.
+_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
+
+
+def kind_of(record: logging.LogRecord) -> str:
+    """The kind of a record, for :class:`RateLimit`: its message template; for a message that
+    came formatted already (no arguments), the message with its quoted values and numbers
+    left out, so that 2,300 lines "Non-conformant 'Transfer Syntax Name' value '1.2.0N'"
+    from one association request are one kind, not 2,300.
+
+    Examples
+    --------
+    >>> def record(msg, args=None):
+    ...     return logging.LogRecord("x", logging.WARNING, "", 0, msg, args, None)
+    >>> kind_of(record("bad '1.2.07' in item 7"))
+    'bad … in item …'
+    >>> kind_of(record("file %s: %d lines", ("a", 1)))
+    'file %s: %d lines'
+    """
+    template = str(record.msg)
+    return template if record.args else _VALUES.sub("…", template)
+
+
 class RateLimit(logging.Filter):
-    """Let at most ``burst`` warnings of one kind (logger, level and message template) through
-    per ``period`` seconds; the next one let through says how many were left out.
+    """Let at most ``burst`` warnings of one kind (logger, level and message template, see
+    :func:`kind_of`) through per ``period`` seconds; the next one let through says how many
+    were left out.
 
     Parameters
     ----------
@@ -69,7 +94,7 @@ class RateLimit(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, kind_of(record))
         now = time.monotonic()
         with self._lock:
             state = self._kinds.get(key)

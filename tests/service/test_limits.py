@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import StartServer, echo, find, load_tool, until, write_wl
+from conftest import StartServer, echo, find, load_tool, make_dataset, until, write_wl
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
@@ -343,6 +343,39 @@ def test_text_not_valid_in_its_character_set_fails(db: Path) -> None:
     status = _status_of(db, data)
     assert status.Status == Status.UNABLE_TO_PROCESS
     assert status.ErrorComment == "PatientName: not valid in the Specific Character Set"
+
+
+@pytest.mark.parametrize(
+    ("charset", "value"),
+    [
+        # ESC $ Z is no escape sequence of ISO 2022 IR 87 (nor of any other character set)
+        ("\\ISO 2022 IR 87", b"\x1b$Z0!\x1b(B*"),
+        ("ISO 2022 IR 100", b"\x1b-Z\xe9*"),
+    ],
+)
+def test_an_unknown_iso_2022_escape_sequence_fails(db: Path, charset: str, value: bytes) -> None:
+    """It got Success with 0 matches and no warning: pydicom decodes an escape sequence it
+    does not know as the characters themselves (issue 20, finding 8)."""
+    value += b" " * (len(value) % 2)
+    placeholder = "Q" * len(value)  # the same length: the element's length stays right
+    data = _encoded(SpecificCharacterSet=charset, PatientName=placeholder)
+    data = data.replace(placeholder.encode(), value)
+    status = _status_of(db, data)
+    assert status.Status == Status.UNABLE_TO_PROCESS
+    assert status.ErrorComment == "PatientName: escape sequence not of its Specific Character Set"
+    assert status.OffendingElement == 0x00100010
+
+
+def test_a_known_iso_2022_escape_sequence_is_matched(db: Path) -> None:
+    write_wl(
+        db / "WLM" / "jp.wl",
+        make_dataset(SpecificCharacterSet="\\ISO 2022 IR 87", PatientName="Yamada^Tarou=山田^太郎"),
+    )
+    data = _encoded(SpecificCharacterSet="\\ISO 2022 IR 87", PatientName="*=山田*")
+    store = WorklistStore(db)
+    store.scan()
+    statuses = [s for s, _ in handle_find(_Event(data), store, Config(db))]  # type: ignore[arg-type]
+    assert [int(s) if isinstance(s, int) else int(s.Status) for s in statuses] == [PENDING, SUCCESS]
 
 
 def test_encoding_problem_accepts_what_pydicom_writes() -> None:

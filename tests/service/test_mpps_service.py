@@ -142,16 +142,21 @@ def test_group_and_unscheduled_cases_are_logged_without_patient_data(
         PatientName="ZQXSECRET^ALICE",
         PatientID="PIDZQX4711",
     )
-    with caplog.at_level(logging.INFO), modality(server.port) as assoc:
+    with caplog.at_level(logging.DEBUG, "wlmserver"), modality(server.port) as assoc:
         assert create(assoc, group)[0] == 0x0000
         assert create(assoc, unscheduled, uid="1.2.3.7")[0] == 0x0000
         assert n_set(assoc, make_final(PatientID="OTHERZQX"), uid="1.2.3.7")[0] == 0x0105
     second = STEP._replace(requested_procedure_id="RP002", scheduled_procedure_step_id="SPS002")
     assert server.mpps.steps.status(STEP) == server.mpps.steps.status(second)
     assert [p.sop_instance_uid for p in server.mpps.steps.unscheduled()] == ["1.2.3.7"]
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("wlmserver")]
-    assert any("2 steps: RP001/SPS001" in m and "RP002/SPS002" in m for m in lines)
+    ours = [r for r in caplog.records if r.name.startswith("wlmserver")]
+    lines = [r.getMessage() for r in ours if r.levelno >= logging.INFO]
+    assert any(f"{UID} IN PROGRESS, 2 steps" in m for m in lines)
     assert any("1.2.3.7 IN PROGRESS, unscheduled" in m for m in lines)
+    # the steps' identifiers (the accession number among them) at DEBUG only (issue 20)
+    debug = [r.getMessage() for r in ours if r.levelno == logging.DEBUG]
+    assert any("RP001/SPS001" in m and "RP002/SPS002" in m for m in debug)
+    assert not any("RP001" in m or "ACC001" in m for m in lines)
     text = "\n".join(lines)
     assert "ZQX" not in text and "PIDZQX" not in text
 

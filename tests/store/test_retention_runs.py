@@ -231,6 +231,44 @@ def test_a_symbolic_link_is_not_moved(db: Path, tmp_path: Path) -> None:
     assert summary.failed == {"WLM": 1} and (db / "WLM" / "link.wl").is_symlink()
 
 
+def test_an_archive_folder_that_is_a_link_is_never_followed(
+    db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``<archive>/WLM`` linked into the database made retention move WLM's old files into
+    another AE folder, where they were served again (issue 20, finding 8)."""
+    (db / "CT01").mkdir()
+    write_wl(db / "WLM" / "a.wl", sps=_steps(OLD))
+    write_wl(db / "WLM" / "b.wl", sps=_steps(OLD))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "WLM").symlink_to(db / "CT01")
+    store = _store(db)
+    runs = RetentionRuns(store, POLICY, archive)
+    with caplog.at_level(logging.WARNING, logger="wlmserver"):
+        assert runs.run(TODAY).failed == {"WLM": 2}
+        runs.run(TODAY)  # the next run says nothing new
+    assert sorted(p.name for p in (db / "WLM").glob("*.wl")) == ["a.wl", "b.wl"]
+    assert list((db / "CT01").iterdir()) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "symbolic link" in warnings[0], warnings
+    (archive / "WLM").unlink()  # mended: the next run moves them
+    assert runs.run(TODAY).moved == {"WLM": 2}
+    assert sorted(p.name for p in (archive / "WLM").iterdir()) == ["a.wl", "b.wl"]
+
+
+def test_a_move_never_follows_a_link_put_in_place_of_the_archive_folder(
+    db: Path, tmp_path: Path
+) -> None:
+    """Also when the link appears between the run's check and the move."""
+    source = write_wl(db / "WLM" / "a.wl", sps=_steps(OLD))
+    (db / "CT01").mkdir()
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "WLM").symlink_to(db / "CT01")
+    with pytest.raises(OSError, match="symbolic link"):
+        move_to_archive(source, tmp_path / "archive" / "WLM")
+    assert source.exists() and list((db / "CT01").iterdir()) == []
+
+
 def test_the_lockfile_is_held_as_a_writer(db: Path, tmp_path: Path) -> None:
     lock_path = db / "WLM" / "lockfile"
     lock_path.touch()

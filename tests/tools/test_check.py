@@ -171,6 +171,19 @@ def test_retention_report_changes_nothing(
     assert "current.wl" not in out and "SECRET" not in out
 
 
+def test_retention_report_says_a_linked_archive_folder_is_not_followed(
+    aged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "WLM").symlink_to(aged / "WLM")  # a run refuses it (issue 20)
+    assert (
+        main(["check", str(aged), "--retention-days", "30", "--archive-folder", str(archive)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "1 files would move but stay: " in out and "is a symbolic link" in out
+
+
 def test_retention_report_in_json(aged: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(aged / "WLM"), "--json", "--retention-days", "30"]) == 0
     document = json.loads(capsys.readouterr().out)

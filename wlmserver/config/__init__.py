@@ -84,9 +84,14 @@ class Config:
         Parallel associations at most (``--max-associations``): connections that sent an
         A-ASSOCIATE-RQ; more are rejected (transient, local limit exceeded).
     max_associations_per_peer : int
-        Parallel associations of one peer host (IP address) at most
+        Parallel associations of one peer host (an IPv4 address, or an IPv6 /64) at most
         (``--max-associations-per-peer``), and connections of one host still waiting for
         their A-ASSOCIATE-RQ at most, so that one host cannot take every slot.
+    max_pending_connections : int
+        Connections still waiting for their A-ASSOCIATE-RQ at most, from all hosts
+        (``--max-pending-connections``); one more is closed at once. With
+        ``max_associations`` it bounds the threads (two per connection; see
+        :func:`wlmserver.service.admission.thread_limit`).
     max_identifier_size : int
         A C-FIND identifier longer than this many bytes is refused (status 0xC000) before it
         is decoded (``--max-identifier-size``).
@@ -228,6 +233,7 @@ class Config:
     network_timeout: float | None = 60.0
     max_associations: int = 50
     max_associations_per_peer: int = 10
+    max_pending_connections: int = 50
     max_identifier_size: int = 65536
     max_value_length: int = 1024
     max_answers: int = 0

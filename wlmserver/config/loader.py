@@ -61,6 +61,7 @@ def config_from_args(args: argparse.Namespace, file: ConfigFile | None = None) -
         dimse_timeout=args.dimse_timeout,
         max_associations=args.max_associations,
         max_associations_per_peer=args.max_associations_per_peer,
+        max_pending_connections=args.max_pending_connections,
         max_identifier_size=args.max_identifier_size,
         max_value_length=args.max_value_length,
         max_answers=args.max_answers,

@@ -575,8 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=10,
         metavar="N",
-        help="parallel associations of one peer host at most, and its connections still "
-        "waiting for their association request (default 10)",
+        help="parallel associations of one peer host (an IPv6 /64 is one host) at most, and "
+        "its connections still waiting for their association request (default 10)",
+    )
+    g.add_argument(
+        "--max-pending-connections",
+        type=_positive,
+        default=50,
+        metavar="N",
+        help="connections still waiting for their association request at most, from all "
+        "hosts; one more is closed at once (default 50)",
     )
     g.add_argument(
         "--max-identifier-size",

@@ -87,6 +87,12 @@ class MppsStatus(IntEnum):
     """A required attribute is absent."""
     MISSING_ATTRIBUTE_VALUE = 0x0121
     """A Type 1 attribute is present but empty (a Type 1 sequence: without an item)."""
+    UNRECOGNIZED_OPERATION = 0x0211
+    """Unrecognized Operation (PS3.7 Annex C: the operation is not one of those agreed between
+    the DIMSE-service-users): an N-CREATE or N-SET sent on a presentation context negotiated
+    for another SOP Class, such as the worklist's C-FIND one. One of the N-CREATE and N-SET
+    statuses of MPPS (PS3.2 Tables N.7-12 and N.7-13); 0122H, Refused: SOP Class not
+    Supported, is not."""
     RESOURCE_LIMITATION = 0x0213
     """PS3.7 10.1.5.1.6 (N-CREATE) and 10.1.3.1.9 (N-SET): not performed for lack of a
     resource: a request, an instance or a folder over its limit, or no space left on the

@@ -290,6 +290,10 @@ class _Compiling:
     pn_fold: bool
     max_value_length: int | None
     return_only: list[ReturnKey]
+    #: The identifier declares ISO 2022 code extensions (``ISO 2022 IR ...``): pydicom
+    #: decodes an escape sequence it does not know as the characters themselves, with a
+    #: warning; an ESC left in a decoded value is such a sequence (PS3.5 6.1.2.5.3).
+    code_extensions: bool = False
 
 
 def _compile_level(ds: Dataset, path: tuple[int, ...], job: _Compiling) -> ItemQuery:
@@ -331,6 +335,12 @@ def _compile_level(ds: Dataset, path: tuple[int, ...], job: _Compiling) -> ItemQ
         if "\ufffd" in text:  # pydicom replaced bytes not valid in the character set
             raise QueryError(
                 f"{_keyword(tag)}: not valid in the Specific Character Set",
+                (tag,),
+                Status.UNABLE_TO_PROCESS,
+            )
+        if job.code_extensions and "\x1b" in text:  # an escape sequence pydicom did not know
+            raise QueryError(
+                f"{_keyword(tag)}: escape sequence not of its Specific Character Set",
                 (tag,),
                 Status.UNABLE_TO_PROCESS,
             )
@@ -437,7 +447,8 @@ def compile_query(
         if name and name.strip() not in python_encoding:
             raise QueryError(f"unknown Specific Character Set {name!r}", (SPECIFIC_CHARACTER_SET,))
 
-    job = _Compiling(matching, pn_fold, max_value_length, [])
+    extended = any(name and name.strip().startswith("ISO 2022") for name in names)
+    job = _Compiling(matching, pn_fold, max_value_length, [], extended)
     top = _guarded(identifier, lambda: _compile_level(identifier, (), job))
     sps = ItemQuery()
     sps_keys: Dataset | None = None

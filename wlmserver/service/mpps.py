@@ -19,11 +19,15 @@ stored. The handler then wakes the sender (:meth:`Forwarder.wake
 A data set longer than the store's :attr:`~wlmserver.store.mpps.MppsLimits.request` bytes
 (``--max-mpps-size``) is refused with 0x0213 Resource limitation before it is decoded.
 
-Logging: one INFO line per request with the peer, the SOP Instance UID, the status and the
-procedure identifiers of the steps (Requested Procedure ID, Scheduled Procedure Step ID,
-Accession Number), never patient names or IDs; an unscheduled MPPS says so. A refusal is one
-WARNING (a limit: its own kind of line, so the log's rate limit counts it apart), or one ERROR
-when the server itself failed (its disk).
+Logging: one INFO line per request with the peer, the MPPS SOP Instance UID, its status and
+how many steps it performs (an unscheduled MPPS says so); no patient data and no order
+identifiers (accession number, Requested Procedure and Scheduled Procedure Step IDs, Study
+Instance UID): those only at DEBUG. A refusal is one WARNING (a limit: its own kind of line,
+so the log's rate limit counts it apart), or one ERROR when the server itself failed (its
+disk).
+
+Requests are served only on a presentation context negotiated for MPPS
+(:func:`wrong_context`).
 """
 
 from __future__ import annotations
@@ -70,14 +74,17 @@ def failure(exc: MppsError, n_set: bool = False) -> Dataset:
 
 
 def describe(performed: Performed | None) -> str:
-    """The procedure identifiers of an MPPS for the log: its status and the steps it performs
-    (``RP/SPS`` with the accession number), or that it is unscheduled. No patient data.
+    """An MPPS for the INFO log: its status and how many steps it performs, or that it is
+    unscheduled. No patient data, and no identifier of the order either: the accession number
+    identifies a patient's order, and the Requested Procedure and Scheduled Procedure Step IDs
+    are often the accession number itself (``wlmserver create`` makes the first one so);
+    those are :func:`identifiers`, logged at DEBUG only.
 
     Examples
     --------
     >>> from wlmserver.matching.mpps import PpsStatus, StepKey
     >>> describe(Performed("1.2.3", PpsStatus.IN_PROGRESS, (StepKey("1.4", "RP1", "S1", "A7"),)))
-    'IN PROGRESS, 1 step: RP1/S1 (accession A7, study 1.4)'
+    'IN PROGRESS, 1 step'
     >>> describe(Performed("1.2.3", PpsStatus.IN_PROGRESS, ()))
     'IN PROGRESS, unscheduled (no scheduled step named)'
     """
@@ -85,19 +92,60 @@ def describe(performed: Performed | None) -> str:
         return "?"
     if performed.unscheduled:
         return f"{performed.status.value}, unscheduled (no scheduled step named)"
-    steps = ", ".join(
+    count = len(performed.steps)
+    return f"{performed.status.value}, {count} step{'s' if count > 1 else ''}"
+
+
+def identifiers(performed: Performed | None) -> str:
+    """The steps an MPPS performs, by their identifiers (``RP/SPS``, accession number, study),
+    for the DEBUG log only (see :func:`describe`).
+
+    Examples
+    --------
+    >>> from wlmserver.matching.mpps import PpsStatus, StepKey
+    >>> identifiers(Performed("1.2.3", PpsStatus.IN_PROGRESS, (StepKey("1.4", "RP1", "S1", "A7"),)))
+    'RP1/S1 (accession A7, study 1.4)'
+    """
+    if performed is None or performed.unscheduled:
+        return "-"
+    return ", ".join(
         f"{s.requested_procedure_id or '-'}/{s.scheduled_procedure_step_id or '-'} "
         f"(accession {s.accession_number or '-'}, study {s.study_instance_uid or '-'})"
         for s in performed.steps
     )
-    count = len(performed.steps)
-    return f"{performed.status.value}, {count} step{'s' if count > 1 else ''}: {steps}"
 
 
 def _wrong_class(sop_class: object) -> MppsError | None:
     if sop_class is not None and str(sop_class) != MPPS_SOP_CLASS:
         return MppsError(MppsStatus.NO_SUCH_SOP_CLASS, "SOP Class UID: only MPPS is served")
     return None
+
+
+def wrong_context(event: Any, what: str) -> MppsError | None:
+    """Why an N-CREATE or N-SET is refused for the presentation context it came on, or None.
+
+    pynetdicom picks the service from the request's SOP Class UID, whatever the context: an
+    N-CREATE sent on the worklist's C-FIND context reached the MPPS handler and was stored.
+    Only a context negotiated for MPPS (1.2.840.10008.3.1.2.3.3) agreed on N-CREATE and
+    N-SET; on another one the request is refused with Unrecognized Operation (0x0211, PS3.7
+    Annex C), before its data set is decoded.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> find = SimpleNamespace(context=SimpleNamespace(abstract_syntax="1.2.840.10008.5.1.4.31"))
+    >>> wrong_context(find, "N-CREATE").comment
+    'presentation context: N-CREATE only on one for MPPS'
+    >>> mpps = SimpleNamespace(context=SimpleNamespace(abstract_syntax=MPPS_SOP_CLASS))
+    >>> wrong_context(mpps, "N-SET") is None
+    True
+    """
+    syntax = getattr(getattr(event, "context", None), "abstract_syntax", None)
+    if syntax is None or str(syntax) == MPPS_SOP_CLASS:
+        return None
+    return MppsError(
+        MppsStatus.UNRECOGNIZED_OPERATION, f"presentation context: {what} only on one for MPPS"
+    )
 
 
 def handle_n_create(
@@ -115,7 +163,7 @@ def handle_n_create(
     given = request.AffectedSOPInstanceUID
     uid = str(given) if given else None
     try:
-        refused = _wrong_class(request.AffectedSOPClassUID)
+        refused = wrong_context(event, "N-CREATE") or _wrong_class(request.AffectedSOPClassUID)
         if refused is not None:
             raise refused
         _check_size(request, "AttributeList", "attribute list", store.limits.request)
@@ -138,6 +186,7 @@ def handle_n_create(
         "" if uid else " (UID assigned)",
         describe(performed),
     )
+    LOGGER.debug("MPPS N-CREATE %s performs %s", created, identifiers(performed))
     if checked.lenient:
         LOGGER.warning(
             "MPPS N-CREATE from %s: %s accepted without the Type 2 attributes %s "
@@ -161,7 +210,7 @@ def handle_n_set(event: Any, store: MppsStore, forwarder: Forwarder | None = Non
     request = event.request
     uid = str(request.RequestedSOPInstanceUID or "")
     try:
-        refused = _wrong_class(request.RequestedSOPClassUID)
+        refused = wrong_context(event, "N-SET") or _wrong_class(request.RequestedSOPClassUID)
         if refused is not None:
             raise refused
         _check_size(request, "ModificationList", "modification list", store.limits.request)
@@ -175,7 +224,9 @@ def handle_n_set(event: Any, store: MppsStore, forwarder: Forwarder | None = Non
         return failure(MppsError(MppsStatus.PROCESSING_FAILURE, "internal error"), True), None
     if forwarder is not None:
         forwarder.wake()
-    LOGGER.info("MPPS N-SET from %s: %s %s", peer, uid, describe(store.steps.get(uid)))
+    performed = store.steps.get(uid)
+    LOGGER.info("MPPS N-SET from %s: %s %s", peer, uid, describe(performed))
+    LOGGER.debug("MPPS N-SET %s performs %s", uid, identifiers(performed))
     if checked.lenient:
         LOGGER.warning(
             "MPPS N-SET from %s: %s accepted without the Type 2 attributes %s",

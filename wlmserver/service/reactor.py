@@ -34,7 +34,12 @@ replaces pynetdicom's ``_read_pdu_data`` for acceptors):
   counted from the P-DATA-TF PDVs as they arrive (PS3.8 E.2), before pynetdicom reassembles
   them;
 - a connection closed before its A-ASSOCIATE-RQ ends its association thread at once (it
-  waited for the ACSE timeout, holding a slot).
+  waited for the ACSE timeout, holding a slot);
+- a request without a field PS3.7 requires (an N-SET without its Requested SOP Instance
+  UID), which pynetdicom ignored without a response, aborts the association at once.
+
+An A-ASSOCIATE-RQ that a check of its bytes refuses (:func:`check_request`: an address
+off the allow-list) is answered with an A-ASSOCIATE-RJ before pynetdicom decodes any of it.
 
 A refused PDU is answered with an A-ABORT (source: service provider, PS3.8 9.3.8) and the
 connection closed; each refusal is logged in one line. If this pynetdicom lacks the
@@ -51,6 +56,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +106,24 @@ _PDU_HEADER = struct.Struct(">BBL")
 #: before it has processed the transport connection event, still in Sta1).
 _BEFORE_REQUEST = frozenset({"Sta1", "Sta2"})
 _PDV_HEADER = struct.Struct(">LBB")
+
+
+#: An A-ASSOCIATE-RJ PDU with its result, source and reason/diagnostic (PS3.8 9.3.4).
+_REJECT = struct.Struct(">BBLBBBB")
+
+#: A function given the bytes of an A-ASSOCIATE-RQ before it is decoded: the A-ASSOCIATE-RJ
+#: (result, source, reason) to answer it with, or None to let pynetdicom decode it.
+RequestCheck = Callable[[bytes], "tuple[int, int, int] | None"]
+
+
+def check_request(assoc: Any, check: RequestCheck) -> None:
+    """Judge an accepted connection's A-ASSOCIATE-RQ from its bytes, before pynetdicom decodes
+    it (set it on ``EVT_CONN_OPEN``; see :func:`read_pdu`).
+
+    pynetdicom's decoding of one 64 KiB request of junk items costs a tenth of a second of CPU
+    and logs a line per item; a peer that will be refused anyway (an address off the
+    allow-list) should cost neither."""
+    assoc.__dict__["_wlmserver_check_request"] = check
 
 
 def set_limits(assoc: Any, limits: Limits) -> None:
@@ -307,6 +331,18 @@ def _refuse(dul: Any, abort: bytes | None, message: str, *args: Any) -> None:
     dul.event_queue.put("Evt17")
 
 
+def _reject(dul: Any, reject: tuple[int, int, int]) -> None:
+    """Answer an A-ASSOCIATE-RQ that :func:`check_request` refused with an A-ASSOCIATE-RJ
+    (PS3.8 9.3.4) and close the connection (Evt17); the check logged why."""
+    sock = getattr(dul.socket, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.sendall(_REJECT.pack(0x03, 0, 4, 0, *reject))
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    dul.event_queue.put("Evt17")
+
+
 def _check_message_sizes(dul: Any, body: bytes, limits: Limits) -> str | None:
     """Count the command and data set bytes of the DIMSE message being received (PS3.8 E.2:
     each PDV's message control header says which it is and whether it is the last
@@ -404,6 +440,16 @@ def read_pdu(dul: Any, original: Any) -> None:
         if too_long:
             _refuse(dul, _ABORT_UNSPECIFIED, "%s refused; association aborted", too_long)
             return
+    check = assoc.__dict__.get("_wlmserver_check_request")
+    if (
+        pdu_type == 0x01
+        and check is not None
+        and dul.state_machine.current_state in _BEFORE_REQUEST
+    ):
+        reject = check(header + body)
+        if reject is not None:
+            _reject(dul, reject)
+            return
     try:
         pdu, event = dul._decode_pdu(bytearray(header + body))
     except Exception as exc:  # as pynetdicom: any decoding failure is Evt19
@@ -484,6 +530,7 @@ def install() -> bool:
             DULServiceProvider._read_pdu_data,
         )
         DULServiceProvider._decode_pdu  # noqa: B018 - read_pdu decodes with it
+        serve_request = Association._serve_request
         if getattr(dul, "time", None) is not time or getattr(association, "time", None) is not time:
             raise AttributeError("pynetdicom's modules do not use the time module")
     except (ImportError, AttributeError) as exc:
@@ -530,6 +577,25 @@ def install() -> bool:
                 except Exception:
                     LOGGER.exception("cannot report the end of an association")
 
+    def serve_request_or_abort(self: Any, msg: Any, context_id: int) -> None:
+        # pynetdicom ignores a request without a field PS3.7 requires (an N-SET without its
+        # Requested SOP Instance UID) with a warning: no response, and the peer waits for
+        # its DIMSE timeout while the association holds its slot. It cannot be answered (a
+        # response needs those fields), so it is aborted at once, in one line.
+        if self.is_acceptor and not self._sent_release and not msg.is_valid_request:
+            requestor = self.requestor
+            LOGGER.warning(
+                "connection from %s:%s: a %s without the fields PS3.7 requires; association "
+                "aborted",
+                requestor.address,
+                requestor.port,
+                getattr(msg, "msg_type", type(msg).__name__),
+            )
+            self.__dict__["_wlmserver_end"] = "aborted: a request without its required fields"
+            self.abort()
+            return
+        serve_request(self, msg, context_id)
+
     def send_pdu_waking(self: Any, primitive: Any) -> None:
         send_pdu(self, primitive)
         waker = _waker(self)
@@ -543,6 +609,7 @@ def install() -> bool:
             waker.wake()
 
     Association.run_reactor = run_association_reporting  # type: ignore[method-assign]
+    Association._serve_request = serve_request_or_abort  # type: ignore[method-assign]
     DULServiceProvider.run_reactor = run_reactor_closing  # type: ignore[method-assign]
     DULServiceProvider.send_pdu = send_pdu_waking  # type: ignore[method-assign]
     DULServiceProvider.kill_dul = kill_dul_waking  # type: ignore[method-assign]

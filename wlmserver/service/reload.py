@@ -63,6 +63,7 @@ LIVE = frozenset(
         "profiles",
         "max_associations",
         "max_associations_per_peer",
+        "max_pending_connections",
         "max_identifier_size",
         "max_value_length",
         "max_answers",
@@ -228,6 +229,8 @@ class LiveConfig:
     ) -> None:
         """``EVT_REQUESTED``: :func:`~wlmserver.service.handlers.handle_requested` with the
         association's configuration."""
+        if admission is not None:
+            admission.requested(event.assoc)  # it no longer counts as waiting
         handle_requested(event, store, self.of(event.assoc), admission)
 
     def find(

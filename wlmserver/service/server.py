@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -27,6 +28,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
 
 from wlmserver.config import Config, TransferSyntaxPreference, bundled_database
 from wlmserver.service import fastpath as encode
@@ -77,6 +79,39 @@ TRANSFER_SYNTAX_PREFERENCES: dict[TransferSyntaxPreference, list[UID]] = {
     "deflated": [DeflatedExplicitVRLittleEndian, *TRANSFER_SYNTAXES],
     "implicit": [ImplicitVRLittleEndian],
 }
+
+
+class Listener(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with each accepted connection judged before a thread is
+    started for it (:meth:`Admission.accept
+    <wlmserver.service.admission.Admission.accept>`: the caps on connections waiting for
+    their association request, per peer and in all, and on threads), and one log line instead
+    of a traceback on stderr when a connection cannot be served (no thread can be started)."""
+
+    admission: Admission | None = None
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """socketserver's hook, in the listener's thread: False closes the connection."""
+        if self.admission is None:
+            return True
+        refusal = self.admission.accept(request, str(client_address[0]))
+        if refusal is None:
+            return True
+        LOGGER.warning(
+            "connection from %s:%s closed: %s", client_address[0], client_address[1], refusal
+        )
+        return False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver's hook for an exception while starting to serve a connection."""
+        error = sys.exc_info()[1]
+        LOGGER.warning(
+            "connection from %s:%s closed: cannot serve it (%s: %s)",
+            client_address[0],
+            client_address[1],
+            type(error).__name__,
+            error,
+        )
 
 
 class MppsFolderError(ValueError):
@@ -266,20 +301,14 @@ class WorklistServer:
             tls_handlers.append((evt.EVT_CONN_OPEN, self._handshakes.on_connection_open))
         main_is_tls = tls_context is not None and self.config.tls_port is None
         try:
-            self._server = self.ae.start_server(
-                (self.config.bind, self.config.port),
-                block=False,
-                evt_handlers=tls_handlers if main_is_tls else handlers,
-                ssl_context=tls_context if main_is_tls else None,
+            self._server = self._listen(
+                self.config.port,
+                tls_handlers if main_is_tls else handlers,
+                tls_context if main_is_tls else None,
             )
             if tls_context is not None and self.config.tls_port is not None:
                 try:
-                    self._tls_server = self.ae.start_server(
-                        (self.config.bind, self.config.tls_port),
-                        block=False,
-                        evt_handlers=tls_handlers,
-                        ssl_context=tls_context,
-                    )
+                    self._tls_server = self._listen(self.config.tls_port, tls_handlers, tls_context)
                 except OSError as exc:
                     exc.tls_port = self.config.tls_port  # type: ignore[attr-defined]
                     raise
@@ -302,6 +331,23 @@ class WorklistServer:
             self.retention.start()
         if wait:
             self.wait_indexed()
+
+    def _listen(self, port: int, handlers: list[Any], context: ssl.SSLContext | None) -> Any:
+        """Listen on ``port`` with a :class:`Listener` in a thread of its own, as pynetdicom's
+        ``start_server(block=False)`` does with its own server class."""
+        server = self.ae.make_server(
+            (self.config.bind, port),
+            evt_handlers=handlers,
+            ssl_context=context,
+            server_class=Listener,
+        )
+        server.admission = self._admission
+        thread = threading.Thread(
+            target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True
+        )
+        thread.start()
+        self.ae._servers.append(server)  # as start_server does: its shutdown() removes it
+        return server
 
     def reconfigure(self, config: Config, tls_context: ssl.SSLContext | None = None) -> None:
         """Serve new associations with ``config`` (a reload, see :mod:`.reload`): open
@@ -579,10 +625,13 @@ class WorklistServer:
         LOGGER.info("indexed %d AE folders in %.2f s", len(snapshots), seconds)
 
     def stop(self, grace: float = 2.0) -> None:
-        """Stop accepting, end the associations, stop the watcher.
+        """Stop accepting, end the associations, stop the watcher, write the index cache.
 
         Associations still open are given ``grace`` seconds to finish what they are doing
-        (an answer stream, a release), then aborted.
+        (an answer stream, a release), then aborted (:func:`end_associations`): all are gone
+        within ``grace`` + :data:`ABORT_WAIT` seconds, also those of a peer that stopped
+        reading, whose thread was blocked in a send for the network timeout (60 s: systemd's
+        stop timeout killed the server first, and no index cache was written).
         """
         self._stopping.set()
         if self._pacing is not None:
@@ -598,14 +647,7 @@ class WorklistServer:
                 associations += self._tls_server.active_associations
                 self._tls_server.shutdown()
                 self._tls_server = None
-            deadline = time.monotonic() + grace
-            for assoc in associations:
-                if not assoc.is_established:
-                    assoc.kill()  # a peer that never asked for an association: just close
-                    continue  # (an A-ABORT is not valid before the association request)
-                assoc.join(max(0.0, deadline - time.monotonic()))
-                if assoc.is_alive():
-                    assoc.abort()
+            end_associations(associations, grace)
         if self.retention is not None:
             self.retention.stop()
             self.retention = None
@@ -628,11 +670,67 @@ class WorklistServer:
         self.stop()
 
 
+#: Seconds :func:`end_associations` waits for aborted associations to end, twice: once for
+#: an A-ABORT to go out, once more after their connections were shut down.
+ABORT_WAIT = 0.5
+
+
+def _shut_down(assoc: Any) -> None:
+    """Shut an association's connection down under it: a thread blocked sending to a peer
+    that stopped reading gets an error at once, and the upper layer sees the transport close
+    (Evt17). The plain socket's shutdown, also under TLS (``SSLSocket.shutdown`` would drop
+    the TLS object another thread may be writing with)."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def end_associations(associations: Sequence[Any], grace: float) -> list[Any]:
+    """End acceptor associations within ``grace`` + 2 × :data:`ABORT_WAIT` seconds; those
+    still alive then (logged).
+
+    A connection that has no association yet is shut down at once (an A-ABORT is not valid
+    before the association request; pynetdicom's ``kill`` waited for its ACSE timeout, 30 s).
+    An association has ``grace`` seconds to finish, then is sent an A-ABORT (PS3.8 7.3) and,
+    if it has not ended :data:`ABORT_WAIT` seconds later (its peer does not read, so neither
+    the A-ABORT nor the rest of an answer can go out), its connection is shut down under it.
+    pynetdicom's own blocking ``abort`` waited behind the blocked send for the network
+    timeout.
+    """
+    deadline = time.monotonic() + grace
+    for assoc in associations:
+        if not assoc.is_established:
+            _shut_down(assoc)
+    for assoc in associations:
+        if assoc.is_established:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+    stuck = [a for a in associations if a.is_alive()]
+    for assoc in stuck:
+        if assoc.is_established:
+            with contextlib.suppress(Exception):
+                assoc.abort(block=False)  # queued: the DUL thread sends it if it can
+    for wait in (ABORT_WAIT, ABORT_WAIT):
+        deadline = time.monotonic() + wait
+        for assoc in stuck:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+        stuck = [a for a in stuck if a.is_alive()]
+        for assoc in stuck:
+            _shut_down(assoc)
+    if stuck:
+        LOGGER.warning("%d associations did not end when stopping: left behind", len(stuck))
+    return stuck
+
+
 def _safety_net(config: Config) -> int:
-    """pynetdicom's own association limit, above the handlers' (see :class:`Admission`)."""
-    return max(
-        config.max_associations * 4,
-        config.max_associations + 4 * config.max_associations_per_peer,
+    """pynetdicom's own association limit, above the handlers' (see :class:`Admission`): it
+    counts every connection, those waiting for their request too."""
+    return (
+        max(
+            config.max_associations * 4,
+            config.max_associations + 4 * config.max_associations_per_peer,
+        )
+        + config.max_pending_connections
     )
 
 

@@ -1152,16 +1152,32 @@ def _check_text(ds: Dataset, inherited: list[str] | None, path: tuple[str, ...])
     if encodings is None:
         encodings = charset_encodings(())
     for tag in list(ds.keys()):
-        element = ds.get_item(tag)
-        vr = element.VR
+        try:  # an element pydicom cannot read (an unknown VR ...) is the peer's mistake
+            element = ds.get_item(tag)
+            vr = element.VR
+        except Exception:
+            keyword = keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+            raise MppsError(
+                MppsStatus.INVALID_ATTRIBUTE_VALUE,
+                _at(path, f"{keyword}: not a readable element (PS3.5 7.1)"),
+                (int(tag),),
+            ) from None
         if isinstance(element, RawDataElement) and not vr:
             try:
                 vr = dictionary_VR(tag)
             except KeyError:
                 vr = "UN"
         if vr == "SQ":
-            keyword = ds[tag].keyword or str(ds[tag].tag)
-            for number, item in enumerate(ds[tag].value, 1):
+            keyword = keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+            try:  # pydicom reads a sequence when first asked: a malformed one fails here
+                items = list(ds[tag].value)
+            except Exception:
+                raise MppsError(
+                    MppsStatus.INVALID_ATTRIBUTE_VALUE,
+                    _at(path, f"{keyword}: not a readable sequence (PS3.5 7.5)"),
+                    (int(tag),),
+                ) from None
+            for number, item in enumerate(items, 1):
                 _check_text(item, encodings, (*path, f"{keyword}[{number}]"))
             continue
         if not isinstance(element, RawDataElement) or vr not in _CHARSET_VRS:

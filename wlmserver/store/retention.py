@@ -21,7 +21,10 @@ do not grow for ever. Files are moved, never deleted:
 - the folder's ``lockfile``, when there is one, is held exclusively while its files move, as
   a wlmscpfs-era writer holds it, and the index's write lock with it
   (:meth:`WorklistStore.writing`);
-- symbolic links are not moved (what they point to would stay behind).
+- symbolic links are not moved (what they point to would stay behind), and archive paths
+  are never followed through one: an ``<archive>/<AET>`` that is a link (into the database,
+  say) is refused with one warning, and each move works inside that folder opened once,
+  without following links (:func:`move_to_archive`).
 
 A moved file is removed from the index at once (in inotify and in ``--poll`` mode alike); the
 watcher's event for it then finds nothing to do.
@@ -37,12 +40,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -186,6 +190,15 @@ def plan_folder(
 
 
 # --------------------------------------------------------------------------- moving a file
+def _names(name: str) -> Iterator[str]:
+    """``name``, then ``<stem>.1<suffix>``, ``<stem>.2<suffix>`` ..."""
+    stem, dot, suffix = name.rpartition(".")
+    if not stem:  # no suffix (or a leading dot only)
+        stem, dot, suffix = name, "", ""
+    yield name
+    yield from (f"{stem}.{n}{dot}{suffix}" for n in itertools.count(1))
+
+
 def free_name(folder: Path, name: str) -> Path:
     """``folder/name``, or ``folder/<stem>.<n><suffix>`` with the first ``n`` not taken.
 
@@ -197,15 +210,7 @@ def free_name(folder: Path, name: str) -> Path:
     ...     free_name(Path(d), "a.wl").name, free_name(Path(d), "b.wl").name
     ('a.1.wl', 'b.wl')
     """
-    stem, dot, suffix = name.rpartition(".")
-    if not stem:  # no suffix (or a leading dot only)
-        stem, dot, suffix = name, "", ""
-    candidate = folder / name
-    n = 0
-    while os.path.lexists(candidate):
-        n += 1
-        candidate = folder / f"{stem}.{n}{dot}{suffix}"
-    return candidate
+    return next(folder / n for n in _names(name) if not os.path.lexists(folder / n))
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -217,23 +222,38 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def _link_to_free_name(source: Path, folder: Path, name: str) -> Path:
-    """Hard-link ``source`` to a free name in ``folder`` (never replacing one) and return
-    it; raises OSError (``EXDEV`` across file systems)."""
+def _taken(folder_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _free_name_at(folder_fd: int, name: str) -> str:
+    """:func:`free_name` inside the folder open as ``folder_fd``."""
+    return next(n for n in _names(name) if not _taken(folder_fd, n))
+
+
+def _link_to_free_name(source: Path | str, folder_fd: int, name: str, from_fd: int | None) -> str:
+    """Hard-link ``source`` (relative to ``from_fd`` when given) to a free name in the folder
+    open as ``folder_fd`` (never replacing one) and return that name; raises OSError
+    (``EXDEV`` across file systems)."""
     while True:
-        target = free_name(folder, name)
+        target = _free_name_at(folder_fd, name)
         try:
-            os.link(source, target, follow_symlinks=False)
+            os.link(source, target, src_dir_fd=from_fd, dst_dir_fd=folder_fd, follow_symlinks=False)
         except FileExistsError:
             continue  # taken meanwhile: the next free one
         return target
 
 
-def _copy_in(source: Path, folder: Path) -> Path:
-    """A complete, fsync'ed copy of ``source`` under a temporary name in ``folder``."""
-    temporary = folder / f".{source.name}.{secrets.token_hex(4)}{_TEMPORARY}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    out = os.open(temporary, flags, 0o600)
+def _copy_in(source: Path, folder_fd: int) -> str:
+    """A complete, fsync'ed copy of ``source`` under a temporary name in the folder open as
+    ``folder_fd``; that name."""
+    temporary = f".{source.name}.{secrets.token_hex(4)}{_TEMPORARY}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    out = os.open(temporary, flags, 0o600, dir_fd=folder_fd)
     try:
         with open(source, "rb") as src, open(out, "wb", closefd=False) as dst:
             while chunk := src.read(_COPY_CHUNK):
@@ -243,10 +263,50 @@ def _copy_in(source: Path, folder: Path) -> Path:
     except BaseException:
         os.close(out)
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=folder_fd)
         raise
     os.close(out)
     return temporary
+
+
+def _open_archive_folder(folder: Path) -> int:
+    """Open (make, 0700, when absent) an AE title's archive folder, ``<archive>/<AET>``,
+    without following a symbolic link in its place; its file descriptor.
+
+    The archive folder itself is the administrator's path (it may be a link, and is checked
+    at start to lie outside the AE folders); below it, a link would lead the move anywhere: an
+    ``<archive>/CT01`` linked into the database made retention move CT01's old files into
+    another AE folder, served again.
+
+    Raises
+    ------
+    OSError
+        ``ELOOP`` when it is a symbolic link, or why it cannot be made or opened.
+    """
+    folder.parent.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    parent = os.open(folder.parent, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder.name, FOLDER_MODE, dir_fd=parent)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(folder.name, flags, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or os.path.islink(folder):
+                raise OSError(
+                    errno.ELOOP, f"{folder} is a symbolic link: archive paths are not followed"
+                ) from None
+            raise
+    finally:
+        os.close(parent)
+
+
+def archive_link_problem(folder: Path) -> str | None:
+    """Why the archive folder of an AE title may not be used, when it is a symbolic link in
+    place of a folder (see :func:`_open_archive_folder`); else None."""
+    if os.path.islink(folder):
+        return f"{folder} is a symbolic link: archive paths are not followed"
+    return None
 
 
 def move_to_archive(source: Path, folder: Path) -> Path:
@@ -255,30 +315,36 @@ def move_to_archive(source: Path, folder: Path) -> Path:
 
     Within one file system: a hard link to the free name, then the source unlinked. Across
     file systems (or where hard links are not supported): a copy to a temporary name,
-    fsync'ed, linked to the free name, the temporary name and then the source unlinked.
+    fsync'ed, linked to the free name, the temporary name and then the source unlinked. Every
+    step inside ``folder`` is taken relative to it, opened once: a symbolic link in its place
+    (or one put there meanwhile) is never followed.
 
     Raises
     ------
     OSError
-        It could not be moved; the source is still in place (at worst a copy is in the
-        archive as well).
+        It could not be moved (``ELOOP``: ``folder`` is a symbolic link); the source is
+        still in place (at worst a copy is in the archive as well).
     """
-    folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    folder_fd = _open_archive_folder(folder)
     try:
-        target = _link_to_free_name(source, folder, source.name)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
-            raise
-        temporary = _copy_in(source, folder)
         try:
-            target = _link_to_free_name(temporary, folder, source.name)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-    _fsync_folder(folder)
+            target = _link_to_free_name(source, folder_fd, source.name, None)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+            temporary = _copy_in(source, folder_fd)
+            try:
+                target = _link_to_free_name(temporary, folder_fd, source.name, folder_fd)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=folder_fd)
+        with contextlib.suppress(OSError):  # not every file system can sync a folder
+            os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
     os.unlink(source)
     _fsync_folder(source.parent)
-    return target
+    return folder / target
 
 
 # --------------------------------------------------------------------------- runs
@@ -359,7 +425,7 @@ class RetentionRuns:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="wlmserver-retention", daemon=True)
         #: (AE folder, file name, signature) already warned about: once per file version
-        self._warned: set[tuple[str, str, Signature]] = set()
+        self._warned: set[tuple[str, str, Signature | None]] = set()
         #: the steps hidden per AE folder at the last run (to log only what changed)
         self._last_hidden: dict[str, int] = {}
 
@@ -444,6 +510,15 @@ class RetentionRuns:
         target = self.archive / name
         moved = failed = 0
         plans = list(plans)
+        linked = archive_link_problem(target)
+        if linked is not None:  # once, until it is mended: every file of the folder stays
+            if (name, "", None) not in self._warned:
+                self._warned.add((name, "", None))
+                LOGGER.warning(
+                    "retention: %s: %d files past retention not moved: %s", name, len(plans), linked
+                )
+            return 0, len(plans)
+        self._warned.discard((name, "", None))
         try:
             with (
                 self.store.writing(),

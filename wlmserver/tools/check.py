@@ -72,7 +72,7 @@ from wlmserver.store.formats import Formats
 from wlmserver.store.forward import QueueState, Usage, forward_folder, queue_state, queue_usage
 from wlmserver.store.index import is_safe_ae_title, unexpected_reason
 from wlmserver.store.mpps import folder_usage
-from wlmserver.store.retention import FilePlan, plan_file
+from wlmserver.store.retention import FilePlan, archive_link_problem, plan_file
 from wlmserver.store.valuerules import RULES, value_problem
 from wlmserver.tools.configured import (
     add_config_option,
@@ -475,7 +475,12 @@ def format_retention(
         hidden = sum(len(plan.hidden) for _, plan in plans)
         moves = sum(1 for _, plan in plans if plan.moves)
         line = f"  {folder}: {hidden} steps would be hidden"
-        lines.append(line + (f", {moves} files would move" if archive else ""))
+        linked = archive_link_problem(archive / folder) if archive and moves else None
+        if linked is not None:  # a run refuses to follow it (see retention.move_to_archive)
+            line += f", {moves} files would move but stay: {linked}"
+        elif archive:
+            line += f", {moves} files would move"
+        lines.append(line)
         for path, plan in plans:
             steps = ", ".join(
                 f"item {step.item}"
