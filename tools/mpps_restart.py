@@ -40,6 +40,7 @@ from pynetdicom import AE
 if str(Path(__file__).resolve().parent) not in sys.path:  # run as a script or loaded by path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ports import free_port
+from restart import rss_mb
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
 FIND = "1.2.840.10008.5.1.4.31"
@@ -179,14 +180,6 @@ def found(port: int) -> int | None:
     finally:
         assoc.release()
     return count
-
-
-def rss_mb(pid: int) -> float:
-    """The resident memory of a process, in MB (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def one_start(root: Path, folder: Path, timeout: float) -> dict[str, object]:
