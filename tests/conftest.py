@@ -7,6 +7,7 @@ import importlib.util
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -424,3 +425,49 @@ def documentation(page: str, section: str) -> list[tuple[str, str]]:
 def documented(page: str, section: str) -> list[Any]:
     """:func:`documentation` as the parameters ``(name, text)`` of a test, named by file."""
     return [pytest.param(name, text, id=name) for name, text in documentation(page, section)]
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[socket.socket]]:
+    """Raw sockets a test opens (``sockets.append(sock)``), closed afterwards."""
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+@pytest.fixture
+def start_mpps(tmp_path: Path) -> Iterator[Callable[..., WorklistServer]]:
+    """Start an MPPS server: ``start_mpps("wlm", forward_to=port)`` forwards to
+    ``RIS@127.0.0.1:port``; ``start_mpps("ris", port=port)`` is the RIS (further keywords are
+    Config fields). Each has its own database root under tmp_path; stopped afterwards (a
+    stopped one may be started again under the same name)."""
+    from wlmserver.config.forward import ForwardTarget
+    from wlmserver.service.forwarder import Backoff
+
+    servers: list[WorklistServer] = []
+
+    def run(name: str, port: int = 0, forward_to: int | None = None, **options: Any) -> Any:
+        root = tmp_path / name
+        (root / ("WLM" if forward_to is not None else "RIS")).mkdir(parents=True, exist_ok=True)
+        config = Config(
+            data_files_path=root,
+            port=port,
+            bind="127.0.0.1",
+            rescan_interval=0,
+            mpps_folder=tmp_path / f"{name}-mpps",
+            mpps_forward=(
+                ForwardTarget("RIS", "127.0.0.1", forward_to) if forward_to is not None else None
+            ),
+            **options,
+        )
+        server = WorklistServer(
+            config, forward_backoff=Backoff(0.05, 0.2), forward_idle_release=0.2
+        )
+        server.start()
+        servers.append(server)
+        return server
+
+    yield run
+    for server in reversed(servers):  # the forwarding one first: it releases towards the RIS
+        server.stop()

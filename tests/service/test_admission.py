@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,14 +28,6 @@ from wlmserver.service.server import Listener
 def served(db: Path) -> Path:
     write_wl(db / "WLM" / "a.wl", PatientID="P1")
     return db
-
-
-@pytest.fixture
-def sockets() -> Iterator[list[socket.socket]]:
-    opened: list[socket.socket] = []
-    yield opened
-    for sock in opened:
-        sock.close()
 
 
 def _silent(port: int, source: str) -> socket.socket:

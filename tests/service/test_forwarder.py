@@ -19,7 +19,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from wlmserver.config import Config
 from wlmserver.config.forward import ForwardTarget
 from wlmserver.matching.mpps import PpsStatus, StepKey
 from wlmserver.service.forwarder import Backoff, Forwarder, GiveUp
@@ -41,35 +40,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Start]:
-    """Start a server: ``start("wlm", forward_to=port)`` forwards to ``RIS@127.0.0.1:port``;
-    ``start("ris", port=port)`` is the RIS. Each has its own database root under tmp_path;
-    stopped afterwards (a stopped one may be started again under the same name)."""
-    servers: list[WorklistServer] = []
-
-    def run(name: str, port: int = 0, forward_to: int | None = None) -> WorklistServer:
-        root = tmp_path / name
-        (root / ("WLM" if forward_to is not None else "RIS")).mkdir(parents=True, exist_ok=True)
-        config = Config(
-            data_files_path=root,
-            port=port,
-            bind="127.0.0.1",
-            rescan_interval=0,
-            mpps_folder=tmp_path / f"{name}-mpps",
-            mpps_forward=(
-                ForwardTarget("RIS", "127.0.0.1", forward_to) if forward_to is not None else None
-            ),
-        )
-        server = WorklistServer(
-            config, forward_backoff=Backoff(0.05, 0.2), forward_idle_release=0.2
-        )
-        server.start()
-        servers.append(server)
-        return server
-
-    yield run
-    for server in reversed(servers):  # the forwarding one first: it releases towards the RIS
-        server.stop()
+def start(start_mpps: Start) -> Start:
+    """The MPPS servers of :func:`conftest.start_mpps`."""
+    return start_mpps
 
 
 def send(port: int, *requests: tuple[str, Dataset, str], called: str = "WLM") -> list[int]:

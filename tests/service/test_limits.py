@@ -10,7 +10,7 @@ import io
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -57,14 +57,6 @@ def _closed_by_server(sock: socket.socket, seconds: float = 20.0) -> bool:
 def served(db: Path) -> Path:
     write_wl(db / "WLM" / "a.wl", PatientID="P1")
     return db
-
-
-@pytest.fixture
-def sockets() -> Iterator[list[socket.socket]]:
-    opened: list[socket.socket] = []
-    yield opened
-    for sock in opened:
-        sock.close()
 
 
 def test_partial_pdus_from_one_host_neither_lock_out_others_nor_stay(

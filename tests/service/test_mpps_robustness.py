@@ -22,9 +22,7 @@ from pynetdicom import AE
 
 from wlmserver import logs
 from wlmserver.config import Config
-from wlmserver.config.forward import ForwardTarget
 from wlmserver.matching.mpps import MPPS_SOP_CLASS, PpsStatus, StepKey
-from wlmserver.service.forwarder import Backoff
 from wlmserver.service.server import MODALITY_PERFORMED_PROCEDURE_STEP, WorklistServer
 from wlmserver.store import dicomwrite
 from wlmserver.store import forward as forward_module
@@ -183,35 +181,9 @@ Start = Callable[..., WorklistServer]
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Start]:
-    """``start("wlm", forward_to=port)`` forwards to ``RIS@127.0.0.1:port``; ``start("ris",
-    port=port)`` is the RIS; stopped afterwards."""
-    servers: list[WorklistServer] = []
-
-    def run(name: str, port: int = 0, forward_to: int | None = None, **options: Any) -> Any:
-        root = tmp_path / name
-        (root / ("WLM" if forward_to is not None else "RIS")).mkdir(parents=True, exist_ok=True)
-        config = Config(
-            data_files_path=root,
-            port=port,
-            bind="127.0.0.1",
-            rescan_interval=0,
-            mpps_folder=tmp_path / f"{name}-mpps",
-            mpps_forward=(
-                ForwardTarget("RIS", "127.0.0.1", forward_to) if forward_to is not None else None
-            ),
-            **options,
-        )
-        server = WorklistServer(
-            config, forward_backoff=Backoff(0.05, 0.2), forward_idle_release=0.2
-        )
-        server.start()
-        servers.append(server)
-        return server
-
-    yield run
-    for server in reversed(servers):
-        server.stop()
+def start(start_mpps: Start) -> Start:
+    """The MPPS servers of :func:`conftest.start_mpps`."""
+    return start_mpps
 
 
 def _disk_full_at(target: str) -> Callable[..., None]:

@@ -13,7 +13,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,14 +35,6 @@ def big(db: Path) -> Path:
         sps=[{"ScheduledProcedureStepID": f"S{n}"} for n in range(3000)],
     )
     return db
-
-
-@pytest.fixture
-def sockets() -> Iterator[list[socket.socket]]:
-    opened: list[socket.socket] = []
-    yield opened
-    for sock in opened:
-        sock.close()
 
 
 def _stop_reading(port: int, sockets: list[socket.socket]) -> None:
